@@ -1,0 +1,214 @@
+"""A remote FHE model seen from the client: keys, embed, encrypt, send, decrypt.
+
+Text, embedding, private key and prediction stay on this machine; only evaluation keys and
+ciphertexts cross the network.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from client.api import FHEServerAPI, UnknownKey
+from client.keycache import KeyCache, KeyRecord
+from fhe.digest import bytes_sha256, file_sha256
+from fhe.embedder import TextEmbedder
+
+
+def top_class(scores: np.ndarray) -> int:
+    """Index of the highest score; on a tie (equal to 1e-9) the first label wins, as in the clear.
+
+    Quantized trees tie often, and the float sums of tied classes differ in their last bits.
+    """
+    return int(np.argmax(np.round(np.asarray(scores, dtype=np.float64), 9)))
+
+
+class ClientError(RuntimeError):
+    """Something the user must fix on the client side (a model that is not ready, a bad spec)."""
+
+
+@dataclass
+class Prediction:
+    """One decrypted prediction with what it cost."""
+
+    text: str
+    label: str
+    scores: dict[str, float]
+    seconds: dict[str, float] = field(default_factory=dict)
+    bytes: dict[str, int] = field(default_factory=dict)
+
+    def as_json(self, verbose: bool = False) -> dict[str, Any]:
+        """The JSON object the CLI prints per text."""
+        out: dict[str, Any] = {"text": self.text, "label": self.label, "scores": self.scores}
+        if verbose:
+            out["seconds"] = self.seconds
+            out["bytes"] = self.bytes
+        return out
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """Keys ready on the client and known to the server."""
+
+    key_id: str
+    evaluation_key_bytes: int
+    keygen_seconds: float
+    generated_now: bool
+    upload_seconds: float
+    key_dir: Path
+
+
+class EncryptedModel:
+    """One FHE model on a server, used through encryption."""
+
+    def __init__(
+        self,
+        api: FHEServerAPI,
+        name: str,
+        cache_root: Path,
+        embedding_model: str | None = None,
+    ) -> None:
+        self.api = api
+        self.name = name
+        self.cache_root = cache_root
+        self.embedding_model = embedding_model
+
+    @cached_property
+    def card(self) -> dict[str, Any]:
+        """The model card from the server; the model must be an FHE model that is ready."""
+        card = self.api.model(self.name)
+        if card.get("kind") != "fhe":
+            raise ClientError(f"model {self.name!r} is not an FHE model (kind {card.get('kind')})")
+        if card.get("status") != "ready":
+            raise ClientError(f"model {self.name!r} is not ready: {card.get('reason')}")
+        return card
+
+    @property
+    def labels(self) -> list[str]:
+        """Class labels, in the order of the decrypted scores."""
+        return list(self.card["labels"])
+
+    @property
+    def client_spec(self) -> str:
+        """The server's client spec hash."""
+        return self.card["client_spec_sha256"]
+
+    @cached_property
+    def cache(self) -> KeyCache:
+        """This model's cache directory, with client.zip downloaded and checked."""
+        cache = KeyCache(self.cache_root, self.name, self.client_spec)
+        if not cache.client_zip.is_file() or file_sha256(cache.client_zip) != self.client_spec:
+            data = self.api.client_spec(self.name)
+            if bytes_sha256(data) != self.client_spec:
+                raise ClientError(
+                    f"downloaded client.zip has sha256 {bytes_sha256(data)}, but the card says "
+                    f"{self.client_spec}; the server changed while we were talking, try again"
+                )
+            cache.client_zip.write_bytes(data)
+        return cache
+
+    @cached_property
+    def fhe_client(self) -> Any:
+        """Concrete-ML's deployment client over the cached spec and key set."""
+        from concrete.ml.deployment import FHEModelClient
+
+        return FHEModelClient(str(self.cache.dir), key_dir=str(self.cache.key_dir))
+
+    @cached_property
+    def embedder(self) -> TextEmbedder:
+        """The embedder the bundle was trained with; its weights are checked against the card."""
+        info = self.card["metadata"]["embedding"]
+        return TextEmbedder(
+            self.embedding_model or info["model_id"],
+            max_length=info["max_length"],
+            expected_sha256=info["weights_sha256"],
+        )
+
+    def _generate(self, force: bool) -> tuple[KeyRecord, bytes, bool]:
+        record = None if force else self.cache.record()
+        if record is not None:
+            return record, self.cache.evaluation_keys.read_bytes(), False
+        started = time.perf_counter()
+        self.fhe_client.generate_private_and_evaluation_keys(force=True)
+        serialized = self.fhe_client.get_serialized_evaluation_keys()
+        record = KeyRecord(bytes_sha256(serialized), len(serialized), time.perf_counter() - started)
+        self.cache.save(record, serialized)
+        return record, serialized, True
+
+    def keys(self, force: bool = False, upload: bool = True) -> KeyInfo:
+        """Generate keys once (cached on disk) and upload the evaluation keys to the server."""
+        record, serialized, generated = self._generate(force)
+        started = time.perf_counter()
+        if upload:
+            answer = self.api.upload_keys(serialized, self.client_spec)
+            if answer["key_id"] != record.key_id:
+                raise ClientError(
+                    f"server computed key id {answer['key_id']}, expected {record.key_id}"
+                )
+        return KeyInfo(
+            record.key_id,
+            record.evaluation_key_bytes,
+            record.keygen_seconds,
+            generated,
+            time.perf_counter() - started,
+            self.cache.key_dir,
+        )
+
+    def _key_id(self) -> str:
+        record = self.cache.record()
+        if record is None:
+            return self.keys().key_id
+        return record.key_id
+
+    def _run(self, ciphertext: bytes, key_id: str) -> Any:
+        try:
+            return self.api.predict(self.name, ciphertext, key_id, self.client_spec)
+        except UnknownKey:
+            self.keys(upload=True)
+            return self.api.predict(self.name, ciphertext, key_id, self.client_spec)
+
+    def predict(
+        self,
+        texts: Sequence[str],
+        progress: Callable[[Prediction], None] | None = None,
+    ) -> list[Prediction]:
+        """Embed, encrypt, run on the server and decrypt each text; the server sees only bytes."""
+        key_id = self._key_id()
+        client = self.fhe_client
+        results = []
+        for text in texts:
+            started = time.perf_counter()
+            vector = self.embedder.embed([text])
+            embedded = time.perf_counter()
+            ciphertext = client.quantize_encrypt_serialize(vector.astype(np.float32))
+            encrypted = time.perf_counter()
+            answer = self._run(ciphertext, key_id)
+            answered = time.perf_counter()
+            scores = np.asarray(client.deserialize_decrypt_dequantize(answer.ciphertext))[0]
+            decrypted = time.perf_counter()
+            by_label = zip(self.labels, scores.tolist(), strict=True)
+            prediction = Prediction(
+                text=text,
+                label=self.labels[top_class(scores)],
+                scores=dict(by_label),
+                seconds={
+                    "embed": embedded - started,
+                    "encrypt": encrypted - embedded,
+                    "server": answer.server_seconds,
+                    "fhe": answer.fhe_seconds,
+                    "round_trip": answered - encrypted,
+                    "decrypt": decrypted - answered,
+                    "total": decrypted - started,
+                },
+                bytes={"ciphertext_in": len(ciphertext), "ciphertext_out": len(answer.ciphertext)},
+            )
+            results.append(prediction)
+            if progress is not None:
+                progress(prediction)
+        return results

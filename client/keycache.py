@@ -1,0 +1,64 @@
+"""The client's on-disk cache: client spec and keys per (model, client spec hash).
+
+Layout: `<root>/<model>/<spec sha256>/client.zip`, `keys/` (Concrete's key set, including the
+private key, which never leaves this directory), `evaluation_keys.bin` and `key.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+def default_cache_root() -> Path:
+    """FHE_CLIENT_CACHE, else $XDG_CACHE_HOME/fhe-client, else ~/.cache/fhe-client."""
+    if os.environ.get("FHE_CLIENT_CACHE"):
+        return Path(os.environ["FHE_CLIENT_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fhe-client"
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """What the client remembers about its evaluation keys."""
+
+    key_id: str
+    evaluation_key_bytes: int
+    keygen_seconds: float
+
+
+class KeyCache:
+    """Paths and records of one model's cached spec and keys."""
+
+    def __init__(self, root: Path, model: str, client_spec: str) -> None:
+        self.dir = root / model / client_spec
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    @property
+    def client_zip(self) -> Path:
+        """The cached client spec."""
+        return self.dir / "client.zip"
+
+    @property
+    def key_dir(self) -> Path:
+        """Concrete's key set cache (private key included)."""
+        return self.dir / "keys"
+
+    @property
+    def evaluation_keys(self) -> Path:
+        """The serialized evaluation keys, as uploaded."""
+        return self.dir / "evaluation_keys.bin"
+
+    def record(self) -> KeyRecord | None:
+        """The stored key record, or None when keys were never generated here."""
+        path = self.dir / "key.json"
+        if not path.is_file() or not self.evaluation_keys.is_file():
+            return None
+        return KeyRecord(**json.loads(path.read_text()))
+
+    def save(self, record: KeyRecord, serialized_keys: bytes) -> None:
+        """Remember the evaluation keys and their id."""
+        self.evaluation_keys.write_bytes(serialized_keys)
+        (self.dir / "key.json").write_text(json.dumps(asdict(record)))

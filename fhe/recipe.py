@@ -1,0 +1,366 @@
+"""The sentiment training recipe: embed, grid-search XGBoost, compile, measure, export the bundle.
+
+Run `python -m fhe.recipe --help`; `make model` rebuilds the shipped models/sentiment bundle.
+"""
+
+from __future__ import annotations
+
+import itertools
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.progress import Progress
+from sklearn.metrics import accuracy_score, f1_score
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+from fhe.bundle import (
+    CARD_FILE,
+    BundleMetadata,
+    CircuitInfo,
+    EmbeddingInfo,
+    Metrics,
+    TrainingInfo,
+    export_circuit,
+    write_metadata,
+)
+from fhe.card import render_card
+from fhe.dataset import DEFAULT_DATA, TextSplit, load_split
+from fhe.digest import bytes_sha256
+from fhe.embedder import DEFAULT_EMBEDDING_MODEL, TextEmbedder
+
+AIRLINE_LICENSE = (
+    "CC BY-NC-SA 4.0 (Twitter US Airline Sentiment, CrowdFlower 'Data for Everyone', as listed on "
+    "Kaggle)"
+)
+
+console = Console(stderr=True)
+
+
+@dataclass
+class RecipeConfig:
+    """Every knob of one training run; the defaults rebuild the shipped sentiment bundle."""
+
+    out: Path
+    name: str = "sentiment"
+    data: Path = DEFAULT_DATA
+    text_column: str = "text"
+    label_column: str = "airline_sentiment"
+    id_column: str | None = "tweet_id"
+    data_license: str = AIRLINE_LICENSE
+    embedding_model: str = DEFAULT_EMBEDDING_MODEL
+    max_length: int = 128
+    n_bits: list[int] = field(default_factory=lambda: [3, 4])
+    max_depth: list[int] = field(default_factory=lambda: [1, 2])
+    n_estimators: list[int] = field(default_factory=lambda: [25, 50])
+    max_pbs: int = 500
+    cv_folds: int = 3
+    test_size: float = 0.1
+    seed: int = 42
+    fhe_sample: int = 20
+    max_train_rows: int | None = None
+    cache_dir: Path | None = None
+    command: str = ""
+
+
+def embed_cached(
+    embedder: TextEmbedder, texts: list[str], cache_dir: Path | None, tag: str
+) -> np.ndarray:
+    """Embed texts, reusing an .npy cache keyed by the weights, max length and the texts."""
+    key = bytes_sha256(
+        "\x00".join([embedder.weights_sha256, str(embedder.max_length), *texts]).encode()
+    )
+    path = cache_dir / f"embeddings-{tag}-{key[:16]}.npy" if cache_dir else None
+    if path is not None and path.is_file():
+        return np.load(path)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task(f"embedding {tag}", total=len(texts))
+        vectors = embedder.embed(texts, progress=lambda n: progress.advance(task, n))
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, vectors)
+    return vectors
+
+
+def compile_model(model: Any, inputset: np.ndarray) -> Any:
+    """Compile with key and input ciphertext compression on (smaller uploads, same results)."""
+    from concrete.fhe import Configuration
+
+    configuration = Configuration(compress_evaluation_keys=True, compress_input_ciphertexts=True)
+    return model.compile(inputset, configuration=configuration)
+
+
+def circuit_cost(circuit: Any) -> tuple[int, int]:
+    """PBS count and maximum integer bit width of a compiled circuit."""
+    pbs = int(circuit.statistics.get("programmable_bootstrap_count", 0))
+    return pbs, int(circuit.graph.maximum_integer_bit_width())
+
+
+def search_grid(
+    config: RecipeConfig, x_train: np.ndarray, y_train: np.ndarray
+) -> tuple[Any, dict[str, int], list[dict[str, Any]]]:
+    """Cross-validate each grid point, compile it for its PBS cost, keep the best in budget."""
+    from concrete.ml.sklearn import XGBClassifier
+
+    folds = StratifiedKFold(config.cv_folds, shuffle=True, random_state=config.seed)
+    rows: list[dict[str, Any]] = []
+    best: tuple[float, Any, dict[str, int]] | None = None
+    grid = list(itertools.product(config.n_bits, config.max_depth, config.n_estimators))
+    for n_bits, depth, trees in grid:
+        params = {"n_bits": n_bits, "max_depth": depth, "n_estimators": trees}
+        started = time.perf_counter()
+        model = XGBClassifier(**params, random_state=config.seed, n_jobs=2)
+        cv_accuracy = float(cross_val_score(model, x_train, y_train, cv=folds).mean())
+        model.fit(x_train, y_train)
+        pbs, bits = circuit_cost(compile_model(model, x_train))
+        rows.append(
+            {"params": params, "cv_accuracy": cv_accuracy, "pbs_count": pbs, "max_bit_width": bits}
+        )
+        console.log(
+            f"{params}: CV accuracy {cv_accuracy:.4f}, {pbs} PBS, {bits} bits "
+            f"({time.perf_counter() - started:.0f} s)"
+        )
+        if pbs <= config.max_pbs and (best is None or cv_accuracy > best[0]):
+            best = (cv_accuracy, model, params)
+    if best is None:
+        cheapest = min(row["pbs_count"] for row in rows)
+        raise ValueError(f"no configuration fits max_pbs={config.max_pbs}; cheapest is {cheapest}")
+    return best[1], best[2], rows
+
+
+def measure_real_fhe(
+    bundle_dir: Path, x_sample: np.ndarray
+) -> tuple[np.ndarray, list[float], float, int, int, int]:
+    """Run the exported bundle through Concrete-ML's deployment client and server for real.
+
+    Returns decrypted probabilities, per-text server run seconds, keygen seconds, and the byte
+    sizes of the evaluation keys, one input ciphertext and one output ciphertext.
+    """
+    from concrete import fhe
+    from concrete.ml.deployment import FHEModelClient, FHEModelServer
+
+    with tempfile.TemporaryDirectory() as key_dir:
+        client = FHEModelClient(str(bundle_dir), key_dir=key_dir)
+        started = time.perf_counter()
+        client.generate_private_and_evaluation_keys(force=True)
+        serialized_keys = client.get_serialized_evaluation_keys()
+        keygen_seconds = time.perf_counter() - started
+        server = FHEModelServer(str(bundle_dir))
+        keys = fhe.EvaluationKeys.deserialize(serialized_keys)
+        probabilities, seconds = [], []
+        size_in = size_out = 0
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("real FHE on the sample", total=len(x_sample))
+            for row in x_sample:
+                encrypted = client.quantize_encrypt_serialize(row[None, :])
+                started = time.perf_counter()
+                result = server.run(encrypted, keys)
+                seconds.append(time.perf_counter() - started)
+                probabilities.append(client.deserialize_decrypt_dequantize(result)[0])
+                size_in, size_out = len(encrypted), len(result)
+                progress.advance(task)
+    return np.array(probabilities), seconds, keygen_seconds, len(serialized_keys), size_in, size_out
+
+
+def machine_description() -> str:
+    """A one-line description of the machine measurements were taken on."""
+    import os
+
+    return f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+
+
+@dataclass(frozen=True)
+class TrainedBundle:
+    """What a recipe run produced: the bundle's metadata, the compiled model and its embedder."""
+
+    path: Path
+    metadata: BundleMetadata
+    model: Any
+    embedder: TextEmbedder
+
+
+def train(config: RecipeConfig) -> TrainedBundle:
+    """Run the whole recipe and write the bundle and its card to `config.out`."""
+    split: TextSplit = load_split(
+        config.data,
+        text_column=config.text_column,
+        label_column=config.label_column,
+        id_column=config.id_column,
+        test_size=config.test_size,
+        seed=config.seed,
+    )
+    train_texts, train_labels = split.train_texts, split.train_labels
+    if config.max_train_rows is not None:
+        train_texts, train_labels = (
+            train_texts[: config.max_train_rows],
+            train_labels[: config.max_train_rows],
+        )
+    console.log(f"{len(train_texts)} train and {len(split.test_texts)} test texts, {split.labels}")
+    embedder = TextEmbedder(config.embedding_model, max_length=config.max_length).load()
+    x_train = embed_cached(embedder, train_texts, config.cache_dir, "train")
+    x_test = embed_cached(embedder, split.test_texts, config.cache_dir, "test")
+    y_train = np.searchsorted(split.labels, train_labels)
+    y_test = np.searchsorted(split.labels, split.test_labels)
+
+    model, chosen, cv_rows = search_grid(config, x_train, y_train)
+    started = time.perf_counter()
+    circuit = compile_model(model, x_train)
+    compile_seconds = time.perf_counter() - started
+    pbs, bits = circuit_cost(circuit)
+
+    clear = model.predict(x_test)
+    simulated = model.predict(x_test, fhe="simulate")
+    console.log(
+        f"chosen {chosen}: clear {accuracy_score(y_test, clear):.4f}, "
+        f"simulated {accuracy_score(y_test, simulated):.4f}"
+    )
+
+    config.out.mkdir(parents=True, exist_ok=True)
+    spec_hash = export_circuit(model, config.out)
+    sample = min(config.fhe_sample, len(x_test))
+    proba, seconds, keygen_seconds, key_bytes, size_in, size_out = measure_real_fhe(
+        config.out, x_test[:sample]
+    )
+    fhe_predictions = proba.argmax(axis=1)
+
+    metadata = BundleMetadata(
+        name=config.name,
+        labels=list(split.labels),
+        description=(
+            "Sentiment of an English text (airline tweets) predicted over encrypted data: the "
+            "server never sees the text, its embedding or the prediction."
+        ),
+        embedding=EmbeddingInfo(
+            model_id=config.embedding_model,
+            max_length=config.max_length,
+            dimension=int(x_train.shape[1]),
+            weights_sha256=embedder.weights_sha256,
+        ),
+        circuit=CircuitInfo(
+            model_type=type(model).__name__,
+            params=chosen,
+            pbs_count=pbs,
+            max_bit_width=bits,
+        ),
+        training=TrainingInfo(
+            data=split.source,
+            data_sha256=split.source_sha256,
+            data_license=config.data_license,
+            text_column=config.text_column,
+            label_column=config.label_column,
+            rows_read=split.rows_read,
+            rows_kept=split.rows_kept,
+            deduplicated_by=config.id_column,
+            train_rows=len(train_texts),
+            test_rows=len(split.test_texts),
+            test_size=config.test_size,
+            seed=config.seed,
+            cv_folds=config.cv_folds,
+            grid={
+                "n_bits": config.n_bits,
+                "max_depth": config.max_depth,
+                "n_estimators": config.n_estimators,
+                "max_pbs": [config.max_pbs],
+            },
+            cv_results=cv_rows,
+            command=config.command,
+        ),
+        metrics=Metrics(
+            clear_accuracy=float(accuracy_score(y_test, clear)),
+            clear_macro_f1=float(f1_score(y_test, clear, average="macro")),
+            simulated_accuracy=float(accuracy_score(y_test, simulated)),
+            simulated_macro_f1=float(f1_score(y_test, simulated, average="macro")),
+            fhe_sample_size=sample,
+            fhe_sample_accuracy=float(accuracy_score(y_test[:sample], fhe_predictions)),
+            fhe_sample_agreement_with_simulation=float(
+                np.mean(fhe_predictions == simulated[:sample])
+            ),
+            fhe_seconds_median=float(statistics.median(seconds)),
+            fhe_seconds_p90=float(np.percentile(seconds, 90)),
+            keygen_seconds=keygen_seconds,
+            evaluation_key_bytes=key_bytes,
+            ciphertext_in_bytes=size_in,
+            ciphertext_out_bytes=size_out,
+            compile_seconds=compile_seconds,
+            machine=machine_description(),
+        ),
+        client_spec_sha256=spec_hash,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    write_metadata(config.out, metadata)
+    (config.out / CARD_FILE).write_text(render_card(metadata))
+    console.log(f"bundle written to {config.out}")
+    return TrainedBundle(config.out, metadata, model, embedder)
+
+
+def _int_list(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: every RecipeConfig field as a flag."""
+    import typer
+
+    app = typer.Typer(add_completion=False)
+
+    @app.command()
+    def run(
+        out: Path = typer.Option(Path("models/sentiment"), help="bundle directory to write"),
+        name: str = typer.Option("sentiment", help="model name served by fhe-server"),
+        data: Path = typer.Option(DEFAULT_DATA, help="CSV with texts and labels"),
+        text_column: str = typer.Option("text"),
+        label_column: str = typer.Option("airline_sentiment"),
+        id_column: str = typer.Option("tweet_id", help="de-duplicate by this column ('' for none)"),
+        data_license: str = typer.Option(AIRLINE_LICENSE, help="licence of the data, for the card"),
+        embedding_model: str = typer.Option(DEFAULT_EMBEDDING_MODEL, help="HF id or local path"),
+        max_length: int = typer.Option(128, help="max tokens per text"),
+        n_bits: str = typer.Option("3,4", help="grid: quantization bits"),
+        max_depth: str = typer.Option("1,2", help="grid: tree depth"),
+        n_estimators: str = typer.Option("25,50", help="grid: number of trees"),
+        max_pbs: int = typer.Option(500, help="circuit budget in programmable bootstraps"),
+        cv_folds: int = typer.Option(3),
+        test_size: float = typer.Option(0.1),
+        seed: int = typer.Option(42),
+        fhe_sample: int = typer.Option(20, help="test texts run under real FHE"),
+        max_train_rows: int = typer.Option(0, help="use only the first N train rows (0: all)"),
+        cache_dir: Path = typer.Option(Path(".cache"), help="embedding cache ('' for none)"),
+    ) -> None:
+        train(
+            RecipeConfig(
+                out=out,
+                name=name,
+                data=data,
+                text_column=text_column,
+                label_column=label_column,
+                id_column=id_column or None,
+                data_license=data_license,
+                embedding_model=embedding_model,
+                max_length=max_length,
+                n_bits=_int_list(n_bits),
+                max_depth=_int_list(max_depth),
+                n_estimators=_int_list(n_estimators),
+                max_pbs=max_pbs,
+                cv_folds=cv_folds,
+                test_size=test_size,
+                seed=seed,
+                fhe_sample=fhe_sample,
+                max_train_rows=max_train_rows or None,
+                cache_dir=cache_dir if str(cache_dir) else None,
+                command="python -m fhe.recipe " + shlex.join(argv or sys.argv[1:]),
+            )
+        )
+
+    app(argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+"""The FastAPI application: model listing and cards, key upload, encrypted prediction."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import FastAPI, Header, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+
+from fhe.bundle import CLIENT_ZIP
+from server import worker
+from server.errors import APIError, install_error_handlers
+from server.executor import Busy, FHEExecutor, WorkerCrashed
+from server.keystore import KeyStore, KeyTooLarge, StoredKey
+from server.registry import FHEModel, ModelRegistry
+from server.settings import ServerSettings
+
+log = logging.getLogger("fhe_server")
+
+KEYGEN_HINT = "run `fhe-client keygen --model {model}` to generate and upload evaluation keys"
+
+
+def _model(request: Request, name: str) -> FHEModel:
+    model = request.app.state.registry.get(name)
+    if model is None:
+        names = [m.name for m in request.app.state.registry.all()]
+        raise APIError(404, "unknown_model", f"no model named {name!r}; models here: {names}")
+    return model
+
+
+def _ready(model: FHEModel) -> FHEModel:
+    if not model.ready:
+        raise APIError(503, "model_unloadable", f"model {model.name!r} cannot load: {model.reason}")
+    return model
+
+
+def _check_length(request: Request, limit: int, what: str) -> None:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise APIError(413, "too_large", f"{what} of {declared} bytes exceed the limit of {limit}")
+
+
+async def _read_limited(request: Request, limit: int, what: str) -> bytes:
+    """The request body, refused with 413 as soon as it passes `limit` bytes."""
+    _check_length(request, limit, what)
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > limit:
+            raise APIError(413, "too_large", f"{what} exceed the limit of {limit} bytes")
+    return bytes(body)
+
+
+def _stored_key(request: Request, key_id: str | None, model: FHEModel) -> StoredKey:
+    hint = KEYGEN_HINT.format(model=model.name)
+    if not key_id:
+        raise APIError(400, "missing_key_id", f"the X-Key-Id header is required; {hint}")
+    stored = request.app.state.keystore.get(key_id)
+    if stored is None:
+        raise APIError(
+            404,
+            "unknown_key",
+            f"evaluation key {key_id} is unknown here or was evicted; {hint}",
+            key_id=key_id,
+        )
+    if stored.client_spec and stored.client_spec != model.client_spec:
+        raise APIError(
+            409,
+            "key_spec_mismatch",
+            f"evaluation key {key_id} was made for client spec {stored.client_spec}, but model "
+            f"{model.name!r} has {model.client_spec}; {hint}",
+        )
+    return stored
+
+
+def create_app(settings: ServerSettings | None = None) -> FastAPI:
+    """Build the app; the registry, key store and worker pool start with its lifespan."""
+    settings = settings or ServerSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.settings = settings
+        app.state.registry = ModelRegistry.scan(settings.models_dir)
+        app.state.keystore = KeyStore(settings.data_dir / "keys", settings.keystore_max_bytes)
+        app.state.executor = FHEExecutor(
+            settings.workers, settings.max_queue, settings.key_cache_entries
+        )
+        for model in app.state.registry.all():
+            status = "ready" if model.ready else f"unloadable: {model.reason}"
+            log.warning("model %s (%s): %s", model.name, model.kind, status)
+        app.state.executor.warm([str(m.path) for m in app.state.registry.all() if m.ready])
+        try:
+            yield
+        finally:
+            app.state.executor.close()
+
+    app = FastAPI(
+        title="fhe-server",
+        summary="Predictions over encrypted data with Concrete-ML",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """Liveness."""
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def list_models(request: Request) -> dict[str, list[dict]]:
+        """Every model with its kind, task, labels and status (unloadable ones with the reason)."""
+        return {"models": [model.summary() for model in request.app.state.registry.all()]}
+
+    @app.get("/v1/models/{name}")
+    async def model_card(request: Request, name: str) -> dict:
+        """The model card as JSON: metrics, versions, client spec hash, card text."""
+        return _model(request, name).card()
+
+    @app.get("/v1/models/{name}/client.zip", response_class=FileResponse)
+    async def client_spec(request: Request, name: str) -> FileResponse:
+        """The FHE client spec clients generate keys and encrypt with."""
+        model = _ready(_model(request, name))
+        return FileResponse(
+            model.path / CLIENT_ZIP,
+            media_type="application/zip",
+            filename=f"{model.name}-client.zip",
+            headers={"X-Client-Spec": model.client_spec or ""},
+        )
+
+    @app.post("/v1/keys", status_code=201)
+    async def upload_keys(
+        request: Request,
+        x_client_spec: Annotated[str | None, Header()] = None,
+    ) -> JSONResponse:
+        """Store serialized evaluation keys (raw bytes); the key id is their sha256."""
+        state = request.app.state
+        if x_client_spec:
+            specs = {m.client_spec for m in state.registry.all() if m.ready}
+            if x_client_spec not in specs:
+                raise APIError(
+                    409,
+                    "unknown_client_spec",
+                    f"no model here has client spec {x_client_spec}; download client.zip again",
+                )
+        limit = settings.max_key_bytes
+        _check_length(request, limit, "evaluation keys")
+        try:
+            upload, key_id, size = await state.keystore.receive(request.stream(), limit)
+        except KeyTooLarge as error:
+            raise APIError(413, "too_large", str(error)) from None
+        if size == 0:
+            upload.unlink(missing_ok=True)
+            raise APIError(400, "empty_body", "the body must hold serialized evaluation keys")
+        if state.keystore.get(key_id) is None:
+            try:
+                await state.executor.call(worker.check_keys, str(upload))
+            except worker.BadInput as error:
+                upload.unlink(missing_ok=True)
+                raise APIError(400, "malformed_keys", str(error)) from None
+            except (Busy, WorkerCrashed) as error:
+                upload.unlink(missing_ok=True)
+                raise APIError(503, "busy", str(error), headers={"Retry-After": "5"}) from None
+        try:
+            stored, created = state.keystore.add(upload, key_id, x_client_spec)
+        except KeyTooLarge as error:
+            raise APIError(413, "too_large", str(error)) from None
+        body = {"key_id": stored.key_id, "bytes": stored.size, "client_spec": stored.client_spec}
+        return JSONResponse(body, status_code=201 if created else 200)
+
+    @app.post(
+        "/v1/models/{name}/predict",
+        response_class=Response,
+        responses={200: {"content": {"application/octet-stream": {}}}},
+    )
+    async def predict(
+        request: Request,
+        name: str,
+        x_key_id: Annotated[str | None, Header()] = None,
+        x_client_spec: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        """Run the model's circuit on one ciphertext (raw bytes) and answer the encrypted result."""
+        received = time.perf_counter()
+        model = _ready(_model(request, name))
+        _check_length(request, settings.max_ciphertext_bytes, "ciphertext")
+        if not x_client_spec:
+            raise APIError(
+                400,
+                "missing_client_spec",
+                f"the X-Client-Spec header (sha256 of client.zip) is required; server has "
+                f"{model.client_spec}",
+            )
+        if x_client_spec != model.client_spec:
+            raise APIError(
+                409,
+                "client_spec_mismatch",
+                f"your client spec {x_client_spec} differs from the server's {model.client_spec} "
+                f"for model {name!r}: download client.zip again and "
+                + KEYGEN_HINT.format(model=name),
+                client_spec=x_client_spec,
+                server_client_spec=model.client_spec,
+            )
+        stored = _stored_key(request, x_key_id, model)
+        ciphertext = await _read_limited(request, settings.max_ciphertext_bytes, "ciphertext")
+        if not ciphertext:
+            raise APIError(400, "empty_body", "the body must hold a serialized ciphertext")
+        try:
+            result, seconds = await request.app.state.executor.call(
+                worker.run_circuit, str(model.path), stored.key_id, str(stored.path), ciphertext
+            )
+        except Busy as error:
+            raise APIError(503, "busy", str(error), headers={"Retry-After": "2"}) from None
+        except worker.BadInput as error:
+            raise APIError(400, "malformed_ciphertext", str(error)) from None
+        except KeyError:
+            raise APIError(
+                404, "unknown_key", "evaluation key was evicted; upload it again"
+            ) from None
+        except WorkerCrashed as error:
+            raise APIError(
+                422,
+                "unprocessable_ciphertext",
+                f"{error}: the ciphertext or keys do not fit this model's circuit",
+            ) from None
+        total = time.perf_counter() - received
+        return Response(
+            content=result,
+            media_type="application/octet-stream",
+            headers={"X-FHE-Seconds": f"{seconds:.4f}", "X-Server-Seconds": f"{total:.4f}"},
+        )
+
+    return app

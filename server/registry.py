@@ -1,0 +1,108 @@
+"""The models a server hosts, from its models directory; each ready or unloadable with a reason."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fhe.bundle import (
+    CARD_FILE,
+    CLIENT_ZIP,
+    METADATA_FILE,
+    SERVER_ZIP,
+    BundleMetadata,
+    client_spec_hash,
+    read_metadata,
+)
+
+
+@dataclass
+class FHEModel:
+    """One FHE bundle as the server sees it."""
+
+    name: str
+    path: Path
+    metadata: BundleMetadata | None
+    client_spec: str | None
+    reason: str | None = None
+
+    kind = "fhe"
+
+    @property
+    def ready(self) -> bool:
+        """True when the bundle can serve predictions."""
+        return self.reason is None
+
+    def summary(self) -> dict[str, Any]:
+        """The row of the model listing."""
+        meta = self.metadata
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "task": meta.task if meta else None,
+            "labels": meta.labels if meta else [],
+            "status": "ready" if self.ready else "unloadable",
+            "reason": self.reason,
+        }
+
+    def card(self) -> dict[str, Any]:
+        """The model card as JSON: the listing row, model.json and the card text."""
+        card_path = self.path / CARD_FILE
+        return {
+            **self.summary(),
+            "client_spec_sha256": self.client_spec,
+            "metadata": self.metadata.model_dump(mode="json") if self.metadata else None,
+            "card": card_path.read_text() if card_path.is_file() else None,
+        }
+
+
+def load_fhe_model(path: Path) -> FHEModel:
+    """Inspect a bundle directory; never raises, a problem becomes the model's reason."""
+    name = path.name
+    try:
+        metadata = read_metadata(path)
+    except (OSError, ValueError) as error:
+        return FHEModel(name, path, None, None, f"model.json unreadable: {error}")
+    name = metadata.name or name
+    for required in (CLIENT_ZIP, SERVER_ZIP):
+        if not (path / required).is_file():
+            return FHEModel(name, path, metadata, None, f"{required} is missing")
+    spec = client_spec_hash(path)
+    if metadata.client_spec_sha256 and metadata.client_spec_sha256 != spec:
+        reason = (
+            f"client.zip has sha256 {spec} but model.json records {metadata.client_spec_sha256}"
+        )
+        return FHEModel(name, path, metadata, spec, reason)
+    try:
+        from concrete.ml.deployment.fhe_client_server import check_concrete_versions
+
+        check_concrete_versions(path / SERVER_ZIP)
+    except (ValueError, KeyError, OSError) as error:
+        return FHEModel(name, path, metadata, spec, f"built with other versions: {error}")
+    return FHEModel(name, path, metadata, spec)
+
+
+class ModelRegistry:
+    """Name -> model, read from a models directory at start-up."""
+
+    def __init__(self, models: list[FHEModel]) -> None:
+        self._models = {model.name: model for model in models}
+
+    @classmethod
+    def scan(cls, models_dir: Path) -> ModelRegistry:
+        """Every sub-directory holding a model.json is an FHE bundle."""
+        found = []
+        if models_dir.is_dir():
+            for path in sorted(models_dir.iterdir()):
+                if (path / METADATA_FILE).is_file():
+                    found.append(load_fhe_model(path))
+        return cls(found)
+
+    def get(self, name: str) -> FHEModel | None:
+        """The model called `name`, or None."""
+        return self._models.get(name)
+
+    def all(self) -> list[FHEModel]:
+        """Every model, ready or not, in name order."""
+        return [self._models[name] for name in sorted(self._models)]

@@ -1,0 +1,47 @@
+"""Server configuration: flags and FHE_SERVER_* environment variables, documented defaults."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1 << 20
+
+SHIPPED_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+"""The models/ directory of this checkout, which holds the shipped bundles."""
+
+
+def default_data_dir() -> Path:
+    """Where keys live by default: $XDG_DATA_HOME/fhe-server or ~/.local/share/fhe-server."""
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "fhe-server"
+
+
+class ServerSettings(BaseSettings):
+    """Every setting of `fhe-server serve`; each is also the env variable FHE_SERVER_<NAME>."""
+
+    model_config = SettingsConfigDict(env_prefix="FHE_SERVER_")
+
+    models_dir: Path = Field(SHIPPED_MODELS_DIR, description="directory of model bundles")
+    data_dir: Path = Field(default_factory=default_data_dir, description="keys are kept here")
+    host: str = Field("127.0.0.1", description="interface to listen on")
+    port: int = Field(8000, description="TCP port")
+    workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        description="FHE worker processes (one circuit run each at a time)",
+    )
+    max_queue: int = Field(
+        16, ge=0, description="FHE requests allowed to wait for a worker before 503 busy"
+    )
+    max_key_bytes: int = Field(512 * MiB, ge=1, description="largest evaluation key upload")
+    max_ciphertext_bytes: int = Field(16 * MiB, ge=1, description="largest ciphertext body")
+    keystore_max_bytes: int = Field(
+        8 << 30, ge=1, description="total bytes of stored keys before LRU eviction"
+    )
+    key_cache_entries: int = Field(
+        4, ge=1, description="deserialized evaluation keys kept in memory per worker"
+    )

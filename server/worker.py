@@ -1,0 +1,98 @@
+"""What runs inside an FHE worker process: circuit runs and key checks, with per-process caches.
+
+Each worker keeps its loaded circuits and a bounded LRU of deserialized evaluation keys, so a
+request pays neither for loading server.zip nor for deserializing keys it has seen recently.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+_circuits: dict[str, Any] = {}
+_keys: OrderedDict[str, Any] = OrderedDict()
+_key_cache_entries = 4
+
+
+class BadInput(Exception):
+    """The client's bytes could not be used (malformed ciphertext or keys)."""
+
+
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
+
+
+def configure(key_cache_entries: int) -> None:
+    """Process initializer: set the cache bound and import Concrete once, before any request.
+
+    A watchdog thread ends the worker if the server process dies without shutting the pool down.
+    """
+    global _key_cache_entries
+    _key_cache_entries = key_cache_entries
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    import concrete.fhe
+    import concrete.ml.deployment  # noqa: F401
+
+
+def _circuit(bundle_dir: str) -> Any:
+    from concrete.ml.deployment import FHEModelServer
+
+    if bundle_dir not in _circuits:
+        _circuits[bundle_dir] = FHEModelServer(bundle_dir)
+    return _circuits[bundle_dir]
+
+
+def _deserialize_keys(data: bytes) -> Any:
+    from concrete import fhe
+
+    try:
+        return fhe.EvaluationKeys.deserialize(data)
+    except RuntimeError as error:
+        raise BadInput(f"evaluation keys could not be deserialized: {error}") from None
+
+
+def _evaluation_keys(key_id: str, key_path: str) -> Any:
+    if key_id in _keys:
+        _keys.move_to_end(key_id)
+        return _keys[key_id]
+    try:
+        data = Path(key_path).read_bytes()
+    except FileNotFoundError:
+        raise KeyError(key_id) from None
+    keys = _deserialize_keys(data)
+    _keys[key_id] = keys
+    while len(_keys) > _key_cache_entries:
+        _keys.popitem(last=False)
+    return keys
+
+
+def check_keys(key_path: str) -> None:
+    """Raise BadInput unless the file holds deserializable evaluation keys."""
+    _deserialize_keys(Path(key_path).read_bytes())
+
+
+def warm(bundle_dirs: list[str]) -> int:
+    """Load circuits ahead of the first request; returns how many this process holds."""
+    for bundle_dir in bundle_dirs:
+        _circuit(bundle_dir)
+    return len(_circuits)
+
+
+def run_circuit(
+    bundle_dir: str, key_id: str, key_path: str, ciphertext: bytes
+) -> tuple[bytes, float]:
+    """Evaluate the bundle's circuit on one serialized ciphertext; returns result and seconds."""
+    server = _circuit(bundle_dir)
+    keys = _evaluation_keys(key_id, key_path)
+    started = time.perf_counter()
+    try:
+        result = server.run(ciphertext, keys)
+    except (RuntimeError, ValueError, AssertionError) as error:
+        raise BadInput(f"ciphertext could not be evaluated: {error}") from None
+    return result, time.perf_counter() - started
