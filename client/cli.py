@@ -78,9 +78,10 @@ def keygen(
     except (ServerError, ClientError) as error:
         _fail(error)
     state = "generated" if info.generated_now else "reused from cache"
+    took = f"{info.keygen_seconds:.2f} s" + ("" if info.generated_now else " when generated")
     typer.echo(f"key id: {info.key_id}")
     typer.echo(f"evaluation keys: {_megabytes(info.evaluation_key_bytes)} ({state}), uploaded")
-    typer.echo(f"keygen: {info.keygen_seconds:.2f} s, upload: {info.upload_seconds:.2f} s")
+    typer.echo(f"keygen: {took}, upload: {info.upload_seconds:.2f} s")
     typer.echo(f"private key: {info.key_dir} (never sent)")
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import zipfile
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +60,33 @@ class FHEModel:
         }
 
 
+CHECKED_PACKAGES = ("concrete-python", "concrete-ml")
+
+
+def version_mismatch(server_zip: Path) -> str | None:
+    """Why server.zip cannot load here (Concrete versions differ), or None.
+
+    The same rule as Concrete-ML's own check, read from the zip's versions.json without importing
+    Concrete, so the API process stays small; the workers load the circuit itself.
+    """
+    try:
+        with zipfile.ZipFile(server_zip) as archive:
+            built = json.loads(archive.read("versions.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
+        return f"server.zip has no readable versions.json: {error}"
+    differences = []
+    for package in CHECKED_PACKAGES:
+        try:
+            running = version(package)
+        except PackageNotFoundError:
+            running = "not installed"
+        if built.get(package) != running:
+            differences.append(f"{package}: {built.get(package)} != {running}")
+    if differences:
+        return "Version mismatch (bundle != this server): " + "; ".join(differences)
+    return None
+
+
 def load_fhe_model(path: Path) -> FHEModel:
     """Inspect a bundle directory; never raises, a problem becomes the model's reason."""
     name = path.name
@@ -74,12 +104,9 @@ def load_fhe_model(path: Path) -> FHEModel:
             f"client.zip has sha256 {spec} but model.json records {metadata.client_spec_sha256}"
         )
         return FHEModel(name, path, metadata, spec, reason)
-    try:
-        from concrete.ml.deployment.fhe_client_server import check_concrete_versions
-
-        check_concrete_versions(path / SERVER_ZIP)
-    except (ValueError, KeyError, OSError) as error:
-        return FHEModel(name, path, metadata, spec, f"built with other versions: {error}")
+    mismatch = version_mismatch(path / SERVER_ZIP)
+    if mismatch:
+        return FHEModel(name, path, metadata, spec, mismatch)
     return FHEModel(name, path, metadata, spec)
 
 

@@ -4,23 +4,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import pytest
 
 from fhe.dataset import DEFAULT_DATA
 from fhe.recipe import RecipeConfig, TrainedBundle, train
+from tests.server_process import BIN, ServerProcess
 
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-ARTIFACTS = REPO / "test-artifacts"
 
 SAMPLE_TEXTS = [
     "I love this airline, the crew was wonderful",
@@ -29,13 +23,6 @@ SAMPLE_TEXTS = [
     "thanks for the upgrade, great service today",
     "my flight was cancelled again and I am stuck at the airport",
 ]
-
-
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -57,62 +44,6 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> TrainedBundle:
         cache_dir=REPO / ".cache",
     )
     return train(config)
-
-
-@dataclass
-class ServerProcess:
-    """A real `fhe-server serve` subprocess on a loopback port."""
-
-    models: Path
-    data_dir: Path
-    env: dict[str, str] = field(default_factory=dict)
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen | None = None
-    log: Path | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 90.0) -> ServerProcess:
-        env = {**os.environ, **self.env}
-        self.log = self.data_dir.parent / f"server-{self.port}.log"
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        command = [
-            str(BIN / "fhe-server"),
-            "serve",
-            "--models",
-            str(self.models),
-            "--data-dir",
-            str(self.data_dir),
-            "--port",
-            str(self.port),
-        ]
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"fhe-server exited: {self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                time.sleep(0.2)
-        raise RuntimeError(f"fhe-server did not start: {self.log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from fhe.recipe import TrainedBundle
-from tests.conftest import SAMPLE_TEXTS, ServerProcess, run_client
+from tests.conftest import SAMPLE_TEXTS, run_client
+from tests.server_process import ServerProcess
 
 
 def clear_labels(bundle: TrainedBundle, texts: list[str]) -> list[str]:

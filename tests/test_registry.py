@@ -11,7 +11,7 @@ import httpx
 
 from fhe.recipe import TrainedBundle
 from server.registry import ModelRegistry
-from tests.conftest import ServerProcess
+from tests.server_process import ServerProcess
 
 
 def rewrite_zip_member(path: Path, member: str, transform) -> None:

@@ -9,7 +9,8 @@ import httpx
 
 from client.api import FHEServerAPI
 from client.encrypted_model import EncryptedModel
-from tests.conftest import SAMPLE_TEXTS, ServerProcess, run_client
+from tests.conftest import SAMPLE_TEXTS, run_client
+from tests.server_process import ServerProcess
 
 
 def test_keys_survive_restart(

@@ -10,7 +10,8 @@ import pytest
 from fhe.bundle import client_spec_hash, read_metadata
 from fhe.card import render_card
 from server.settings import SHIPPED_MODELS_DIR
-from tests.conftest import ServerProcess, run_client
+from tests.conftest import run_client
+from tests.server_process import ServerProcess
 
 SENTIMENT = SHIPPED_MODELS_DIR / "sentiment"
 

@@ -1,0 +1,127 @@
+"""End-to-end latency of one FHE model: starts fhe-server, generates keys, times N predictions.
+
+Prints keygen time, evaluation key bytes, ciphertext bytes in and out, server-side FHE seconds and
+end-to-end seconds through HTTP (median and p90), and the server's peak RSS (API process plus
+workers). Usage:
+
+    .venv/bin/python -m benchmarks.latency --models models --model sentiment -n 10 [--json out.json]
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import numpy as np
+import psutil
+import typer
+
+from client.api import FHEServerAPI
+from client.encrypted_model import EncryptedModel
+from tests.server_process import ServerProcess
+
+TEXTS = [
+    "I love this airline, the crew was wonderful",
+    "worst flight ever, they lost my bag and nobody helped",
+    "@united what time does boarding start for my flight to Denver?",
+    "thank you for the quick rebooking, really appreciated",
+    "two hours on the tarmac and no information at all",
+    "is there wifi on the new planes?",
+]
+
+
+class PeakRSS(threading.Thread):
+    """Samples the resident memory of a process and its children until stopped."""
+
+    def __init__(self, pid: int, every: float = 0.1) -> None:
+        super().__init__(daemon=True)
+        self.root = psutil.Process(pid)
+        self.every = every
+        self.peak = 0
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.is_set():
+            try:
+                processes = [self.root, *self.root.children(recursive=True)]
+                total = sum(p.memory_info().rss for p in processes if p.is_running())
+                self.peak = max(self.peak, total)
+            except psutil.Error:
+                pass
+            self._done.wait(self.every)
+
+    def stop(self) -> int:
+        self._done.set()
+        self.join()
+        return self.peak
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def main(
+    models: Annotated[Path, typer.Option(help="models directory to serve")] = Path("models"),
+    model: Annotated[str, typer.Option(help="FHE model name")] = "sentiment",
+    n: Annotated[int, typer.Option("-n", help="predictions to time (one at a time)")] = 10,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="write results here")] = None,
+) -> None:
+    """Measure one model end to end on this machine."""
+    with tempfile.TemporaryDirectory() as scratch:
+        server = ServerProcess(models.resolve(), Path(scratch) / "data").start()
+        rss = PeakRSS(server.process.pid)
+        rss.start()
+        try:
+            with FHEServerAPI(server.url) as api:
+                remote = EncryptedModel(api, model, Path(scratch) / "client")
+                started = time.perf_counter()
+                keys = remote.keys()
+                keygen_and_upload = time.perf_counter() - started
+                remote.predict([TEXTS[0]])  # warm-up: embedder load, worker key cache
+                texts = [TEXTS[i % len(TEXTS)] for i in range(n)]
+                predictions = remote.predict(texts)
+        finally:
+            peak = rss.stop()
+            server.stop()
+    fhe = [p.seconds["fhe"] for p in predictions]
+    server_side = [p.seconds["server"] for p in predictions]
+    round_trip = [p.seconds["round_trip"] for p in predictions]
+    total = [p.seconds["total"] for p in predictions]
+    results = {
+        "model": model,
+        "n": n,
+        "keygen_seconds": keys.keygen_seconds,
+        "keygen_and_upload_seconds": keygen_and_upload,
+        "evaluation_key_bytes": keys.evaluation_key_bytes,
+        "ciphertext_in_bytes": predictions[0].bytes["ciphertext_in"],
+        "ciphertext_out_bytes": predictions[0].bytes["ciphertext_out"],
+        "fhe_seconds_median": statistics.median(fhe),
+        "fhe_seconds_p90": percentile(fhe, 90),
+        "server_seconds_median": statistics.median(server_side),
+        "http_round_trip_seconds_median": statistics.median(round_trip),
+        "http_round_trip_seconds_p90": percentile(round_trip, 90),
+        "end_to_end_seconds_median": statistics.median(total),
+        "http_overhead_ratio": statistics.median(round_trip) / statistics.median(fhe),
+        "server_peak_rss_bytes": peak,
+        "cores": psutil.cpu_count(),
+    }
+    for key, value in results.items():
+        if isinstance(value, float):
+            shown = f"{value:,.4f}"
+        elif isinstance(value, int):
+            shown = f"{value:,}"
+        else:
+            shown = str(value)
+        typer.echo(f"{key:34} {shown}")
+    if json_out is not None:
+        json_out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(typer.run(main))
