@@ -13,10 +13,12 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 
 from fhe.bundle import CLIENT_ZIP
 from server import worker
+from server.clear_model import ClearModel
+from server.clear_routes import clear_router, native_answer, single_model_from_env
 from server.errors import APIError, install_error_handlers
 from server.executor import Busy, FHEExecutor, WorkerCrashed
 from server.keystore import KeyStore, KeyTooLarge, StoredKey
-from server.registry import FHEModel, ModelRegistry
+from server.registry import FHEModel, Model, ModelRegistry
 from server.settings import ServerSettings
 
 log = logging.getLogger("fhe_server")
@@ -24,7 +26,7 @@ log = logging.getLogger("fhe_server")
 KEYGEN_HINT = "run `fhe-client keygen --model {model}` to generate and upload evaluation keys"
 
 
-def _model(request: Request, name: str) -> FHEModel:
+def _model(request: Request, name: str) -> Model:
     model = request.app.state.registry.get(name)
     if model is None:
         names = [m.name for m in request.app.state.registry.all()]
@@ -32,9 +34,11 @@ def _model(request: Request, name: str) -> FHEModel:
     return model
 
 
-def _ready(model: FHEModel) -> FHEModel:
+def _ready(model: Model) -> FHEModel:
+    if not isinstance(model, FHEModel):
+        raise APIError(400, "not_fhe", f"model {model.name!r} is a {model.kind} model, not FHE")
     if not model.ready:
-        raise APIError(503, "model_unloadable", f"model {model.name!r} cannot load: {model.reason}")
+        raise APIError(400, "model_unloadable", f"model {model.name!r} cannot load: {model.reason}")
     return model
 
 
@@ -84,7 +88,11 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
-        app.state.registry = ModelRegistry.scan(settings.models_dir)
+        app.state.registry = ModelRegistry.scan(settings.models_dir, settings.policy)
+        single = single_model_from_env(settings)
+        app.state.single_model = single.name if single else None
+        if single is not None:
+            app.state.registry.add(single)
         app.state.keystore = KeyStore(settings.data_dir / "keys", settings.keystore_max_bytes)
         app.state.executor = FHEExecutor(
             settings.workers, settings.max_queue, settings.key_cache_entries
@@ -105,6 +113,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.include_router(clear_router(settings))
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -183,9 +192,13 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         x_key_id: Annotated[str | None, Header()] = None,
         x_client_spec: Annotated[str | None, Header()] = None,
     ) -> Response:
-        """Run the model's circuit on one ciphertext (raw bytes) and answer the encrypted result."""
+        """FHE: one ciphertext (raw bytes) in, the encrypted result out. Clear: JSON
+        `{"inputs": ...}` in, `{"output": ..., "warnings": [...]}` out."""
         received = time.perf_counter()
-        model = _ready(_model(request, name))
+        found = _model(request, name)
+        if isinstance(found, ClearModel):
+            return await native_answer(found, request, settings.max_json_bytes)
+        model = _ready(found)
         _check_length(request, settings.max_ciphertext_bytes, "ciphertext")
         if not x_client_spec:
             raise APIError(

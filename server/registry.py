@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -18,6 +19,7 @@ from fhe.bundle import (
     client_spec_hash,
     read_metadata,
 )
+from server.clear_model import ClearModel, ModelPolicy, is_clear_model_dir, load_clear_model
 
 
 @dataclass
@@ -110,26 +112,39 @@ def load_fhe_model(path: Path) -> FHEModel:
     return FHEModel(name, path, metadata, spec)
 
 
+Model = FHEModel | ClearModel
+
+
 class ModelRegistry:
     """Name -> model, read from a models directory at start-up."""
 
-    def __init__(self, models: list[FHEModel]) -> None:
+    def __init__(self, models: list[Model]) -> None:
         self._models = {model.name: model for model in models}
 
     @classmethod
-    def scan(cls, models_dir: Path) -> ModelRegistry:
-        """Every sub-directory holding a model.json is an FHE bundle."""
-        found = []
+    def scan(
+        cls, models_dir: Path, policies: Callable[[str], ModelPolicy] | None = None
+    ) -> ModelRegistry:
+        """A sub-directory with model.json is an FHE bundle; one with a scikit-learn config.json
+        or sklearn_model.joblib is a clear model, loaded under the operator's policy for it."""
+        policies = policies or (lambda _: ModelPolicy())
+        found: list[Model] = []
         if models_dir.is_dir():
             for path in sorted(models_dir.iterdir()):
                 if (path / METADATA_FILE).is_file():
                     found.append(load_fhe_model(path))
+                elif path.is_dir() and is_clear_model_dir(path):
+                    found.append(load_clear_model(path, policy=policies(path.name)))
         return cls(found)
 
-    def get(self, name: str) -> FHEModel | None:
+    def add(self, model: Model) -> None:
+        """Host one more model (single-model mode), replacing one of the same name."""
+        self._models[model.name] = model
+
+    def get(self, name: str) -> Model | None:
         """The model called `name`, or None."""
         return self._models.get(name)
 
-    def all(self) -> list[FHEModel]:
+    def all(self) -> list[Model]:
         """Every model, ready or not, in name order."""
         return [self._models[name] for name in sorted(self._models)]

@@ -8,6 +8,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from server.clear_model import ModelPolicy
+
 MiB = 1 << 20
 
 SHIPPED_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
@@ -39,9 +41,25 @@ class ServerSettings(BaseSettings):
     )
     max_key_bytes: int = Field(512 * MiB, ge=1, description="largest evaluation key upload")
     max_ciphertext_bytes: int = Field(16 * MiB, ge=1, description="largest ciphertext body")
+    max_json_bytes: int = Field(16 * MiB, ge=1, description="largest JSON body (clear models)")
     keystore_max_bytes: int = Field(
         8 << 30, ge=1, description="total bytes of stored keys before LRU eviction"
+    )
+    allow_pickle: list[str] = Field(
+        default_factory=list,
+        description="clear models allowed to load pickle/joblib files (names, or * for all)",
+    )
+    trusted_types: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="per clear model, skops types to trust beyond skops' defaults ('*': all)",
     )
     key_cache_entries: int = Field(
         4, ge=1, description="deserialized evaluation keys kept in memory per worker"
     )
+
+    def policy(self, model: str) -> ModelPolicy:
+        """What the operator allows when loading the clear model called `model`."""
+        return ModelPolicy(
+            allow_pickle="*" in self.allow_pickle or model in self.allow_pickle,
+            trusted_types=list(self.trusted_types.get(model, [])),
+        )

@@ -74,8 +74,8 @@ def test_unloadable_bundles_are_listed_with_reasons(
             content=b"x",
             headers={"X-Key-Id": "0" * 64, "X-Client-Spec": "0" * 64},
         )
-        assert answer.status_code == 503
+        assert answer.status_code == 400
         assert "cannot load" in answer.json()["error"]
-        assert httpx.get(f"{server.url}/v1/models/old-concrete/client.zip").status_code == 503
+        assert httpx.get(f"{server.url}/v1/models/old-concrete/client.zip").status_code == 400
     finally:
         server.stop()
