@@ -13,6 +13,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 
 from fhe.bundle import CLIENT_ZIP
 from server import worker
+from server.body import check_declared_length, read_body
 from server.clear_model import ClearModel
 from server.clear_routes import clear_router, native_answer, single_model_from_env
 from server.errors import APIError, install_error_handlers
@@ -40,23 +41,6 @@ def _ready(model: Model) -> FHEModel:
     if not model.ready:
         raise APIError(400, "model_unloadable", f"model {model.name!r} cannot load: {model.reason}")
     return model
-
-
-def _check_length(request: Request, limit: int, what: str) -> None:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise APIError(413, "too_large", f"{what} of {declared} bytes exceed the limit of {limit}")
-
-
-async def _read_limited(request: Request, limit: int, what: str) -> bytes:
-    """The request body, refused with 413 as soon as it passes `limit` bytes."""
-    _check_length(request, limit, what)
-    body = bytearray()
-    async for chunk in request.stream():
-        body.extend(chunk)
-        if len(body) > limit:
-            raise APIError(413, "too_large", f"{what} exceed the limit of {limit} bytes")
-    return bytes(body)
 
 
 def _stored_key(request: Request, key_id: str | None, model: FHEModel) -> StoredKey:
@@ -157,7 +141,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
                     f"no model here has client spec {x_client_spec}; download client.zip again",
                 )
         limit = settings.max_key_bytes
-        _check_length(request, limit, "evaluation keys")
+        check_declared_length(request, limit, "evaluation keys")
         try:
             upload, key_id, size = await state.keystore.receive(request.stream(), limit)
         except KeyTooLarge as error:
@@ -199,7 +183,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         if isinstance(found, ClearModel):
             return await native_answer(found, request, settings.max_json_bytes)
         model = _ready(found)
-        _check_length(request, settings.max_ciphertext_bytes, "ciphertext")
+        check_declared_length(request, settings.max_ciphertext_bytes, "ciphertext")
         if not x_client_spec:
             raise APIError(
                 400,
@@ -218,7 +202,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
                 server_client_spec=model.client_spec,
             )
         stored = _stored_key(request, x_key_id, model)
-        ciphertext = await _read_limited(request, settings.max_ciphertext_bytes, "ciphertext")
+        ciphertext = await read_body(request, settings.max_ciphertext_bytes, "ciphertext")
         if not ciphertext:
             raise APIError(400, "empty_body", "the body must hold a serialized ciphertext")
         try:

@@ -17,6 +17,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from server.body import BodyTooLarge, read_body
 from server.clear_model import (
     TASKS,
     ClearModel,
@@ -40,13 +41,9 @@ def _predict_locked(model: ClearModel, inputs: Any) -> tuple[Any, list[str]]:
 
 async def read_inputs(request: Request, limit: int) -> Any:
     """The `inputs` of a JSON body; InvalidInputs unless the body is UTF-8 JSON of that shape."""
-    body = bytearray()
-    async for chunk in request.stream():
-        body.extend(chunk)
-        if len(body) > limit:
-            raise InvalidInputs(f"the body exceeds the limit of {limit} bytes")
+    body = await read_body(request, limit, "the JSON body")
     try:
-        payload = json.loads(bytes(body).decode("utf-8"))
+        payload = json.loads(body.decode("utf-8"))
     except UnicodeDecodeError:
         raise InvalidInputs("the body is not valid UTF-8") from None
     except json.JSONDecodeError as error:
@@ -67,6 +64,8 @@ async def compatible_answer(model: ClearModel, request: Request, limit: int) -> 
     """Answer as api-inference-community's sklearn image would."""
     try:
         inputs = await read_inputs(request, limit)
+    except BodyTooLarge as error:
+        return JSONResponse({"error": str(error)}, status_code=413)
     except InvalidInputs as error:
         return JSONResponse({"error": str(error)}, status_code=400)
     if not model.ready:

@@ -7,6 +7,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from server.body import BodyTooLarge
+
 
 class APIError(Exception):
     """An error response: `{"error": message, "code": code, ...extra}`."""
@@ -34,6 +36,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def api_error(_: Request, error: APIError) -> JSONResponse:
         body = {"error": error.message, "code": error.code, **error.extra}
         return JSONResponse(body, status_code=error.status, headers=error.headers)
+
+    @app.exception_handler(BodyTooLarge)
+    async def too_large(_: Request, error: BodyTooLarge) -> JSONResponse:
+        return JSONResponse({"error": str(error), "code": "too_large"}, status_code=413)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:

@@ -283,3 +283,17 @@ def test_huggingface_inference_client_works_against_us(clear_server) -> None:
     client = InferenceClient(model=f"{clear_server.url}/models/{table_model}")
     predictions = client.tabular_classification(sample(table_model)["inputs"]["data"])
     assert same(predictions, sample(table_model)["expected"])
+
+
+def test_oversized_json_bodies_are_413(tmp_path: Path) -> None:
+    env = {"FHE_SERVER_MAX_JSON_BYTES": "200"}
+    server = ServerProcess(FIXTURES, tmp_path / "data", env=env).start()
+    try:
+        body = {"inputs": sample(IRIS)["inputs"]}
+        response = post(server, IRIS, body)
+        assert response.status_code == 413 and list(response.json()) == ["error"]
+        native = post(server, IRIS, body, route="v1")
+        assert native.status_code == 413 and native.json()["code"] == "too_large"
+        assert httpx.get(f"{server.url}/healthz").status_code == 200
+    finally:
+        server.stop()
