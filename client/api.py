@@ -19,11 +19,14 @@ def server_url_from_env() -> str:
 class ServerError(RuntimeError):
     """The server answered with an error (or could not be reached)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.retry_after = retry_after
 
     def __str__(self) -> str:
         where = f"HTTP {self.status}" if self.status else "no answer"
@@ -81,7 +84,9 @@ class FHEServerAPI:
         kind = {"unknown_key": UnknownKey, "client_spec_mismatch": SpecMismatch}.get(
             code, ServerError
         )
-        raise kind(response.status_code, code, message)
+        retry_after = response.headers.get("Retry-After")
+        seconds = float(retry_after) if retry_after and retry_after.isdigit() else None
+        raise kind(response.status_code, code, message, seconds)
 
     def health(self) -> dict[str, Any]:
         """GET /healthz."""

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from client.api import FHEServerAPI, UnknownKey
+from client.api import FHEServerAPI, PredictAnswer, UnknownKey
 from client.keycache import KeyCache, KeyRecord
 from fhe.digest import bytes_sha256, file_sha256
-from fhe.embedder import TextEmbedder
+from fhe.embedder import TextEmbedder, shared_embedder
 
 
 def top_class(scores: np.ndarray) -> int:
@@ -50,6 +50,26 @@ class Prediction:
             out["seconds"] = self.seconds
             out["bytes"] = self.bytes
         return out
+
+
+@dataclass(frozen=True)
+class Encrypted:
+    """One text on its way out: the clear embedding, its quantized integers and the ciphertext."""
+
+    embedding: np.ndarray
+    quantized: np.ndarray
+    ciphertext: bytes
+    embed_seconds: float
+    encrypt_seconds: float
+
+
+@dataclass(frozen=True)
+class Decrypted:
+    """One decrypted result: the label and the score of every class."""
+
+    label: str
+    scores: dict[str, float]
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -120,15 +140,18 @@ class EncryptedModel:
 
         return FHEModelClient(str(self.cache.dir), key_dir=str(self.cache.key_dir))
 
-    @cached_property
+    @property
     def embedder(self) -> TextEmbedder:
-        """The embedder the bundle was trained with; its weights are checked against the card."""
+        """The embedder the bundle was trained with (one per process); weights checked on load."""
         info = self.card["metadata"]["embedding"]
-        return TextEmbedder(
-            self.embedding_model or info["model_id"],
-            max_length=info["max_length"],
-            expected_sha256=info["weights_sha256"],
+        return shared_embedder(
+            self.embedding_model or info["model_id"], info["max_length"], info["weights_sha256"]
         )
+
+    @property
+    def expected_fhe_seconds(self) -> float | None:
+        """The FHE time per prediction that the training run measured, if the card has it."""
+        return self.card["metadata"].get("metrics", {}).get("fhe_seconds_median")
 
     def _generate(self, force: bool) -> tuple[KeyRecord, bytes, bool]:
         record = None if force else self.cache.record()
@@ -166,12 +189,35 @@ class EncryptedModel:
             return self.keys().key_id
         return record.key_id
 
-    def _run(self, ciphertext: bytes, key_id: str) -> Any:
+    def encrypt(self, text: str) -> Encrypted:
+        """Embed, quantize and encrypt one text on this machine."""
+        started = time.perf_counter()
+        vector = self.embedder.embed([text]).astype(np.float32)
+        embedded = time.perf_counter()
+        client = self.fhe_client
+        quantized = np.asarray(client.model.quantize_input(vector))
+        ciphertext = client.quantize_encrypt_serialize(vector)
+        encrypted = time.perf_counter()
+        return Encrypted(
+            vector[0], quantized[0], ciphertext, embedded - started, encrypted - embedded
+        )
+
+    def run(self, ciphertext: bytes) -> PredictAnswer:
+        """Send a ciphertext to the server and get the encrypted result; re-uploads lost keys."""
+        key_id = self._key_id()
         try:
             return self.api.predict(self.name, ciphertext, key_id, self.client_spec)
         except UnknownKey:
             self.keys(upload=True)
             return self.api.predict(self.name, ciphertext, key_id, self.client_spec)
+
+    def decrypt(self, ciphertext: bytes) -> Decrypted:
+        """Decrypt and dequantize an encrypted result into a label and class scores."""
+        started = time.perf_counter()
+        scores = np.asarray(self.fhe_client.deserialize_decrypt_dequantize(ciphertext))[0]
+        by_label = dict(zip(self.labels, scores.tolist(), strict=True))
+        label = self.labels[top_class(scores)]
+        return Decrypted(label, by_label, time.perf_counter() - started)
 
     def predict(
         self,
@@ -179,34 +225,32 @@ class EncryptedModel:
         progress: Callable[[Prediction], None] | None = None,
     ) -> list[Prediction]:
         """Embed, encrypt, run on the server and decrypt each text; the server sees only bytes."""
-        key_id = self._key_id()
-        client = self.fhe_client
+        self._key_id()
         results = []
         for text in texts:
             started = time.perf_counter()
-            vector = self.embedder.embed([text])
-            embedded = time.perf_counter()
-            ciphertext = client.quantize_encrypt_serialize(vector.astype(np.float32))
-            encrypted = time.perf_counter()
-            answer = self._run(ciphertext, key_id)
+            encrypted = self.encrypt(text)
+            sent = time.perf_counter()
+            answer = self.run(encrypted.ciphertext)
             answered = time.perf_counter()
-            scores = np.asarray(client.deserialize_decrypt_dequantize(answer.ciphertext))[0]
-            decrypted = time.perf_counter()
-            by_label = zip(self.labels, scores.tolist(), strict=True)
+            decrypted = self.decrypt(answer.ciphertext)
             prediction = Prediction(
                 text=text,
-                label=self.labels[top_class(scores)],
-                scores=dict(by_label),
+                label=decrypted.label,
+                scores=decrypted.scores,
                 seconds={
-                    "embed": embedded - started,
-                    "encrypt": encrypted - embedded,
+                    "embed": encrypted.embed_seconds,
+                    "encrypt": encrypted.encrypt_seconds,
                     "server": answer.server_seconds,
                     "fhe": answer.fhe_seconds,
-                    "round_trip": answered - encrypted,
-                    "decrypt": decrypted - answered,
-                    "total": decrypted - started,
+                    "round_trip": answered - sent,
+                    "decrypt": decrypted.seconds,
+                    "total": time.perf_counter() - started,
                 },
-                bytes={"ciphertext_in": len(ciphertext), "ciphertext_out": len(answer.ciphertext)},
+                bytes={
+                    "ciphertext_in": len(encrypted.ciphertext),
+                    "ciphertext_out": len(answer.ciphertext),
+                },
             )
             results.append(prediction)
             if progress is not None:

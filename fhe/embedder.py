@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +100,7 @@ class TextEmbedder:
         self.max_length = max_length
         self.batch_size = batch_size
         self.weights_sha256 = weights_sha256(self.model_dir)
+        self._lock = threading.Lock()
         if expected_sha256 is not None and expected_sha256 != self.weights_sha256:
             raise EmbeddingModelMismatch(
                 f"embedding weights in {self.model_dir} have sha256 {self.weights_sha256}, "
@@ -122,7 +124,8 @@ class TextEmbedder:
 
     def load(self) -> TextEmbedder:
         """Load tokenizer and weights now rather than on the first call."""
-        _ = self._tokenizer_and_model
+        with self._lock:
+            _ = self._tokenizer_and_model
         return self
 
     def embed(
@@ -130,7 +133,18 @@ class TextEmbedder:
         texts: Sequence[str],
         progress: Callable[[int], None] | None = None,
     ) -> np.ndarray:
-        """Embed `texts` in batches; `progress(n)` is called after each batch of n texts."""
+        """Embed `texts` in batches; `progress(n)` is called after each batch of n texts.
+
+        Calls are serialized: a fast tokenizer refuses to be used by two threads at once.
+        """
+        with self._lock:
+            return self._embed(texts, progress)
+
+    def _embed(
+        self,
+        texts: Sequence[str],
+        progress: Callable[[int], None] | None,
+    ) -> np.ndarray:
         import torch
 
         tokenizer, model = self._tokenizer_and_model
@@ -154,3 +168,13 @@ class TextEmbedder:
         if not chunks:
             return np.zeros((0, model.config.hidden_size), dtype=np.float32)
         return np.concatenate(chunks, axis=0)
+
+
+@lru_cache(maxsize=4)
+def shared_embedder(model: str, max_length: int, expected_sha256: str | None) -> TextEmbedder:
+    """One loaded embedder per (model, max length, weights) for the whole process.
+
+    Many clients in one process (the demo's browser sessions) share its weights instead of each
+    loading their own copy.
+    """
+    return TextEmbedder(model, max_length=max_length, expected_sha256=expected_sha256)
