@@ -167,6 +167,54 @@ def predict(
         err.print(f"{len(predictions)} predictions written to {output}")
 
 
+@app.command()
+def demo(
+    server: Annotated[
+        Optional[str], typer.Option("--server", help="fhe-server URL (env FHE_SERVER_URL)")
+    ] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="FHE model")] = None,
+    host: Annotated[Optional[str], typer.Option(help="interface of the page [127.0.0.1]")] = None,
+    port: Annotated[Optional[int], typer.Option(help="TCP port of the page [7860]")] = None,
+    concurrency: Annotated[
+        Optional[int], typer.Option(help="browser requests handled at once [4]")
+    ] = None,
+    start_server: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--start-server/--no-start-server",
+            help="start fhe-server too, on --server-host and --server-port [no]",
+        ),
+    ] = None,
+    server_host: Annotated[
+        Optional[str], typer.Option(help="interface of the started server [127.0.0.1]")
+    ] = None,
+    server_port: Annotated[
+        Optional[int], typer.Option(help="TCP port of the started server [8000]")
+    ] = None,
+) -> None:
+    """Serve the Gradio demo: keygen, encrypt, FHE on the server and decrypt, step by step.
+
+    Unset flags come from FHE_DEMO_* variables (and FHE_SERVER_URL), then the defaults.
+    """
+    from client.demo.runner import run_demo
+    from client.demo.settings import DemoSettings
+
+    given = {
+        "server_url": server,
+        "model": model,
+        "host": host,
+        "port": port,
+        "concurrency": concurrency,
+        "start_server": start_server,
+        "server_host": server_host,
+        "server_port": server_port,
+    }
+    try:
+        run_demo(DemoSettings(**{key: value for key, value in given.items() if value is not None}))
+    except RuntimeError as error:
+        _fail(error)
+
+
 def main() -> None:
     """Console script entry point."""
     app()

@@ -12,6 +12,7 @@ import pytest
 
 from fhe.dataset import DEFAULT_DATA
 from fhe.recipe import RecipeConfig, TrainedBundle, train
+from tests.demo_process import chromium
 from tests.server_process import BIN, ServerProcess
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,3 +83,22 @@ def run_client(
         timeout=timeout,
         check=False,
     )
+
+
+@pytest.fixture(scope="session")
+def shipped_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """fhe-server over the shipped models/ directory (the real sentiment bundle)."""
+    server = ServerProcess(REPO / "models", tmp_path_factory.mktemp("shipped-server") / "data")
+    yield server.start()
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """Headless Debian Chromium driven by Playwright, for one module's browser tests.
+
+    Module scope, not session: Playwright's sync API keeps an event loop running in the main
+    thread while it is open, and later tests that call asyncio.run() would fail.
+    """
+    with chromium() as browser:
+        yield browser
