@@ -1,13 +1,17 @@
-# The two commands of the README: `make run` (install, then serve the shipped models) and
-# `make test` (install, then lint and run the whole test suite). Both install what is missing.
+# The two commands of the README: `make run` (install, then serve the shipped models and the demo)
+# and `make test` (install, then lint and run the whole test suite). Both install what is missing.
 
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
+DEMO_PORT ?= 7860
+# Debian packages the tests need: Chromium drives the demo in a real browser.
+SYSTEM_PACKAGES := chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test lint model clean
+.PHONY: install system-packages run test lint model clean
 
 install: $(VENV)/.installed
 
@@ -17,14 +21,20 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(BIN)/pip install --quiet -c requirements.lock -e ".[test]"
 	touch $@
 
+# The API on $(HOST):$(PORT) and the demo page on $(HOST):$(DEMO_PORT), stopped together by Ctrl-C.
 run: install
-	$(BIN)/fhe-server serve --host $(HOST) --port $(PORT)
+	$(BIN)/fhe-client demo --start-server --server-host $(HOST) --server-port $(PORT) \
+		--host $(HOST) --port $(DEMO_PORT)
+
+system-packages:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(SYSTEM_PACKAGES); }
 
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+test: lint system-packages
 	$(BIN)/pytest
 
 # Rebuilds models/sentiment from ../shared/data/twitter_airline_sentiment.csv (a few minutes).
