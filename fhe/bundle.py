@@ -21,13 +21,21 @@ CARD_FILE = "README.md"
 
 
 class EmbeddingInfo(BaseModel):
-    """The client-side embedder a bundle expects; the client checks its weights against the hash."""
+    """The client-side embedder a bundle expects; the client checks its weights against the hash.
+
+    A fine-tuned embedder is the base weights plus `delta_file` (in the bundle, served to clients
+    at /v1/models/{name}/embedder-delta), which holds the tensors fine-tuning changed.
+    """
 
     model_id: str
     pooling: str = "mean"
     max_length: int
     dimension: int
     weights_sha256: str
+    delta_file: str | None = None
+    delta_sha256: str | None = None
+    delta_bytes: int | None = None
+    fine_tuning: dict[str, Any] | None = None
 
 
 class CircuitInfo(BaseModel):
@@ -39,6 +47,7 @@ class CircuitInfo(BaseModel):
     max_bit_width: int | None = None
     compress_evaluation_keys: bool = True
     compress_input_ciphertexts: bool = True
+    p_error: float | None = None
 
 
 class TrainingInfo(BaseModel):

@@ -9,6 +9,11 @@ def _percent(value: float) -> str:
     return f"{100 * value:.2f}%"
 
 
+def _p_error(p_error: float | None) -> str:
+    """The PBS error probability as compiled; None is Concrete-ML's default."""
+    return "2^-40 (Concrete-ML's default)" if p_error is None else f"{p_error:g}"
+
+
 def _megabytes(value: int) -> str:
     return f"{value / 1e6:.2f} MB ({value:,} bytes)"
 
@@ -19,9 +24,27 @@ def render_card(meta: BundleMetadata) -> str:
     params = ", ".join(f"{key}={value}" for key, value in sorted(c.params.items()))
     versions = ", ".join(f"{key} {value}" for key, value in meta.versions.items())
     cv_rows = "\n".join(
-        f"| {row['params']} | {_percent(row['cv_accuracy'])} | {row.get('pbs_count', '')} |"
+        f"| {row['params']} | "
+        f"{'not cross-validated' if row['cv_accuracy'] is None else _percent(row['cv_accuracy'])}"
+        f" | {row.get('pbs_count', '')} |"
         for row in t.cv_results
     )
+    selection = (
+        f"{t.cv_folds}-fold stratified cross-validation over the grid {t.grid}; the most "
+        "accurate configuration within the circuit budget was kept."
+        if t.cv_folds >= 2
+        else f"one configuration, {t.grid}, trained without cross-validation."
+    )
+    tuned = ""
+    if e.delta_sha256:
+        ft = e.fine_tuning or {}
+        tuned = (
+            f"\n\nThe embedder was fine-tuned on the training split ({ft.get('epochs')} epochs, "
+            f"learning rate {ft.get('learning_rate')}, batch {ft.get('batch_size')}, seed "
+            f"{ft.get('seed')}): the changed tensors ship in `{e.delta_file}` "
+            f"({_megabytes(e.delta_bytes or 0)}, sha256 `{e.delta_sha256}`), which the server "
+            "hands to clients and they apply over the base weights."
+        )
     return f"""# {meta.name}: encrypted {meta.task.replace("-", " ")}
 
 {meta.description}
@@ -29,7 +52,7 @@ def render_card(meta: BundleMetadata) -> str:
 The client embeds text with `{e.model_id}` ({e.pooling} pooling, max {e.max_length} tokens,
 {e.dimension} dimensions, weights sha256 `{e.weights_sha256}`), quantizes and encrypts the vector,
 and the server runs a Concrete-ML `{c.model_type}` ({params}) over the ciphertext. Labels:
-{", ".join(f"`{label}`" for label in meta.labels)}.
+{", ".join(f"`{label}`" for label in meta.labels)}.{tuned}
 
 ## Measured (by the training recipe, not typed by hand)
 
@@ -45,6 +68,7 @@ and the server runs a Concrete-ML `{c.model_type}` ({params}) over the ciphertex
 | ciphertext sent per text (compressed: {c.compress_input_ciphertexts}) | {_megabytes(m.ciphertext_in_bytes)} |
 | ciphertext returned per text | {_megabytes(m.ciphertext_out_bytes)} |
 | programmable bootstraps / max bit width | {c.pbs_count} / {c.max_bit_width} |
+| error probability of one PBS | {_p_error(c.p_error)} |
 | compile time | {m.compile_seconds:.1f} s |
 
 Measured on: {m.machine}.
@@ -57,8 +81,7 @@ Measured on: {m.machine}.
 - Split: stratified, {_percent(t.test_size)} test ({t.test_rows} texts), {t.train_rows} train, seed {t.seed}.
 - Data licence: {t.data_license or "see the data source"}. The data is not redistributed here;
   only the trained model is.
-- Model selection: {t.cv_folds}-fold stratified cross-validation over the grid {t.grid}; the most
-  accurate configuration within the circuit budget was kept.
+- Model selection: {selection}
 
 | parameters | CV accuracy | PBS |
 |---|---|---|

@@ -74,12 +74,32 @@ def resolve_model_dir(model: str) -> Path:
 
 @dataclass(frozen=True)
 class EmbedderSpec:
-    """What identifies an embedding: the model, the pooling, the max length and the weights hash."""
+    """What identifies an embedding: model, pooling, max length and the hashes of its weights."""
 
     model_id: str = DEFAULT_EMBEDDING_MODEL
     pooling: str = "mean"
     max_length: int = 128
     weights_sha256: str | None = None
+    delta_sha256: str | None = None
+
+
+def apply_delta(model: object, delta: Path) -> None:
+    """Replace the base model's tensors named in a fine-tuning delta (a safetensors file)."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(delta))
+    state = model.state_dict()
+    unknown = sorted(set(tensors) - set(state))
+    if unknown:
+        raise EmbeddingModelMismatch(
+            f"{delta} names tensors the base model lacks: {', '.join(unknown[:5])}"
+        )
+    wrong = [name for name, value in tensors.items() if value.shape != state[name].shape]
+    if wrong:
+        raise EmbeddingModelMismatch(f"{delta} has tensors of the wrong shape: {wrong[:5]}")
+    model.load_state_dict(
+        {name: value.to(state[name].dtype) for name, value in tensors.items()}, strict=False
+    )
 
 
 class TextEmbedder:
@@ -92,6 +112,8 @@ class TextEmbedder:
         max_length: int = 128,
         batch_size: int = 64,
         expected_sha256: str | None = None,
+        delta: Path | None = None,
+        expected_delta_sha256: str | None = None,
     ) -> None:
         if max_length < 1:
             raise ValueError("max_length must be positive")
@@ -106,11 +128,25 @@ class TextEmbedder:
                 f"embedding weights in {self.model_dir} have sha256 {self.weights_sha256}, "
                 f"but the model bundle was trained with {expected_sha256}"
             )
+        self.delta = delta
+        self.delta_sha256 = file_sha256(delta) if delta is not None else None
+        if expected_delta_sha256 is not None and expected_delta_sha256 != self.delta_sha256:
+            raise EmbeddingModelMismatch(
+                f"fine-tuned embedder weights {delta} have sha256 {self.delta_sha256}, "
+                f"but the model bundle was trained with {expected_delta_sha256}"
+            )
 
     @property
     def spec(self) -> EmbedderSpec:
         """The identity of this embedder as a bundle records it."""
-        return EmbedderSpec(self.model_name, "mean", self.max_length, self.weights_sha256)
+        return EmbedderSpec(
+            self.model_name, "mean", self.max_length, self.weights_sha256, self.delta_sha256
+        )
+
+    @property
+    def identity(self) -> str:
+        """One string naming the exact weights and settings, for caches of embeddings."""
+        return f"{self.weights_sha256}+{self.delta_sha256 or ''}:{self.max_length}"
 
     @cached_property
     def _tokenizer_and_model(self):
@@ -119,6 +155,8 @@ class TextEmbedder:
 
         tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         model = AutoModel.from_pretrained(self.model_dir)
+        if self.delta is not None:
+            apply_delta(model, self.delta)
         model.eval()
         return tokenizer, model
 
@@ -171,10 +209,22 @@ class TextEmbedder:
 
 
 @lru_cache(maxsize=4)
-def shared_embedder(model: str, max_length: int, expected_sha256: str | None) -> TextEmbedder:
+def shared_embedder(
+    model: str,
+    max_length: int,
+    expected_sha256: str | None,
+    delta: Path | None = None,
+    expected_delta_sha256: str | None = None,
+) -> TextEmbedder:
     """One loaded embedder per (model, max length, weights) for the whole process.
 
     Many clients in one process (the demo's browser sessions) share its weights instead of each
     loading their own copy.
     """
-    return TextEmbedder(model, max_length=max_length, expected_sha256=expected_sha256)
+    return TextEmbedder(
+        model,
+        max_length=max_length,
+        expected_sha256=expected_sha256,
+        delta=delta,
+        expected_delta_sha256=expected_delta_sha256,
+    )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import platform
 import shlex
+import shutil
 import statistics
 import sys
 import tempfile
@@ -37,6 +38,7 @@ from fhe.card import render_card
 from fhe.dataset import DEFAULT_DATA, TextSplit, load_split
 from fhe.digest import bytes_sha256
 from fhe.embedder import DEFAULT_EMBEDDING_MODEL, TextEmbedder
+from fhe.finetune import DELTA_FILE, FineTuneConfig, fine_tune
 
 AIRLINE_LICENSE = (
     "CC BY-NC-SA 4.0 (Twitter US Airline Sentiment, CrowdFlower 'Data for Everyone', as listed on "
@@ -59,14 +61,20 @@ class RecipeConfig:
     data_license: str = AIRLINE_LICENSE
     embedding_model: str = DEFAULT_EMBEDDING_MODEL
     max_length: int = 128
+    fine_tune_epochs: int = 2
+    fine_tune_learning_rate: float = 5e-5
+    fine_tune_max_steps: int | None = None
+    fine_tune_layers: int | None = None
+    model_type: str = "xgb"
     n_bits: list[int] = field(default_factory=lambda: [3, 4])
-    max_depth: list[int] = field(default_factory=lambda: [1, 2])
-    n_estimators: list[int] = field(default_factory=lambda: [25, 50])
-    max_pbs: int = 500
+    max_depth: list[int] = field(default_factory=lambda: [1])
+    n_estimators: list[int] = field(default_factory=lambda: [10, 25, 50])
+    max_pbs: int = 300
+    p_error: float | None = None
     cv_folds: int = 3
     test_size: float = 0.1
     seed: int = 42
-    fhe_sample: int = 20
+    fhe_sample: int = 200
     max_train_rows: int | None = None
     cache_dir: Path | None = None
     command: str = ""
@@ -76,9 +84,7 @@ def embed_cached(
     embedder: TextEmbedder, texts: list[str], cache_dir: Path | None, tag: str
 ) -> np.ndarray:
     """Embed texts, reusing an .npy cache keyed by the weights, max length and the texts."""
-    key = bytes_sha256(
-        "\x00".join([embedder.weights_sha256, str(embedder.max_length), *texts]).encode()
-    )
+    key = bytes_sha256("\x00".join([embedder.identity, *texts]).encode())
     path = cache_dir / f"embeddings-{tag}-{key[:16]}.npy" if cache_dir else None
     if path is not None and path.is_file():
         return np.load(path)
@@ -91,12 +97,61 @@ def embed_cached(
     return vectors
 
 
-def compile_model(model: Any, inputset: np.ndarray) -> Any:
-    """Compile with key and input ciphertext compression on (smaller uploads, same results)."""
+def fine_tuned_embedder(
+    config: RecipeConfig, base: TextEmbedder, texts: list[str], labels: np.ndarray, scratch: Path
+) -> tuple[TextEmbedder, dict[str, Any]]:
+    """Fine-tune the base embedder on the training texts (or reuse a cached delta); reload it.
+
+    The reloaded embedder applies the float16 delta, exactly as clients will.
+    """
+    settings = FineTuneConfig(
+        epochs=config.fine_tune_epochs,
+        learning_rate=config.fine_tune_learning_rate,
+        seed=config.seed,
+        max_steps=config.fine_tune_max_steps,
+        top_layers=config.fine_tune_layers,
+    )
+    key = bytes_sha256(
+        "\x00".join([base.identity, repr(settings), *texts, *map(str, labels.tolist())]).encode()
+    )
+    folder = config.cache_dir or scratch
+    delta = folder / f"delta-{key[:16]}.safetensors"
+    started = time.perf_counter()
+    if not delta.is_file():
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("fine-tuning the embedder", total=None)
+
+            def report(step: int, total: int, loss: float) -> None:
+                progress.update(
+                    task, completed=step, total=total, description=f"fine-tuning, loss {loss:.3f}"
+                )
+
+            fine_tune(base, texts, labels, settings, delta, progress=report)
+        console.log(f"fine-tuned the embedder in {time.perf_counter() - started:.0f} s")
+    tuned = TextEmbedder(base.model_name, max_length=base.max_length, delta=delta).load()
+    info = {
+        "epochs": settings.epochs,
+        "learning_rate": settings.learning_rate,
+        "batch_size": settings.batch_size,
+        "max_steps": settings.max_steps,
+        "top_layers": settings.top_layers,
+        "seed": settings.seed,
+        "trained_on": "the training split only",
+    }
+    return tuned, info
+
+
+def compile_model(model: Any, inputset: np.ndarray, p_error: float | None = None) -> Any:
+    """Compile with key and input ciphertext compression on (smaller uploads, same results).
+
+    `p_error` is the error probability of one PBS; None keeps Concrete-ML's default (2**-40).
+    A larger one lets Concrete pick smaller, faster parameters; simulation then injects errors
+    at that rate, so the simulated accuracy shows what it costs.
+    """
     from concrete.fhe import Configuration
 
     configuration = Configuration(compress_evaluation_keys=True, compress_input_ciphertexts=True)
-    return model.compile(inputset, configuration=configuration)
+    return model.compile(inputset, configuration=configuration, p_error=p_error)
 
 
 def circuit_cost(circuit: Any) -> tuple[int, int]:
@@ -105,32 +160,66 @@ def circuit_cost(circuit: Any) -> tuple[int, int]:
     return pbs, int(circuit.graph.maximum_integer_bit_width())
 
 
+MODEL_TYPES = ("xgb", "linear")
+"""Circuits the recipe trains: Concrete-ML's XGBClassifier, or its LogisticRegression."""
+
+
+def grid_points(config: RecipeConfig) -> list[dict[str, int]]:
+    """The hyper-parameter settings to try: n_bits for linear models, plus depth and trees."""
+    if config.model_type == "linear":
+        return [{"n_bits": n_bits} for n_bits in config.n_bits]
+    if config.model_type != "xgb":
+        raise ValueError(f"model_type must be one of {MODEL_TYPES}, not {config.model_type!r}")
+    return [
+        {"n_bits": n_bits, "max_depth": depth, "n_estimators": trees}
+        for n_bits, depth, trees in itertools.product(
+            config.n_bits, config.max_depth, config.n_estimators
+        )
+    ]
+
+
+def make_model(model_type: str, params: dict[str, int], seed: int) -> Any:
+    """An untrained Concrete-ML model of the given type and settings."""
+    if model_type == "linear":
+        from concrete.ml.sklearn import LogisticRegression
+
+        return LogisticRegression(**params, max_iter=2000, random_state=seed)
+    from concrete.ml.sklearn import XGBClassifier
+
+    return XGBClassifier(**params, random_state=seed, n_jobs=2)
+
+
 def search_grid(
     config: RecipeConfig, x_train: np.ndarray, y_train: np.ndarray
 ) -> tuple[Any, dict[str, int], list[dict[str, Any]]]:
-    """Cross-validate each grid point, compile it for its PBS cost, keep the best in budget."""
-    from concrete.ml.sklearn import XGBClassifier
+    """Cross-validate each grid point, compile it for its PBS cost, keep the best in budget.
 
-    folds = StratifiedKFold(config.cv_folds, shuffle=True, random_state=config.seed)
+    With `cv_folds` 0 the grid must hold one point, which is trained without cross-validation.
+    """
+    grid = grid_points(config)
+    if config.cv_folds < 2 and len(grid) > 1:
+        raise ValueError("choosing among several configurations needs cv_folds >= 2")
     rows: list[dict[str, Any]] = []
     best: tuple[float, Any, dict[str, int]] | None = None
-    grid = list(itertools.product(config.n_bits, config.max_depth, config.n_estimators))
-    for n_bits, depth, trees in grid:
-        params = {"n_bits": n_bits, "max_depth": depth, "n_estimators": trees}
+    for params in grid:
         started = time.perf_counter()
-        model = XGBClassifier(**params, random_state=config.seed, n_jobs=2)
-        cv_accuracy = float(cross_val_score(model, x_train, y_train, cv=folds).mean())
+        model = make_model(config.model_type, params, config.seed)
+        cv_accuracy = None
+        if config.cv_folds >= 2:
+            folds = StratifiedKFold(config.cv_folds, shuffle=True, random_state=config.seed)
+            cv_accuracy = float(cross_val_score(model, x_train, y_train, cv=folds).mean())
         model.fit(x_train, y_train)
-        pbs, bits = circuit_cost(compile_model(model, x_train))
+        pbs, bits = circuit_cost(compile_model(model, x_train, config.p_error))
         rows.append(
             {"params": params, "cv_accuracy": cv_accuracy, "pbs_count": pbs, "max_bit_width": bits}
         )
+        shown = "no CV" if cv_accuracy is None else f"CV accuracy {cv_accuracy:.4f}"
         console.log(
-            f"{params}: CV accuracy {cv_accuracy:.4f}, {pbs} PBS, {bits} bits "
-            f"({time.perf_counter() - started:.0f} s)"
+            f"{params}: {shown}, {pbs} PBS, {bits} bits ({time.perf_counter() - started:.0f} s)"
         )
-        if pbs <= config.max_pbs and (best is None or cv_accuracy > best[0]):
-            best = (cv_accuracy, model, params)
+        score = cv_accuracy if cv_accuracy is not None else 0.0
+        if pbs <= config.max_pbs and (best is None or score > best[0]):
+            best = (score, model, params)
     if best is None:
         cheapest = min(row["pbs_count"] for row in rows)
         raise ValueError(f"no configuration fits max_pbs={config.max_pbs}; cheapest is {cheapest}")
@@ -205,15 +294,19 @@ def train(config: RecipeConfig) -> TrainedBundle:
             train_labels[: config.max_train_rows],
         )
     console.log(f"{len(train_texts)} train and {len(split.test_texts)} test texts, {split.labels}")
-    embedder = TextEmbedder(config.embedding_model, max_length=config.max_length).load()
-    x_train = embed_cached(embedder, train_texts, config.cache_dir, "train")
-    x_test = embed_cached(embedder, split.test_texts, config.cache_dir, "test")
     y_train = np.searchsorted(split.labels, train_labels)
     y_test = np.searchsorted(split.labels, split.test_labels)
+    scratch = Path(tempfile.mkdtemp(prefix="recipe-"))
+    embedder = TextEmbedder(config.embedding_model, max_length=config.max_length).load()
+    fine_tuning = None
+    if config.fine_tune_epochs > 0:
+        embedder, fine_tuning = fine_tuned_embedder(config, embedder, train_texts, y_train, scratch)
+    x_train = embed_cached(embedder, train_texts, config.cache_dir, "train")
+    x_test = embed_cached(embedder, split.test_texts, config.cache_dir, "test")
 
     model, chosen, cv_rows = search_grid(config, x_train, y_train)
     started = time.perf_counter()
-    circuit = compile_model(model, x_train)
+    circuit = compile_model(model, x_train, config.p_error)
     compile_seconds = time.perf_counter() - started
     pbs, bits = circuit_cost(circuit)
 
@@ -226,6 +319,9 @@ def train(config: RecipeConfig) -> TrainedBundle:
 
     config.out.mkdir(parents=True, exist_ok=True)
     spec_hash = export_circuit(model, config.out)
+    (config.out / DELTA_FILE).unlink(missing_ok=True)
+    if embedder.delta is not None:
+        shutil.copyfile(embedder.delta, config.out / DELTA_FILE)
     sample = min(config.fhe_sample, len(x_test))
     proba, seconds, keygen_seconds, key_bytes, size_in, size_out = measure_real_fhe(
         config.out, x_test[:sample]
@@ -244,12 +340,17 @@ def train(config: RecipeConfig) -> TrainedBundle:
             max_length=config.max_length,
             dimension=int(x_train.shape[1]),
             weights_sha256=embedder.weights_sha256,
+            delta_file=DELTA_FILE if embedder.delta is not None else None,
+            delta_sha256=embedder.delta_sha256,
+            delta_bytes=embedder.delta.stat().st_size if embedder.delta is not None else None,
+            fine_tuning=fine_tuning,
         ),
         circuit=CircuitInfo(
             model_type=type(model).__name__,
             params=chosen,
             pbs_count=pbs,
             max_bit_width=bits,
+            p_error=config.p_error,
         ),
         training=TrainingInfo(
             data=split.source,
@@ -266,9 +367,13 @@ def train(config: RecipeConfig) -> TrainedBundle:
             seed=config.seed,
             cv_folds=config.cv_folds,
             grid={
+                "model_type": [config.model_type],
                 "n_bits": config.n_bits,
-                "max_depth": config.max_depth,
-                "n_estimators": config.n_estimators,
+                **(
+                    {"max_depth": config.max_depth, "n_estimators": config.n_estimators}
+                    if config.model_type == "xgb"
+                    else {}
+                ),
                 "max_pbs": [config.max_pbs],
             },
             cv_results=cv_rows,
@@ -298,6 +403,7 @@ def train(config: RecipeConfig) -> TrainedBundle:
     )
     write_metadata(config.out, metadata)
     (config.out / CARD_FILE).write_text(render_card(metadata))
+    shutil.rmtree(scratch, ignore_errors=True)
     console.log(f"bundle written to {config.out}")
     return TrainedBundle(config.out, metadata, model, embedder)
 
@@ -323,14 +429,20 @@ def main(argv: list[str] | None = None) -> None:
         data_license: str = typer.Option(AIRLINE_LICENSE, help="licence of the data, for the card"),
         embedding_model: str = typer.Option(DEFAULT_EMBEDDING_MODEL, help="HF id or local path"),
         max_length: int = typer.Option(128, help="max tokens per text"),
+        fine_tune_epochs: int = typer.Option(2, help="fine-tune the embedder (0: frozen)"),
+        fine_tune_learning_rate: float = typer.Option(5e-5, help="fine-tuning learning rate"),
+        fine_tune_max_steps: int = typer.Option(0, help="stop fine-tuning after N steps (0: all)"),
+        fine_tune_layers: int = typer.Option(0, help="fine-tune only the top N layers (0: all)"),
+        model_type: str = typer.Option("xgb", help=f"circuit: {' or '.join(MODEL_TYPES)}"),
         n_bits: str = typer.Option("3,4", help="grid: quantization bits"),
-        max_depth: str = typer.Option("1,2", help="grid: tree depth"),
-        n_estimators: str = typer.Option("25,50", help="grid: number of trees"),
-        max_pbs: int = typer.Option(500, help="circuit budget in programmable bootstraps"),
-        cv_folds: int = typer.Option(3),
+        max_depth: str = typer.Option("1", help="grid: tree depth"),
+        n_estimators: str = typer.Option("10,25,50", help="grid: number of trees"),
+        max_pbs: int = typer.Option(300, help="circuit budget in programmable bootstraps"),
+        p_error: float = typer.Option(0.0, help="error probability of one PBS (0: 2**-40)"),
+        cv_folds: int = typer.Option(3, help="CV folds for choosing (0: one point, no CV)"),
         test_size: float = typer.Option(0.1),
         seed: int = typer.Option(42),
-        fhe_sample: int = typer.Option(20, help="test texts run under real FHE"),
+        fhe_sample: int = typer.Option(200, help="test texts run under real FHE"),
         max_train_rows: int = typer.Option(0, help="use only the first N train rows (0: all)"),
         cache_dir: Path = typer.Option(Path(".cache"), help="embedding cache ('' for none)"),
     ) -> None:
@@ -345,10 +457,16 @@ def main(argv: list[str] | None = None) -> None:
                 data_license=data_license,
                 embedding_model=embedding_model,
                 max_length=max_length,
+                fine_tune_epochs=fine_tune_epochs,
+                fine_tune_learning_rate=fine_tune_learning_rate,
+                fine_tune_max_steps=fine_tune_max_steps or None,
+                fine_tune_layers=fine_tune_layers or None,
+                model_type=model_type,
                 n_bits=_int_list(n_bits),
                 max_depth=_int_list(max_depth),
                 n_estimators=_int_list(n_estimators),
                 max_pbs=max_pbs,
+                p_error=p_error or None,
                 cv_folds=cv_folds,
                 test_size=test_size,
                 seed=seed,

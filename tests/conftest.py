@@ -28,7 +28,11 @@ SAMPLE_TEXTS = [
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> TrainedBundle:
-    """A small circuit (10 trees, depth 1, 3 bits) trained on a slice of the airline tweets."""
+    """A small circuit (10 trees, depth 1, 3 bits) trained on a slice of the airline tweets.
+
+    Its embedder is fine-tuned for a few steps at a high rate, so that the bundle carries an
+    embedder delta that visibly changes the embeddings.
+    """
     if not DEFAULT_DATA.is_file():
         pytest.fail(f"training data missing: {DEFAULT_DATA} (../shared/data beside the checkout)")
     models = tmp_path_factory.mktemp("models")
@@ -42,6 +46,9 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> TrainedBundle:
         cv_folds=2,
         fhe_sample=2,
         max_train_rows=800,
+        fine_tune_epochs=1,
+        fine_tune_max_steps=4,
+        fine_tune_learning_rate=1e-3,
         cache_dir=REPO / ".cache",
     )
     return train(config)
