@@ -104,6 +104,10 @@ class FHEServerAPI:
         """The model's client.zip."""
         return self._request("GET", f"/v1/models/{name}/client.zip").content
 
+    def embedder_delta(self, name: str) -> bytes:
+        """The fine-tuned tensors of the model's embedder (only for fine-tuned bundles)."""
+        return self._request("GET", f"/v1/models/{name}/embedder-delta").content
+
     def upload_keys(self, serialized_keys: bytes, client_spec: str | None = None) -> dict[str, Any]:
         """Upload evaluation keys; returns {key_id, bytes, client_spec}."""
         headers = {"Content-Type": "application/octet-stream"}

@@ -6,6 +6,7 @@ ciphertexts cross the network.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -93,11 +94,13 @@ class EncryptedModel:
         name: str,
         cache_root: Path,
         embedding_model: str | None = None,
+        embedder_cache: Path | None = None,
     ) -> None:
         self.api = api
         self.name = name
         self.cache_root = cache_root
         self.embedding_model = embedding_model
+        self.embedder_cache = embedder_cache or cache_root / "embedders"
 
     @cached_property
     def card(self) -> dict[str, Any]:
@@ -140,12 +143,38 @@ class EncryptedModel:
 
         return FHEModelClient(str(self.cache.dir), key_dir=str(self.cache.key_dir))
 
+    def _embedder_delta(self, sha256: str) -> Path:
+        """The bundle's fine-tuned embedder tensors, downloaded once and kept by their hash."""
+        path = self.embedder_cache / f"{sha256}.safetensors"
+        if path.is_file() and file_sha256(path) == sha256:
+            return path
+        data = self.api.embedder_delta(self.name)
+        if bytes_sha256(data) != sha256:
+            raise ClientError(
+                f"downloaded embedder delta has sha256 {bytes_sha256(data)}, but the card says "
+                f"{sha256}; the server changed while we were talking, try again"
+            )
+        self.embedder_cache.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.partial")
+        partial.write_bytes(data)
+        partial.replace(path)
+        return path
+
     @property
     def embedder(self) -> TextEmbedder:
-        """The embedder the bundle was trained with (one per process); weights checked on load."""
+        """The embedder the bundle was trained with (one per process); weights checked on load.
+
+        For a fine-tuned bundle, the changed tensors come from the server, checked by sha256.
+        """
         info = self.card["metadata"]["embedding"]
+        delta_sha256 = info.get("delta_sha256")
+        delta = self._embedder_delta(delta_sha256) if delta_sha256 else None
         return shared_embedder(
-            self.embedding_model or info["model_id"], info["max_length"], info["weights_sha256"]
+            self.embedding_model or info["model_id"],
+            info["max_length"],
+            info["weights_sha256"],
+            delta,
+            delta_sha256,
         )
 
     @property

@@ -55,11 +55,12 @@ def _stored_key(request: Request, key_id: str | None, model: FHEModel) -> Stored
             f"evaluation key {key_id} is unknown here or was evicted; {hint}",
             key_id=key_id,
         )
-    if stored.client_spec and stored.client_spec != model.client_spec:
+    if not stored.fits(model.client_spec):
+        made_for = ", ".join(stored.client_specs)
         raise APIError(
             409,
             "key_spec_mismatch",
-            f"evaluation key {key_id} was made for client spec {stored.client_spec}, but model "
+            f"evaluation key {key_id} was made for client spec {made_for}, but model "
             f"{model.name!r} has {model.client_spec}; {hint}",
         )
     return stored
@@ -125,6 +126,22 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             headers={"X-Client-Spec": model.client_spec or ""},
         )
 
+    @app.get("/v1/models/{name}/embedder-delta", response_class=FileResponse)
+    async def embedder_delta(request: Request, name: str) -> FileResponse:
+        """The fine-tuned tensors of the model's client-side embedder (safetensors)."""
+        model = _ready(_model(request, name))
+        info = model.metadata.embedding if model.metadata else None
+        if info is None or not info.delta_file:
+            raise APIError(
+                404, "no_embedder_delta", f"model {name!r} uses the base embedder, unchanged"
+            )
+        return FileResponse(
+            model.path / info.delta_file,
+            media_type="application/octet-stream",
+            filename=f"{model.name}-{info.delta_file}",
+            headers={"X-Content-SHA256": info.delta_sha256 or ""},
+        )
+
     @app.post("/v1/keys", status_code=201)
     async def upload_keys(
         request: Request,
@@ -162,7 +179,12 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             stored, created = state.keystore.add(upload, key_id, x_client_spec)
         except KeyTooLarge as error:
             raise APIError(413, "too_large", str(error)) from None
-        body = {"key_id": stored.key_id, "bytes": stored.size, "client_spec": stored.client_spec}
+        body = {
+            "key_id": stored.key_id,
+            "bytes": stored.size,
+            "client_spec": x_client_spec,
+            "client_specs": list(stored.client_specs),
+        }
         return JSONResponse(body, status_code=201 if created else 200)
 
     @app.post(

@@ -2,7 +2,8 @@
 
 A key's id is the sha256 of its serialized bytes, so uploads are idempotent. Files live under
 `<root>/<key_id>.keys` with a `.json` sidecar; a file's mtime is its last use, so the LRU order
-survives a restart.
+survives a restart. The sidecar lists every client spec the bytes were uploaded for: circuits
+without bootstrapping have identical (near-empty) evaluation keys, so one id may serve several.
 """
 
 from __future__ import annotations
@@ -27,12 +28,24 @@ class KeyTooLarge(ValueError):
 
 @dataclass(frozen=True)
 class StoredKey:
-    """One stored key: its id, size, the client spec it was uploaded for, and its file."""
+    """One stored key: its id, size, the client specs it was uploaded for, and its file."""
 
     key_id: str
     size: int
-    client_spec: str | None
+    client_specs: tuple[str, ...]
     path: Path
+
+    def fits(self, client_spec: str | None) -> bool:
+        """True when the key was uploaded for this spec, or for no particular spec."""
+        return not self.client_specs or client_spec in self.client_specs
+
+
+def _specs(meta: dict) -> tuple[str, ...]:
+    """The client specs recorded in a sidecar (older sidecars hold a single `client_spec`)."""
+    specs = meta.get("client_specs")
+    if specs is None:
+        specs = [meta["client_spec"]] if meta.get("client_spec") else []
+    return tuple(specs)
 
 
 def is_key_id(text: str) -> bool:
@@ -80,7 +93,7 @@ class KeyStore:
             except (FileNotFoundError, json.JSONDecodeError):
                 self._forget(key_id)
                 return None
-            return StoredKey(key_id, self._sizes[key_id], meta.get("client_spec"), data_path)
+            return StoredKey(key_id, self._sizes[key_id], _specs(meta), data_path)
 
     async def receive(self, chunks: AsyncIterator[bytes], limit: int) -> tuple[Path, str, int]:
         """Stream an upload into a temporary file while hashing it; refuse past `limit` bytes."""
@@ -103,7 +116,10 @@ class KeyStore:
         return path, digest.hexdigest(), size
 
     def add(self, upload: Path, key_id: str, client_spec: str | None) -> tuple[StoredKey, bool]:
-        """Move a received upload into the store; returns the key and whether it is new."""
+        """Move a received upload into the store, recording `client_spec` for it.
+
+        Returns the stored key and whether its bytes are new here.
+        """
         size = upload.stat().st_size
         if size > self.max_bytes:
             upload.unlink(missing_ok=True)
@@ -114,7 +130,8 @@ class KeyStore:
         with self._lock:
             created = key_id not in self._sizes
             if created:
-                meta = {"client_spec": client_spec, "bytes": size, "created": time.time()}
+                specs = (client_spec,) if client_spec else ()
+                meta = {"client_specs": list(specs), "bytes": size, "created": time.time()}
                 meta_path.write_text(json.dumps(meta))
                 os.replace(upload, data_path)
                 self._sizes[key_id] = size
@@ -122,8 +139,14 @@ class KeyStore:
             else:
                 upload.unlink(missing_ok=True)
                 os.utime(data_path)
-                client_spec = json.loads(meta_path.read_text()).get("client_spec")
-        return StoredKey(key_id, size, client_spec, data_path), created
+                meta = json.loads(meta_path.read_text())
+                specs = _specs(meta)
+                if client_spec and client_spec not in specs:
+                    specs = (*specs, client_spec)
+                    meta["client_specs"] = list(specs)
+                    meta.pop("client_spec", None)
+                    meta_path.write_text(json.dumps(meta))
+        return StoredKey(key_id, size, specs, data_path), created
 
     def _evict(self, keep: str) -> None:
         """Drop least recently used keys until the store fits its bound."""

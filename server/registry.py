@@ -19,6 +19,7 @@ from fhe.bundle import (
     client_spec_hash,
     read_metadata,
 )
+from fhe.digest import file_sha256
 from server.clear_model import ClearModel, ModelPolicy, is_clear_model_dir, load_clear_model
 
 
@@ -106,6 +107,13 @@ def load_fhe_model(path: Path) -> FHEModel:
             f"client.zip has sha256 {spec} but model.json records {metadata.client_spec_sha256}"
         )
         return FHEModel(name, path, metadata, spec, reason)
+    delta = metadata.embedding.delta_file
+    if delta:
+        if not (path / delta).is_file():
+            return FHEModel(name, path, metadata, spec, f"{delta} (embedder delta) is missing")
+        if file_sha256(path / delta) != metadata.embedding.delta_sha256:
+            reason = f"{delta} does not match the sha256 in model.json"
+            return FHEModel(name, path, metadata, spec, reason)
     mismatch = version_mismatch(path / SERVER_ZIP)
     if mismatch:
         return FHEModel(name, path, metadata, spec, mismatch)

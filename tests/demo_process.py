@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.server_process import BIN, free_port
+from tests.server_process import BIN, free_port, stop_process
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 """Debian's Chromium (apt-get install chromium): Playwright's own browser download fails here."""
@@ -59,13 +59,7 @@ class DemoProcess:
         return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 def wait_for_page(url: str, process: subprocess.Popen, log: Path, timeout: float) -> None:

@@ -31,9 +31,21 @@ def test_key_id_is_sha256_and_upload_is_idempotent(tmp_path: Path) -> None:
     assert created
     again, created_again = put(store, b"a" * 100, None)
     assert not created_again and again.key_id == stored.key_id
-    assert again.client_spec == "spec"
+    assert again.client_specs == ("spec",)
     assert len(store) == 1 and store.total_bytes == 100
     assert list(tmp_path.glob("upload-*")) == []
+
+
+def test_identical_bytes_serve_every_spec_they_were_uploaded_for(tmp_path: Path) -> None:
+    """Circuits without bootstrapping share the same tiny key bytes, hence the same id."""
+    store = KeyStore(tmp_path, max_bytes=1000)
+    first, _ = put(store, b"e" * 64, "linear-a")
+    second, created = put(store, b"e" * 64, "linear-b")
+    assert not created and second.key_id == first.key_id
+    assert second.client_specs == ("linear-a", "linear-b")
+    found = KeyStore(tmp_path, max_bytes=1000).get(first.key_id)
+    assert found is not None and found.fits("linear-a") and found.fits("linear-b")
+    assert not found.fits("xgb")
 
 
 def test_least_recently_used_key_is_evicted_first(tmp_path: Path) -> None:
@@ -54,7 +66,8 @@ def test_store_survives_a_new_instance(tmp_path: Path) -> None:
     stored, _ = put(KeyStore(tmp_path, max_bytes=1000), b"k" * 10, "s")
     reopened = KeyStore(tmp_path, max_bytes=1000)
     found = reopened.get(stored.key_id)
-    assert found is not None and found.client_spec == "s" and found.path.read_bytes() == b"k" * 10
+    assert found is not None and found.client_specs == ("s",)
+    assert found.path.read_bytes() == b"k" * 10
 
 
 def test_limits(tmp_path: Path) -> None:

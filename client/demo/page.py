@@ -15,7 +15,7 @@ from client.demo.messages import explain
 from client.demo.preview import hex_preview, number_preview, size_text
 from client.demo.session import DemoSession
 from client.demo.settings import DemoSettings
-from fhe.embedder import shared_embedder
+from client.encrypted_model import EncryptedModel
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +80,14 @@ class DemoPage:
     def warm_up(self) -> None:
         """Load the model's embedder before the first visitor needs it (best effort)."""
         try:
-            with FHEServerAPI(self.settings.server_url, timeout=10) as api:
-                info = api.model(self.settings.model)["metadata"]["embedding"]
-            shared_embedder(info["model_id"], info["max_length"], info["weights_sha256"]).load()
+            with FHEServerAPI(self.settings.server_url, timeout=60) as api:
+                remote = EncryptedModel(
+                    api,
+                    self.settings.model,
+                    self.sessions_root / "warm-up",
+                    embedder_cache=self.sessions_root / "embedders",
+                )
+                remote.embedder.load()
         except Exception as error:
             log.warning("embedder not preloaded: %s", error)
 

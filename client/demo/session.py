@@ -34,7 +34,7 @@ class DemoSession:
     def __init__(self, server_url: str, model: str, root: Path) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="session-", dir=root))
         self.api = FHEServerAPI(server_url)
-        self.remote = EncryptedModel(self.api, model, self.dir)
+        self.remote = EncryptedModel(self.api, model, self.dir, embedder_cache=root / "embedders")
         self.keys: KeyInfo | None = None
         self.text: str | None = None
         self.encrypted: Encrypted | None = None
