@@ -37,9 +37,12 @@ lint: install
 test: lint system-packages
 	$(BIN)/pytest
 
-# Rebuilds models/sentiment from ../shared/data/twitter_airline_sentiment.csv (a few minutes).
+# Rebuilds the shipped bundles from ../shared/data/twitter_airline_sentiment.csv: the default
+# XGBoost circuit, then the bootstrap-free linear one on the same fine-tuned embedder.
 model: install
 	$(BIN)/python -m fhe.recipe --out models/sentiment
+	$(BIN)/python -m fhe.recipe --out models/sentiment-linear --name sentiment-linear \
+		--model-type linear --n-bits 4,6,8
 
 clean:
 	rm -rf $(VENV) .cache test-artifacts

@@ -70,7 +70,7 @@ class RecipeConfig:
     max_depth: list[int] = field(default_factory=lambda: [1])
     n_estimators: list[int] = field(default_factory=lambda: [10, 25, 50])
     max_pbs: int = 300
-    p_error: float | None = None
+    p_error: float | None = 1e-6
     cv_folds: int = 3
     test_size: float = 0.1
     seed: int = 42
@@ -438,7 +438,9 @@ def main(argv: list[str] | None = None) -> None:
         max_depth: str = typer.Option("1", help="grid: tree depth"),
         n_estimators: str = typer.Option("10,25,50", help="grid: number of trees"),
         max_pbs: int = typer.Option(300, help="circuit budget in programmable bootstraps"),
-        p_error: float = typer.Option(0.0, help="error probability of one PBS (0: 2**-40)"),
+        p_error: float = typer.Option(
+            1e-6, help="error probability of one PBS (0: Concrete-ML's default, 2**-40)"
+        ),
         cv_folds: int = typer.Option(3, help="CV folds for choosing (0: one point, no CV)"),
         test_size: float = typer.Option(0.1),
         seed: int = typer.Option(42),

@@ -6,14 +6,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fhe.sizes import readable_size
+
 
 def size_text(size: int) -> str:
     """A byte count in the unit a person reads best (B, kB, MB), with the exact count."""
-    if size < 1_000:
-        return f"{size} B"
-    if size < 1_000_000:
-        return f"{size / 1e3:.2f} kB ({size:,} bytes)"
-    return f"{size / 1e6:.2f} MB ({size:,} bytes)"
+    return readable_size(size, exact=True)
 
 
 def hex_preview(data: bytes, shown: int = 64) -> str:
