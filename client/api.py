@@ -132,3 +132,38 @@ class FHEServerAPI:
             float(response.headers.get("X-FHE-Seconds", "nan")),
             float(response.headers.get("X-Server-Seconds", "nan")),
         )
+
+    def submit_job(
+        self,
+        name: str,
+        ciphertext: bytes,
+        key_id: str,
+        client_spec: str,
+        callback_url: str | None = None,
+    ) -> dict[str, Any]:
+        """Queue one ciphertext as a job; returns its status (job_id, status_url, ...)."""
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "X-Key-Id": key_id,
+            "X-Client-Spec": client_spec,
+        }
+        if callback_url:
+            headers["X-Callback-Url"] = callback_url
+        return self._request(
+            "POST", f"/v1/models/{name}/jobs", content=ciphertext, headers=headers
+        ).json()
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        """One job's status: queued, running, done or failed, with timings."""
+        return self._request("GET", f"/v1/jobs/{job_id}").json()
+
+    def jobs(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The server's newest jobs first."""
+        return self._request("GET", "/v1/jobs", params={"limit": limit}).json()["jobs"]
+
+    def job_result(self, job_id: str) -> PredictAnswer:
+        """A finished FHE job's encrypted result."""
+        response = self._request("GET", f"/v1/jobs/{job_id}/result")
+        return PredictAnswer(
+            response.content, float(response.headers.get("X-FHE-Seconds", "nan")), float("nan")
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -15,8 +16,11 @@ from rich.table import Table
 
 from client.api import DEFAULT_SERVER_URL, FHEServerAPI, ServerError
 from client.encrypted_model import ClientError, EncryptedModel, Prediction
+from client.job_flow import JobFailed, fetch_prediction, submit_texts, wait_for
+from client.journal import JobJournal
 from client.keycache import default_cache_root
 from fhe.embedder import EmbeddingModelMismatch
+from fhe.sizes import readable_size
 
 app = typer.Typer(add_completion=False, help="Client of fhe-server: your data stays encrypted.")
 err = Console(stderr=True)
@@ -41,10 +45,6 @@ ModelOption = Annotated[str, typer.Option("--model", "-m", help="model name on t
 def _fail(error: Exception) -> None:
     err.print(f"[red]error:[/red] {error}")
     raise typer.Exit(1)
-
-
-def _megabytes(size: int) -> str:
-    return f"{size / 1e6:.2f} MB"
 
 
 @app.command()
@@ -80,7 +80,7 @@ def keygen(
     state = "generated" if info.generated_now else "reused from cache"
     took = f"{info.keygen_seconds:.2f} s" + ("" if info.generated_now else " when generated")
     typer.echo(f"key id: {info.key_id}")
-    typer.echo(f"evaluation keys: {_megabytes(info.evaluation_key_bytes)} ({state}), uploaded")
+    typer.echo(f"evaluation keys: {readable_size(info.evaluation_key_bytes)} ({state}), uploaded")
     typer.echo(f"keygen: {took}, upload: {info.upload_seconds:.2f} s")
     typer.echo(f"private key: {info.key_dir} (never sent)")
 
@@ -109,8 +109,74 @@ def _print_human(prediction: Prediction, verbose: bool) -> None:
     typer.echo(f"{prediction.label:<10} {scores}  {prediction.text}")
     if verbose:
         seconds = ", ".join(f"{key} {value:.3f} s" for key, value in prediction.seconds.items())
-        sizes = ", ".join(f"{key} {_megabytes(value)}" for key, value in prediction.bytes.items())
+        sizes = ", ".join(
+            f"{key} {readable_size(value)}" for key, value in prediction.bytes.items()
+        )
         typer.echo(f"           {seconds}; {sizes}")
+
+
+def _progress(shown: bool) -> Progress:
+    """The progress bar of long commands, on stderr, gone when done."""
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        disable=not shown,
+        transient=True,
+    )
+
+
+def _show(prediction: Prediction, as_json: bool, verbose: bool) -> None:
+    if as_json:
+        print(json.dumps(prediction.as_json(verbose)), flush=True)
+    else:
+        _print_human(prediction, verbose)
+
+
+def _predict_as_jobs(
+    remote: EncryptedModel,
+    items: list[str],
+    journal: JobJournal,
+    callback_url: str | None,
+    wait: bool,
+    as_json: bool,
+    verbose: bool,
+    output: Path | None,
+) -> list[Prediction] | None:
+    """Submit every text as a job, then (unless --no-wait) poll, decrypt and show each result."""
+    with _progress(True) as bar:
+        task = bar.add_task("encrypting and submitting", total=len(items))
+        entries = submit_texts(
+            remote, items, journal, callback_url, progress=lambda _: bar.advance(task)
+        )
+    if not wait:
+        for entry in entries:
+            typer.echo(entry.job_id)
+        err.print(
+            f"{len(entries)} jobs submitted; `fhe-client jobs` shows them, "
+            "`fhe-client result JOB_ID` fetches and decrypts one"
+        )
+        return None
+    predictions: dict[str, Prediction] = {}
+    failures = []
+    with _progress(True) as bar:
+        task = bar.add_task("jobs finished on the server", total=len(entries))
+        for entry, status in wait_for(remote, entries):
+            bar.advance(task)
+            try:
+                predictions[entry.job_id] = fetch_prediction(remote, entry, status)
+            except JobFailed as error:
+                failures.append(str(error))
+                continue
+            if output is None:
+                _show(predictions[entry.job_id], as_json, verbose)
+    for failure in failures:
+        err.print(f"[red]error:[/red] {failure}")
+    if failures and output is None:
+        raise typer.Exit(1)
+    return [predictions[e.job_id] for e in entries if e.job_id in predictions]
 
 
 @app.command()
@@ -129,6 +195,16 @@ def predict(
     embedding_model: Annotated[
         Optional[str], typer.Option(help="local path of the embedding weights, if not packaged")
     ] = None,
+    as_jobs: Annotated[
+        bool,
+        typer.Option("--async", help="submit as server jobs, then poll (survives disconnects)"),
+    ] = False,
+    wait: Annotated[
+        bool, typer.Option(help="with --async: wait for the results (--no-wait prints job ids)")
+    ] = True,
+    callback_url: Annotated[
+        Optional[str], typer.Option(help="with --async: URL the server notifies when a job ends")
+    ] = None,
 ) -> None:
     """Classify texts: embed and encrypt here, run on the server, decrypt here."""
     try:
@@ -136,35 +212,98 @@ def predict(
         if not items:
             raise ClientError("give texts as arguments or --input FILE.csv")
         with FHEServerAPI(server) as api:
-            remote = EncryptedModel(api, model, cache_dir or default_cache_root(), embedding_model)
+            root = cache_dir or default_cache_root()
+            remote = EncryptedModel(api, model, root, embedding_model)
             if remote.cache.record() is None:
                 err.print("no keys for this model yet: generating and uploading them first")
-            show_bar = len(items) > 1 or output is not None
-            with Progress(
-                TextColumn("[progress.description]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=err,
-                disable=not show_bar,
-                transient=True,
-            ) as bar:
-                task = bar.add_task("encrypted predictions", total=len(items))
+            if as_jobs:
+                predictions = _predict_as_jobs(
+                    remote, items, JobJournal(root), callback_url, wait, as_json, verbose, output
+                )
+                if predictions is None:
+                    return
+            else:
+                with _progress(len(items) > 1 or output is not None) as bar:
+                    task = bar.add_task("encrypted predictions", total=len(items))
 
-                def report(prediction: Prediction) -> None:
-                    bar.advance(task)
-                    if output is None:
-                        if as_json:
-                            print(json.dumps(prediction.as_json(verbose)), flush=True)
-                        else:
-                            _print_human(prediction, verbose)
+                    def report(prediction: Prediction) -> None:
+                        bar.advance(task)
+                        if output is None:
+                            _show(prediction, as_json, verbose)
 
-                predictions = remote.predict(items, progress=report)
-    except (ServerError, ClientError, EmbeddingModelMismatch) as error:
+                    predictions = remote.predict(items, progress=report)
+    except (ServerError, ClientError, EmbeddingModelMismatch, JobFailed) as error:
         _fail(error)
     if output is not None:
         _write_csv(output, predictions, remote.labels)
         err.print(f"{len(predictions)} predictions written to {output}")
+
+
+@app.command()
+def jobs(
+    server: ServerOption = DEFAULT_SERVER_URL,
+    cache_dir: CacheOption = None,
+    every_server: Annotated[
+        bool, typer.Option("--all-servers", help="also jobs submitted to other servers")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per job")] = False,
+) -> None:
+    """List the jobs this client submitted, with their status on the server."""
+    journal = JobJournal(cache_dir or default_cache_root())
+    entries = journal.entries(None if every_server else server.rstrip("/"))
+    table = Table("job id", "model", "status", "queued", "fhe", "submitted", "text")
+    table.columns[0].no_wrap = True
+    with FHEServerAPI(server) as api:
+        for entry in entries:
+            try:
+                status = api.job(entry.job_id)
+            except ServerError as error:
+                state = "expired" if error.code == "unknown_job" else f"unknown ({error})"
+                status = {"status": state, "seconds": {}}
+            seconds = status.get("seconds") or {}
+            if as_json:
+                row = {"job_id": entry.job_id, "model": entry.model, "status": status["status"]}
+                print(json.dumps({**row, "seconds": seconds, "submitted": entry.submitted}))
+                continue
+            table.add_row(
+                entry.job_id,
+                entry.model,
+                status["status"],
+                f"{seconds['queued']:.1f} s" if seconds.get("queued") is not None else "",
+                f"{seconds['fhe']:.2f} s" if seconds.get("fhe") is not None else "",
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.submitted)),
+                entry.text if len(entry.text) <= 40 else entry.text[:39] + "…",
+            )
+    if not as_json:
+        Console().print(table)
+    if not entries:
+        err.print("no jobs submitted from here yet (`fhe-client predict --async ...`)")
+
+
+@app.command()
+def result(
+    job_ids: Annotated[list[str], typer.Argument(help="job ids from `fhe-client jobs`")],
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per text")] = False,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="timings and sizes")] = False,
+    server: ServerOption = DEFAULT_SERVER_URL,
+    cache_dir: CacheOption = None,
+) -> None:
+    """Fetch finished jobs' encrypted results and decrypt them here."""
+    root = cache_dir or default_cache_root()
+    journal = JobJournal(root)
+    try:
+        with FHEServerAPI(server) as api:
+            for job_id in job_ids:
+                entry = journal.find(job_id)
+                if entry is None:
+                    raise ClientError(f"job {job_id} was not submitted from this client")
+                remote = EncryptedModel(api, entry.model, root)
+                status = api.job(job_id)
+                if status["status"] not in ("done", "failed"):
+                    raise ClientError(f"job {job_id} is still {status['status']}; try later")
+                _show(fetch_prediction(remote, entry, status), as_json, verbose)
+    except (ServerError, ClientError, EmbeddingModelMismatch, JobFailed) as error:
+        _fail(error)
 
 
 @app.command()

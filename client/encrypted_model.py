@@ -240,8 +240,34 @@ class EncryptedModel:
             self.keys(upload=True)
             return self.api.predict(self.name, ciphertext, key_id, self.client_spec)
 
+    def submit(self, ciphertext: bytes, callback_url: str | None = None) -> dict[str, Any]:
+        """Queue a ciphertext as a job on the server; re-uploads lost keys. Returns its status."""
+        key_id = self._key_id()
+        try:
+            return self.api.submit_job(
+                self.name, ciphertext, key_id, self.client_spec, callback_url
+            )
+        except UnknownKey:
+            self.keys(upload=True)
+            return self.api.submit_job(
+                self.name, ciphertext, key_id, self.client_spec, callback_url
+            )
+
+    def _load_private_key(self) -> None:
+        """Load the cached key set before decrypting, in a process that has not encrypted yet."""
+        client = self.fhe_client
+        if client.client.keys.are_generated:
+            return
+        if self.cache.record() is None:
+            raise ClientError(
+                f"no private key for model {self.name!r} in {self.cache_root}: a result encrypted "
+                "under another key cannot be decrypted here"
+            )
+        client.generate_private_and_evaluation_keys(force=False)
+
     def decrypt(self, ciphertext: bytes) -> Decrypted:
         """Decrypt and dequantize an encrypted result into a label and class scores."""
+        self._load_private_key()
         started = time.perf_counter()
         scores = np.asarray(self.fhe_client.deserialize_decrypt_dequantize(ciphertext))[0]
         by_label = dict(zip(self.labels, scores.tolist(), strict=True))

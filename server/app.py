@@ -1,4 +1,4 @@
-"""The FastAPI application: model listing and cards, key upload, encrypted prediction."""
+"""The FastAPI application: model listing and cards, key upload, encrypted prediction, jobs."""
 
 from __future__ import annotations
 
@@ -18,52 +18,15 @@ from server.clear_model import ClearModel
 from server.clear_routes import clear_router, native_answer, single_model_from_env
 from server.errors import APIError, install_error_handlers
 from server.executor import Busy, FHEExecutor, WorkerCrashed
-from server.keystore import KeyStore, KeyTooLarge, StoredKey
-from server.registry import FHEModel, Model, ModelRegistry
+from server.fhe_call import check_client_spec, evaluate, find_model, ready_fhe, stored_key
+from server.job_routes import execute_job, jobs_router
+from server.job_runner import JobPolicy, JobRunner
+from server.jobs import JobStore
+from server.keystore import KeyStore, KeyTooLarge
+from server.registry import FHEModel, ModelRegistry
 from server.settings import ServerSettings
 
 log = logging.getLogger("fhe_server")
-
-KEYGEN_HINT = "run `fhe-client keygen --model {model}` to generate and upload evaluation keys"
-
-
-def _model(request: Request, name: str) -> Model:
-    model = request.app.state.registry.get(name)
-    if model is None:
-        names = [m.name for m in request.app.state.registry.all()]
-        raise APIError(404, "unknown_model", f"no model named {name!r}; models here: {names}")
-    return model
-
-
-def _ready(model: Model) -> FHEModel:
-    if not isinstance(model, FHEModel):
-        raise APIError(400, "not_fhe", f"model {model.name!r} is a {model.kind} model, not FHE")
-    if not model.ready:
-        raise APIError(400, "model_unloadable", f"model {model.name!r} cannot load: {model.reason}")
-    return model
-
-
-def _stored_key(request: Request, key_id: str | None, model: FHEModel) -> StoredKey:
-    hint = KEYGEN_HINT.format(model=model.name)
-    if not key_id:
-        raise APIError(400, "missing_key_id", f"the X-Key-Id header is required; {hint}")
-    stored = request.app.state.keystore.get(key_id)
-    if stored is None:
-        raise APIError(
-            404,
-            "unknown_key",
-            f"evaluation key {key_id} is unknown here or was evicted; {hint}",
-            key_id=key_id,
-        )
-    if not stored.fits(model.client_spec):
-        made_for = ", ".join(stored.client_specs)
-        raise APIError(
-            409,
-            "key_spec_mismatch",
-            f"evaluation key {key_id} was made for client spec {made_for}, but model "
-            f"{model.name!r} has {model.client_spec}; {hint}",
-        )
-    return stored
 
 
 def create_app(settings: ServerSettings | None = None) -> FastAPI:
@@ -86,10 +49,25 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             status = "ready" if model.ready else f"unloadable: {model.reason}"
             log.warning("model %s (%s): %s", model.name, model.kind, status)
         app.state.executor.warm([str(m.path) for m in app.state.registry.all() if m.ready])
+        app.state.jobs = JobStore(settings.data_dir / "jobs", settings.job_max_attempts)
+        app.state.job_runner = JobRunner(
+            app.state.jobs,
+            lambda job, payload: execute_job(app.state, job, payload),
+            JobPolicy(
+                concurrency=settings.job_concurrency or settings.workers,
+                ttl_seconds=settings.job_ttl_seconds,
+                callback_attempts=settings.callback_attempts,
+                callback_timeout_seconds=settings.callback_timeout_seconds,
+                callback_backoff_seconds=settings.callback_backoff_seconds,
+            ),
+        )
+        await app.state.job_runner.start()
         try:
             yield
         finally:
+            await app.state.job_runner.stop()
             app.state.executor.close()
+            app.state.jobs.close()
 
     app = FastAPI(
         title="fhe-server",
@@ -99,6 +77,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(clear_router(settings))
+    app.include_router(jobs_router(settings))
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -113,12 +92,12 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     @app.get("/v1/models/{name}")
     async def model_card(request: Request, name: str) -> dict:
         """The model card as JSON: metrics, versions, client spec hash, card text."""
-        return _model(request, name).card()
+        return find_model(request.app.state, name).card()
 
     @app.get("/v1/models/{name}/client.zip", response_class=FileResponse)
     async def client_spec(request: Request, name: str) -> FileResponse:
         """The FHE client spec clients generate keys and encrypt with."""
-        model = _ready(_model(request, name))
+        model = ready_fhe(find_model(request.app.state, name))
         return FileResponse(
             model.path / CLIENT_ZIP,
             media_type="application/zip",
@@ -129,7 +108,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     @app.get("/v1/models/{name}/embedder-delta", response_class=FileResponse)
     async def embedder_delta(request: Request, name: str) -> FileResponse:
         """The fine-tuned tensors of the model's client-side embedder (safetensors)."""
-        model = _ready(_model(request, name))
+        model = ready_fhe(find_model(request.app.state, name))
         info = model.metadata.embedding if model.metadata else None
         if info is None or not info.delta_file:
             raise APIError(
@@ -150,7 +129,9 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         """Store serialized evaluation keys (raw bytes); the key id is their sha256."""
         state = request.app.state
         if x_client_spec:
-            specs = {m.client_spec for m in state.registry.all() if m.ready}
+            specs = {
+                m.client_spec for m in state.registry.all() if isinstance(m, FHEModel) and m.ready
+            }
             if x_client_spec not in specs:
                 raise APIError(
                     409,
@@ -201,50 +182,15 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         """FHE: one ciphertext (raw bytes) in, the encrypted result out. Clear: JSON
         `{"inputs": ...}` in, `{"output": ..., "warnings": [...]}` out."""
         received = time.perf_counter()
-        found = _model(request, name)
+        found = find_model(request.app.state, name)
         if isinstance(found, ClearModel):
             return await native_answer(found, request, settings.max_json_bytes)
-        model = _ready(found)
+        model = ready_fhe(found)
         check_declared_length(request, settings.max_ciphertext_bytes, "ciphertext")
-        if not x_client_spec:
-            raise APIError(
-                400,
-                "missing_client_spec",
-                f"the X-Client-Spec header (sha256 of client.zip) is required; server has "
-                f"{model.client_spec}",
-            )
-        if x_client_spec != model.client_spec:
-            raise APIError(
-                409,
-                "client_spec_mismatch",
-                f"your client spec {x_client_spec} differs from the server's {model.client_spec} "
-                f"for model {name!r}: download client.zip again and "
-                + KEYGEN_HINT.format(model=name),
-                client_spec=x_client_spec,
-                server_client_spec=model.client_spec,
-            )
-        stored = _stored_key(request, x_key_id, model)
+        check_client_spec(model, x_client_spec)
+        key = stored_key(request.app.state, x_key_id, model)
         ciphertext = await read_body(request, settings.max_ciphertext_bytes, "ciphertext")
-        if not ciphertext:
-            raise APIError(400, "empty_body", "the body must hold a serialized ciphertext")
-        try:
-            result, seconds = await request.app.state.executor.call(
-                worker.run_circuit, str(model.path), stored.key_id, str(stored.path), ciphertext
-            )
-        except Busy as error:
-            raise APIError(503, "busy", str(error), headers={"Retry-After": "2"}) from None
-        except worker.BadInput as error:
-            raise APIError(400, "malformed_ciphertext", str(error)) from None
-        except KeyError:
-            raise APIError(
-                404, "unknown_key", "evaluation key was evicted; upload it again"
-            ) from None
-        except WorkerCrashed as error:
-            raise APIError(
-                422,
-                "unprocessable_ciphertext",
-                f"{error}: the ciphertext or keys do not fit this model's circuit",
-            ) from None
+        result, seconds = await evaluate(request.app.state, model, key, ciphertext)
         total = time.perf_counter() - received
         return Response(
             content=result,

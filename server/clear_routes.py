@@ -25,6 +25,7 @@ from server.clear_model import (
     PredictionFailed,
     load_clear_model,
 )
+from server.errors import APIError
 from server.settings import ServerSettings
 
 WARNINGS_MESSAGE = "There were warnings while running the model."
@@ -39,9 +40,8 @@ def _predict_locked(model: ClearModel, inputs: Any) -> tuple[Any, list[str]]:
         return model.predict(inputs)
 
 
-async def read_inputs(request: Request, limit: int) -> Any:
+def parse_inputs(body: bytes) -> Any:
     """The `inputs` of a JSON body; InvalidInputs unless the body is UTF-8 JSON of that shape."""
-    body = await read_body(request, limit, "the JSON body")
     try:
         payload = json.loads(body.decode("utf-8"))
     except UnicodeDecodeError:
@@ -58,6 +58,24 @@ async def read_inputs(request: Request, limit: int) -> Any:
     if not isinstance(payload, dict) or "inputs" not in payload:
         raise InvalidInputs('the body must be a JSON object with an "inputs" key')
     return payload["inputs"]
+
+
+async def read_inputs(request: Request, limit: int) -> Any:
+    """The `inputs` of the request's JSON body, read under `limit` bytes."""
+    return parse_inputs(await read_body(request, limit, "the JSON body"))
+
+
+async def run_native(model: ClearModel, inputs: Any) -> dict[str, Any]:
+    """`{"output", "warnings"}` of one prediction; APIError 400 when it cannot be made."""
+    if not model.ready:
+        raise APIError(
+            400, "model_unloadable", f"model {model.name!r} cannot load: {model.load_error}"
+        )
+    try:
+        output, warnings = await run_in_threadpool(_predict_locked, model, inputs)
+    except (InvalidInputs, PredictionFailed) as error:
+        raise APIError(400, "prediction_failed", str(error)) from None
+    return {"output": output, "warnings": warnings}
 
 
 async def compatible_answer(model: ClearModel, request: Request, limit: int) -> JSONResponse:
@@ -92,15 +110,8 @@ async def native_answer(model: ClearModel, request: Request, limit: int) -> JSON
     try:
         inputs = await read_inputs(request, limit)
     except InvalidInputs as error:
-        return JSONResponse({"error": str(error), "code": "invalid_inputs"}, status_code=400)
-    if not model.ready:
-        message = f"model {model.name!r} cannot load: {model.load_error}"
-        return JSONResponse({"error": message, "code": "model_unloadable"}, status_code=400)
-    try:
-        output, warnings = await run_in_threadpool(_predict_locked, model, inputs)
-    except (InvalidInputs, PredictionFailed) as error:
-        return JSONResponse({"error": str(error), "code": "prediction_failed"}, status_code=400)
-    return JSONResponse({"output": output, "warnings": warnings})
+        raise APIError(400, "invalid_inputs", str(error)) from None
+    return JSONResponse(await run_native(model, inputs))
 
 
 def resolve_model_id(model_id: str, models_dir: Path) -> Path:

@@ -28,7 +28,9 @@ class ServerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FHE_SERVER_")
 
     models_dir: Path = Field(SHIPPED_MODELS_DIR, description="directory of model bundles")
-    data_dir: Path = Field(default_factory=default_data_dir, description="keys are kept here")
+    data_dir: Path = Field(
+        default_factory=default_data_dir, description="keys and jobs are kept here"
+    )
     host: str = Field("127.0.0.1", description="interface to listen on")
     port: int = Field(8000, description="TCP port")
     workers: int = Field(
@@ -55,6 +57,21 @@ class ServerSettings(BaseSettings):
     )
     key_cache_entries: int = Field(
         4, ge=1, description="deserialized evaluation keys kept in memory per worker"
+    )
+    job_concurrency: int | None = Field(
+        None, ge=1, description="jobs run at once (default: the number of FHE workers)"
+    )
+    max_queued_jobs: int = Field(1000, ge=1, description="queued jobs before 503 busy")
+    job_ttl_seconds: float = Field(
+        86400, gt=0, description="seconds a finished job and its result are kept"
+    )
+    job_max_attempts: int = Field(
+        3, ge=1, description="runs of a job interrupted by restarts before it fails"
+    )
+    callback_attempts: int = Field(5, ge=1, description="deliveries tried per callback")
+    callback_timeout_seconds: float = Field(10, gt=0, description="timeout of one callback")
+    callback_backoff_seconds: float = Field(
+        1, ge=0, description="pause before the second delivery, doubled after each failure"
     )
 
     def policy(self, model: str) -> ModelPolicy:

@@ -80,5 +80,12 @@ class ServerProcess:
         stop_process(self.process)
         self.process = None
 
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash or a lost machine would stop it."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None

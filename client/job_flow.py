@@ -1,0 +1,96 @@
+"""Encrypted predictions as server jobs: submit every text, then poll and decrypt as jobs end.
+
+The journal records each job before the next is submitted, so an interrupted client can still
+fetch and decrypt what it started (`fhe-client jobs`, `fhe-client result`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+from client.api import ServerError
+from client.encrypted_model import EncryptedModel, Prediction
+from client.journal import JobJournal, JournalEntry
+
+FINISHED = ("done", "failed")
+
+
+class JobFailed(RuntimeError):
+    """The server ran the job and it failed; the message is the server's."""
+
+
+def submit_texts(
+    remote: EncryptedModel,
+    texts: Sequence[str],
+    journal: JobJournal,
+    callback_url: str | None = None,
+    progress: Callable[[JournalEntry], None] | None = None,
+) -> list[JournalEntry]:
+    """Encrypt each text here and queue it on the server; returns the journal entries."""
+    entries = []
+    for text in texts:
+        encrypted = remote.encrypt(text)
+        job = remote.submit(encrypted.ciphertext, callback_url)
+        entry = JournalEntry(
+            job_id=job["job_id"],
+            server=remote.api.base_url,
+            model=remote.name,
+            text=text,
+            submitted=time.time(),
+            ciphertext_in_bytes=len(encrypted.ciphertext),
+        )
+        journal.add(entry)
+        entries.append(entry)
+        if progress is not None:
+            progress(entry)
+    return entries
+
+
+def wait_for(
+    remote: EncryptedModel, entries: Sequence[JournalEntry], poll_seconds: float = 0.5
+) -> Iterator[tuple[JournalEntry, dict]]:
+    """Poll the jobs until each has ended; yields each entry with its final status, as it ends."""
+    pending = list(entries)
+    while pending:
+        still = []
+        for entry in pending:
+            status = remote.api.job(entry.job_id)
+            if status["status"] in FINISHED:
+                yield entry, status
+            else:
+                still.append(entry)
+        pending = still
+        if pending:
+            time.sleep(poll_seconds)
+
+
+def fetch_prediction(remote: EncryptedModel, entry: JournalEntry, status: dict) -> Prediction:
+    """Download a finished job's encrypted result and decrypt it here."""
+    if status["status"] == "failed":
+        error = status.get("error") or {}
+        raise JobFailed(f"job {entry.job_id} failed: {error.get('message')} ({error.get('code')})")
+    started = time.perf_counter()
+    try:
+        answer = remote.api.job_result(entry.job_id)
+    except ServerError as error:
+        raise JobFailed(f"job {entry.job_id}: {error}") from None
+    fetched = time.perf_counter() - started
+    decrypted = remote.decrypt(answer.ciphertext)
+    seconds = status.get("seconds") or {}
+    return Prediction(
+        text=entry.text,
+        label=decrypted.label,
+        scores=decrypted.scores,
+        seconds={
+            "queued": seconds.get("queued") or 0.0,
+            "fhe": answer.fhe_seconds,
+            "fetch": fetched,
+            "decrypt": decrypted.seconds,
+            "total": time.time() - entry.submitted,
+        },
+        bytes={
+            "ciphertext_in": entry.ciphertext_in_bytes,
+            "ciphertext_out": len(answer.ciphertext),
+        },
+    )

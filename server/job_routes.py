@@ -1,0 +1,173 @@
+"""Routes of the asynchronous jobs: submit (202), status, result and listing.
+
+A job takes the same body and headers as the model's predict route and is checked the same way
+before it is accepted, so a request that predict would refuse is refused here too, at once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import FileResponse, JSONResponse
+
+from server.body import check_declared_length, read_body
+from server.clear_model import ClearModel, InvalidInputs
+from server.clear_routes import parse_inputs, run_native
+from server.errors import APIError
+from server.fhe_call import check_client_spec, evaluate, find_model, ready_fhe, stored_key
+from server.jobs import Job, new_job_id
+from server.settings import ServerSettings
+
+
+def _callback_url(url: str | None) -> str | None:
+    """The callback URL when it is an absolute http(s) URL; 400 otherwise."""
+    if not url:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise APIError(
+            400, "invalid_callback_url", f"the callback URL must be absolute http(s), not {url!r}"
+        )
+    return url
+
+
+def _parsed(payload: bytes) -> Any:
+    try:
+        return parse_inputs(payload)
+    except InvalidInputs as error:
+        raise APIError(400, "invalid_inputs", str(error)) from None
+
+
+async def execute_job(state: Any, job: Job, payload: bytes) -> tuple[bytes, str, float | None]:
+    """Run one job as its synchronous call would, checking again what may have changed."""
+    model = find_model(state, job.model)
+    if job.kind == "clear":
+        if not isinstance(model, ClearModel):
+            raise APIError(409, "model_changed", f"model {job.model!r} is no longer a clear model")
+        answer = await run_native(model, _parsed(payload))
+        return json.dumps(answer).encode(), "application/json", None
+    fhe_model = ready_fhe(model)
+    check_client_spec(fhe_model, job.client_spec)
+    key = stored_key(state, job.key_id, fhe_model)
+    result, seconds = await evaluate(state, fhe_model, key, payload)
+    return result, "application/octet-stream", seconds
+
+
+def jobs_router(settings: ServerSettings) -> APIRouter:
+    """The job routes; the store and runner live on `app.state`."""
+    router = APIRouter()
+
+    def _job(request: Request, job_id: str) -> Job:
+        job = request.app.state.jobs.get(job_id)
+        if job is None:
+            raise APIError(
+                404, "unknown_job", f"no job {job_id!r} here (unknown, or its result expired)"
+            )
+        return job
+
+    @router.post("/v1/models/{name}/jobs", status_code=202)
+    async def submit_job(
+        request: Request,
+        name: str,
+        x_key_id: Annotated[str | None, Header()] = None,
+        x_client_spec: Annotated[str | None, Header()] = None,
+        x_callback_url: Annotated[str | None, Header()] = None,
+    ) -> JSONResponse:
+        """Queue a prediction: the same body and headers as predict, plus an optional
+        `X-Callback-Url` notified when the job ends. Answers 202 with the job id and its URLs."""
+        state = request.app.state
+        callback = _callback_url(x_callback_url)
+        model = find_model(state, name)
+        if isinstance(model, ClearModel):
+            payload = await read_body(request, settings.max_json_bytes, "the JSON body")
+            _parsed(payload)
+            if not model.ready:
+                raise APIError(
+                    400, "model_unloadable", f"model {name!r} cannot load: {model.load_error}"
+                )
+            kind, key_id = "clear", None
+        else:
+            fhe_model = ready_fhe(model)
+            check_declared_length(request, settings.max_ciphertext_bytes, "ciphertext")
+            check_client_spec(fhe_model, x_client_spec)
+            key_id = stored_key(state, x_key_id, fhe_model).key_id
+            payload = await read_body(request, settings.max_ciphertext_bytes, "ciphertext")
+            if not payload:
+                raise APIError(400, "empty_body", "the body must hold a serialized ciphertext")
+            kind = "fhe"
+        if state.jobs.count("queued") >= settings.max_queued_jobs:
+            raise APIError(
+                503,
+                "busy",
+                f"{settings.max_queued_jobs} jobs are already queued; try again later",
+                headers={"Retry-After": "30"},
+            )
+        job = Job(
+            job_id=new_job_id(),
+            model=name,
+            kind=kind,
+            status="queued",
+            created=time.time(),
+            base_url=str(request.base_url),
+            key_id=key_id,
+            client_spec=x_client_spec if kind == "fhe" else None,
+            callback_url=callback,
+        )
+        state.jobs.add(job, payload)
+        state.job_runner.wake()
+        return JSONResponse(
+            job.public(), status_code=202, headers={"Location": f"/v1/jobs/{job.job_id}"}
+        )
+
+    @router.get("/v1/jobs")
+    async def list_jobs(
+        request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    ) -> dict[str, list[dict]]:
+        """The newest jobs first, with their status."""
+        return {"jobs": [job.public() for job in request.app.state.jobs.list(limit=limit)]}
+
+    @router.get("/v1/jobs/{job_id}")
+    async def job_status(request: Request, job_id: str) -> dict:
+        """queued, running, done or failed, with timings, the error and callback delivery."""
+        return _job(request, job_id).public()
+
+    @router.get(
+        "/v1/jobs/{job_id}/result",
+        response_class=FileResponse,
+        responses={200: {"content": {"application/octet-stream": {}, "application/json": {}}}},
+    )
+    async def job_result(request: Request, job_id: str) -> FileResponse:
+        """The result of a finished job: ciphertext bytes (FHE) or `{"output", "warnings"}`."""
+        job = _job(request, job_id)
+        if job.status in ("queued", "running"):
+            raise APIError(
+                409,
+                "job_not_finished",
+                f"job {job_id} is {job.status}; poll {job.status_url}",
+                headers={"Retry-After": "1"},
+                status=job.status,
+            )
+        if job.status == "failed":
+            raise APIError(
+                409,
+                "job_failed",
+                f"job {job_id} failed: {job.error}",
+                job_error=job.public()["error"],
+            )
+        path = request.app.state.jobs.result_path(job_id)
+        if not path.is_file():
+            raise APIError(404, "unknown_job", f"the result of job {job_id} has expired")
+        headers = {"X-Job-Id": job.job_id}
+        if job.fhe_seconds is not None:
+            headers["X-FHE-Seconds"] = f"{job.fhe_seconds:.4f}"
+        return FileResponse(
+            path,
+            media_type=job.result_type,
+            headers=headers,
+        )
+
+    return router

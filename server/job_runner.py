@@ -1,0 +1,149 @@
+"""Runs queued jobs on the server's worker pool, notifies callbacks and deletes expired jobs.
+
+At most `concurrency` jobs run at once, so synchronous predictions keep the rest of the pool's
+queue. Stopping leaves running jobs marked running; the next start queues them again, so a job
+runs at least once and its result is kept once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import httpx
+from starlette.concurrency import run_in_threadpool
+
+from server.errors import APIError
+from server.jobs import Job, JobStore
+
+log = logging.getLogger("fhe_server.jobs")
+
+Execute = Callable[[Job, bytes], Awaitable[tuple[bytes, str, float | None]]]
+"""Runs one job on its input: returns the result bytes, their media type and the FHE seconds."""
+
+
+@dataclass(frozen=True)
+class JobPolicy:
+    """How jobs run and how long their results stay."""
+
+    concurrency: int
+    ttl_seconds: float
+    callback_attempts: int
+    callback_timeout_seconds: float
+    callback_backoff_seconds: float
+    expiry_interval_seconds: float = 30.0
+
+
+class JobRunner:
+    """The background tasks of the jobs: dispatch, callbacks and expiry."""
+
+    def __init__(self, store: JobStore, execute: Execute, policy: JobPolicy) -> None:
+        self.store = store
+        self.execute = execute
+        self.policy = policy
+        self.running = 0
+        self._wakeup = asyncio.Event()
+        self._tasks: set[asyncio.Task] = set()
+        self._http = httpx.AsyncClient(timeout=policy.callback_timeout_seconds)
+
+    def _spawn(self, coroutine: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def start(self) -> None:
+        """Queue interrupted jobs again, resume undelivered callbacks, start the loops."""
+        requeued = self.store.requeue_interrupted(self.policy.ttl_seconds)
+        if requeued:
+            log.warning("%d interrupted jobs queued again", requeued)
+        for job in self.store.undelivered_callbacks(self.policy.callback_attempts):
+            self._spawn(self._notify(job.job_id))
+        self._spawn(self._dispatch())
+        self._spawn(self._expire())
+
+    def wake(self) -> None:
+        """A job was queued or a slot freed: look at the queue now."""
+        self._wakeup.set()
+
+    async def stop(self) -> None:
+        """Cancel the loops and the waits on running jobs (they stay marked running)."""
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self._http.aclose()
+
+    async def _dispatch(self) -> None:
+        while True:
+            while self.running < self.policy.concurrency:
+                job = self.store.claim_next()
+                if job is None:
+                    break
+                self.running += 1
+                self._spawn(self._run(job))
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout=1.0)
+
+    async def _run(self, job: Job) -> None:
+        ttl = self.policy.ttl_seconds
+        finished = True
+        try:
+            payload = await run_in_threadpool(self.store.input_path(job.job_id).read_bytes)
+            result, media_type, fhe_seconds = await self.execute(job, payload)
+            await run_in_threadpool(
+                self.store.finish, job.job_id, result, media_type, fhe_seconds, ttl
+            )
+        except APIError as error:
+            if error.code == "busy":
+                finished = False
+                self.store.release(job.job_id)
+                await asyncio.sleep(1.0)
+            else:
+                self.store.fail(job.job_id, error.status, error.code, error.message, ttl)
+        except FileNotFoundError:
+            self.store.fail(job.job_id, 500, "input_lost", "the job's input is gone", ttl)
+        except Exception as error:  # a job must end failed, never stay running forever
+            log.exception("job %s failed unexpectedly", job.job_id)
+            self.store.fail(job.job_id, 500, "internal_error", f"{type(error).__name__}", ttl)
+        finally:
+            self.running -= 1
+            self.wake()
+        if finished and job.callback_url:
+            self._spawn(self._notify(job.job_id))
+
+    async def _notify(self, job_id: str) -> None:
+        """POST the job's status to its callback URL, retrying with doubling pauses."""
+        job = self.store.get(job_id)
+        if job is None or not job.callback_url:
+            return
+        body = {
+            "job_id": job.job_id,
+            "model": job.model,
+            "status": job.status,
+            "status_url": job.status_url,
+            "result_url": job.result_url,
+            "error": job.public()["error"],
+        }
+        for attempt in range(job.callback_attempts, self.policy.callback_attempts):
+            try:
+                response = await self._http.post(job.callback_url, json=body)
+                delivered = 200 <= response.status_code < 300
+                error = None if delivered else f"HTTP {response.status_code}"
+            except httpx.HTTPError as failure:
+                delivered, error = False, f"{type(failure).__name__}: {failure}"
+            self.store.record_callback(job.job_id, delivered, error)
+            if delivered:
+                return
+            await asyncio.sleep(self.policy.callback_backoff_seconds * 2**attempt)
+
+    async def _expire(self) -> None:
+        while True:
+            removed = await run_in_threadpool(self.store.expire)
+            if removed:
+                log.info("%d expired jobs deleted", removed)
+            await asyncio.sleep(self.policy.expiry_interval_seconds)
