@@ -7,8 +7,9 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 DEMO_PORT ?= 7860
-# Debian packages the tests need: Chromium drives the demo in a real browser.
-SYSTEM_PACKAGES := chromium
+# Debian packages the tests need: Chromium drives the demo in a real browser, redis-server is the
+# broker of the scale-out tests.
+SYSTEM_PACKAGES := chromium redis-server
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install system-packages run test lint model clean
@@ -27,7 +28,8 @@ run: install
 		--host $(HOST) --port $(DEMO_PORT)
 
 system-packages:
-	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+	@command -v chromium >/dev/null && command -v redis-server >/dev/null || { \
+		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(SYSTEM_PACKAGES); }
 
 lint: install

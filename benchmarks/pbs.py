@@ -23,6 +23,7 @@ import numpy as np
 import typer
 
 from fhe.bundle import read_metadata
+from fhe.signals import ignore_sigpipe
 
 
 def bootstrap_parameters(specs: dict) -> list[str]:
@@ -79,6 +80,7 @@ def single_pbs_seconds(
     for _ in range(repeats):
         started = time.perf_counter()
         circuit.run(sample)
+        ignore_sigpipe()
         seconds.append(time.perf_counter() - started)
     assert int(circuit.statistics["programmable_bootstrap_count"]) == elements
     return statistics.median(seconds) / elements

@@ -51,11 +51,19 @@ class PredictAnswer:
 
 
 class FHEServerAPI:
-    """A thin client of the REST API (httpx); raw bytes for keys and ciphertexts."""
+    """A thin client of the REST API (httpx); raw bytes for keys and ciphertexts.
 
-    def __init__(self, base_url: str | None = None, timeout: float = 600.0) -> None:
+    The API token comes from `token` or the FHE_API_TOKEN variable (none for a server in
+    development mode).
+    """
+
+    def __init__(
+        self, base_url: str | None = None, timeout: float = 600.0, token: str | None = None
+    ) -> None:
         self.base_url = (base_url or server_url_from_env()).rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+        token = token or os.environ.get("FHE_API_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers)
 
     def close(self) -> None:
         """Close the connection pool."""

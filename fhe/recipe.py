@@ -39,6 +39,7 @@ from fhe.dataset import DEFAULT_DATA, TextSplit, load_split
 from fhe.digest import bytes_sha256
 from fhe.embedder import DEFAULT_EMBEDDING_MODEL, TextEmbedder
 from fhe.finetune import DELTA_FILE, FineTuneConfig, fine_tune
+from fhe.signals import ignore_sigpipe
 
 AIRLINE_LICENSE = (
     "CC BY-NC-SA 4.0 (Twitter US Airline Sentiment, CrowdFlower 'Data for Everyone', as listed on "
@@ -254,6 +255,7 @@ def measure_real_fhe(
                 started = time.perf_counter()
                 result = server.run(encrypted, keys)
                 seconds.append(time.perf_counter() - started)
+                ignore_sigpipe()
                 probabilities.append(client.deserialize_decrypt_dequantize(result)[0])
                 size_in, size_out = len(encrypted), len(result)
                 progress.advance(task)

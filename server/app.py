@@ -6,14 +6,15 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from fhe.bundle import CLIENT_ZIP
 from server import worker
-from server.body import check_declared_length, read_body
+from server.access import Access, authenticate, owner_of
+from server.body import BodyTimeout, check_declared_length, read_body
 from server.clear_model import ClearModel
 from server.clear_routes import clear_router, native_answer, single_model_from_env
 from server.errors import APIError, install_error_handlers
@@ -29,6 +30,23 @@ from server.settings import ServerSettings
 log = logging.getLogger("fhe_server")
 
 
+def fhe_executor(settings: ServerSettings) -> Any:
+    """This server's worker pool, or (backend celery) the Celery workers behind Redis."""
+    if settings.backend == "celery":
+        from server.celery_backend import CeleryExecutor, make_celery
+
+        celery = make_celery(
+            settings.redis_url, settings.celery_visibility_timeout, settings.job_ttl_seconds
+        )
+        return CeleryExecutor(
+            celery,
+            settings.redis_url,
+            settings.celery_max_in_flight,
+            settings.celery_task_timeout,
+        )
+    return FHEExecutor(settings.workers, settings.max_queue, settings.key_cache_entries)
+
+
 def create_app(settings: ServerSettings | None = None) -> FastAPI:
     """Build the app; the registry, key store and worker pool start with its lifespan."""
     settings = settings or ServerSettings()
@@ -42,9 +60,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         if single is not None:
             app.state.registry.add(single)
         app.state.keystore = KeyStore(settings.data_dir / "keys", settings.keystore_max_bytes)
-        app.state.executor = FHEExecutor(
-            settings.workers, settings.max_queue, settings.key_cache_entries
-        )
+        app.state.executor = fhe_executor(settings)
         for model in app.state.registry.all():
             status = "ready" if model.ready else f"unloadable: {model.reason}"
             log.warning("model %s (%s): %s", model.name, model.kind, status)
@@ -54,7 +70,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             app.state.jobs,
             lambda job, payload: execute_job(app.state, job, payload),
             JobPolicy(
-                concurrency=settings.job_concurrency or settings.workers,
+                concurrency=settings.job_concurrency or app.state.executor.workers,
                 ttl_seconds=settings.job_ttl_seconds,
                 callback_attempts=settings.callback_attempts,
                 callback_timeout_seconds=settings.callback_timeout_seconds,
@@ -74,6 +90,13 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         summary="Predictions over encrypted data with Concrete-ML",
         version="0.1.0",
         lifespan=lifespan,
+        dependencies=[Depends(authenticate)],
+    )
+    app.state.access = Access(settings.tokens, settings.dev_mode)
+    app.add_middleware(
+        BodyTimeout,
+        idle_seconds=settings.body_timeout_seconds,
+        total_seconds=settings.body_deadline_seconds,
     )
     install_error_handlers(app)
     app.include_router(clear_router(settings))
@@ -156,8 +179,22 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             except (Busy, WorkerCrashed) as error:
                 upload.unlink(missing_ok=True)
                 raise APIError(503, "busy", str(error), headers={"Retry-After": "5"}) from None
+        owner = owner_of(request)
+        if owner is not None:
+            held = state.keystore.owner_bytes(owner)
+            existing = state.keystore.get(key_id)
+            if (existing is None or not existing.usable_by(owner)) and (
+                held + size > settings.token_max_key_bytes
+            ):
+                upload.unlink(missing_ok=True)
+                raise APIError(
+                    403,
+                    "key_quota_exceeded",
+                    f"this token holds {held} bytes of keys; {size} more would pass its quota "
+                    f"of {settings.token_max_key_bytes}",
+                )
         try:
-            stored, created = state.keystore.add(upload, key_id, x_client_spec)
+            stored, created = state.keystore.add(upload, key_id, x_client_spec, owner)
         except KeyTooLarge as error:
             raise APIError(413, "too_large", str(error)) from None
         body = {
@@ -188,7 +225,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         model = ready_fhe(found)
         check_declared_length(request, settings.max_ciphertext_bytes, "ciphertext")
         check_client_spec(model, x_client_spec)
-        key = stored_key(request.app.state, x_key_id, model)
+        key = stored_key(request.app.state, x_key_id, model, owner_of(request))
         ciphertext = await read_body(request, settings.max_ciphertext_bytes, "ciphertext")
         result, seconds = await evaluate(request.app.state, model, key, ciphertext)
         total = time.perf_counter() - received

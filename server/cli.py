@@ -23,8 +23,19 @@ def serve(
     models: Annotated[Optional[Path], typer.Option(help="model bundles directory")] = None,
     host: Annotated[Optional[str], typer.Option(help="interface [127.0.0.1]")] = None,
     port: Annotated[Optional[int], typer.Option(help="TCP port [8000]")] = None,
-    data_dir: Annotated[Optional[Path], typer.Option(help="where keys are kept")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="where keys and jobs are kept")] = None,
     workers: Annotated[Optional[int], typer.Option(help="FHE worker processes [cores]")] = None,
+    dev: Annotated[
+        bool,
+        typer.Option("--dev", help="development mode: no API tokens, every caller trusted"),
+    ] = False,
+    backend: Annotated[
+        Optional[str], typer.Option(help="embedded (own worker pool) or celery [embedded]")
+    ] = None,
+    redis: Annotated[
+        Optional[str],
+        typer.Option(help="Redis URL for --backend celery [redis://127.0.0.1:6379/0]"),
+    ] = None,
 ) -> None:
     """Start the API. Unset flags come from FHE_SERVER_* variables, then the defaults."""
     import uvicorn
@@ -33,14 +44,59 @@ def serve(
 
     given = {"models_dir": models, "host": host, "port": port, "data_dir": data_dir}
     given["workers"] = workers
+    given["dev_mode"] = dev or None
+    given["backend"], given["redis_url"] = backend, redis
     settings = ServerSettings(**{key: value for key, value in given.items() if value is not None})
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    runs = (
+        f"FHE on Celery workers via {settings.redis_url}"
+        if settings.backend == "celery"
+        else f"{settings.workers} FHE workers"
+    )
     typer.echo(
         f"fhe-server: models from {settings.models_dir}, keys in {settings.data_dir}, "
-        f"{settings.workers} FHE workers, http://{settings.host}:{settings.port}",
+        f"{runs}, http://{settings.host}:{settings.port}",
         err=True,
     )
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+
+
+@app.command()
+def worker(
+    redis: Annotated[
+        Optional[str], typer.Option(help="Redis URL [redis://127.0.0.1:6379/0]")
+    ] = None,
+    models: Annotated[Optional[Path], typer.Option(help="model bundles directory")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="where fetched keys are cached")] = None,
+    name: Annotated[Optional[str], typer.Option(help="worker name [fhe-PID@HOST]")] = None,
+) -> None:
+    """Run FHE work for `fhe-server serve --backend celery`, one circuit at a time.
+
+    Start one per machine (Concrete uses every core for one run); stop it with SIGTERM.
+    """
+    import os
+    import socket
+
+    from server import worker as circuits
+    from server.celery_backend import WorkerState, make_celery, register_tasks
+
+    given = {"redis_url": redis, "models_dir": models, "data_dir": data_dir}
+    settings = ServerSettings(**{key: value for key, value in given.items() if value is not None})
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    celery = make_celery(
+        settings.redis_url, settings.celery_visibility_timeout, settings.job_ttl_seconds
+    )
+    state = WorkerState(settings.models_dir, settings.data_dir / "worker-keys", settings.redis_url)
+    register_tasks(celery, lambda: state)
+    circuits.prepare(settings.key_cache_entries)
+    hostname = name or f"fhe-{os.getpid()}@{socket.gethostname()}"
+    typer.echo(
+        f"fhe-server worker {hostname}: models from {settings.models_dir}, {settings.redis_url}",
+        err=True,
+    )
+    celery.worker_main(
+        ["worker", "--pool", "solo", "--concurrency", "1", "--loglevel", "INFO", "-n", hostname]
+    )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server.body import BodyTooLarge
+from server.body import BodyTimedOut, BodyTooLarge
 
 
 class APIError(Exception):
@@ -36,6 +36,14 @@ def install_error_handlers(app: FastAPI) -> None:
     async def api_error(_: Request, error: APIError) -> JSONResponse:
         body = {"error": error.message, "code": error.code, **error.extra}
         return JSONResponse(body, status_code=error.status, headers=error.headers)
+
+    @app.exception_handler(BodyTimedOut)
+    async def timed_out(_: Request, error: BodyTimedOut) -> JSONResponse:
+        return JSONResponse(
+            {"error": str(error), "code": "body_timeout"},
+            status_code=408,
+            headers={"Connection": "close"},
+        )
 
     @app.exception_handler(BodyTooLarge)
     async def too_large(_: Request, error: BodyTooLarge) -> JSONResponse:

@@ -56,13 +56,16 @@ def check_client_spec(model: FHEModel, client_spec: str | None) -> None:
         )
 
 
-def stored_key(state: Any, key_id: str | None, model: FHEModel) -> StoredKey:
-    """The stored evaluation key for this model: 400 without an id, 404 unknown, 409 mismatched."""
+def stored_key(
+    state: Any, key_id: str | None, model: FHEModel, owner: str | None = None
+) -> StoredKey:
+    """The stored evaluation key for this model: 400 without an id, 404 unknown (or another
+    token's: its existence is not revealed), 409 made for another client spec."""
     hint = KEYGEN_HINT.format(model=model.name)
     if not key_id:
         raise APIError(400, "missing_key_id", f"the X-Key-Id header is required; {hint}")
     stored = state.keystore.get(key_id)
-    if stored is None:
+    if stored is None or not stored.usable_by(owner):
         raise APIError(
             404,
             "unknown_key",

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 
+from server.access import owner_of
 from server.body import check_declared_length, read_body
 from server.clear_model import ClearModel, InvalidInputs
 from server.clear_routes import parse_inputs, run_native
@@ -52,7 +53,7 @@ async def execute_job(state: Any, job: Job, payload: bytes) -> tuple[bytes, str,
         return json.dumps(answer).encode(), "application/json", None
     fhe_model = ready_fhe(model)
     check_client_spec(fhe_model, job.client_spec)
-    key = stored_key(state, job.key_id, fhe_model)
+    key = stored_key(state, job.key_id, fhe_model, job.owner)
     result, seconds = await evaluate(state, fhe_model, key, payload)
     return result, "application/octet-stream", seconds
 
@@ -63,7 +64,8 @@ def jobs_router(settings: ServerSettings) -> APIRouter:
 
     def _job(request: Request, job_id: str) -> Job:
         job = request.app.state.jobs.get(job_id)
-        if job is None:
+        owner = owner_of(request)
+        if job is None or (owner is not None and job.owner != owner):
             raise APIError(
                 404, "unknown_job", f"no job {job_id!r} here (unknown, or its result expired)"
             )
@@ -80,6 +82,7 @@ def jobs_router(settings: ServerSettings) -> APIRouter:
         """Queue a prediction: the same body and headers as predict, plus an optional
         `X-Callback-Url` notified when the job ends. Answers 202 with the job id and its URLs."""
         state = request.app.state
+        owner = owner_of(request)
         callback = _callback_url(x_callback_url)
         model = find_model(state, name)
         if isinstance(model, ClearModel):
@@ -94,11 +97,21 @@ def jobs_router(settings: ServerSettings) -> APIRouter:
             fhe_model = ready_fhe(model)
             check_declared_length(request, settings.max_ciphertext_bytes, "ciphertext")
             check_client_spec(fhe_model, x_client_spec)
-            key_id = stored_key(state, x_key_id, fhe_model).key_id
+            key_id = stored_key(state, x_key_id, fhe_model, owner).key_id
             payload = await read_body(request, settings.max_ciphertext_bytes, "ciphertext")
             if not payload:
                 raise APIError(400, "empty_body", "the body must hold a serialized ciphertext")
             kind = "fhe"
+        if owner is not None:
+            in_flight = state.jobs.count("queued", owner) + state.jobs.count("running", owner)
+            if in_flight >= settings.token_max_jobs_in_flight:
+                raise APIError(
+                    429,
+                    "too_many_jobs",
+                    f"this token has {in_flight} jobs queued or running, its limit; wait for "
+                    "some to finish",
+                    headers={"Retry-After": "10"},
+                )
         if state.jobs.count("queued") >= settings.max_queued_jobs:
             raise APIError(
                 503,
@@ -115,6 +128,7 @@ def jobs_router(settings: ServerSettings) -> APIRouter:
             base_url=str(request.base_url),
             key_id=key_id,
             client_spec=x_client_spec if kind == "fhe" else None,
+            owner=owner,
             callback_url=callback,
         )
         state.jobs.add(job, payload)
@@ -127,8 +141,9 @@ def jobs_router(settings: ServerSettings) -> APIRouter:
     async def list_jobs(
         request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100
     ) -> dict[str, list[dict]]:
-        """The newest jobs first, with their status."""
-        return {"jobs": [job.public() for job in request.app.state.jobs.list(limit=limit)]}
+        """The caller's newest jobs first, with their status."""
+        jobs = request.app.state.jobs.list(owner=owner_of(request), limit=limit)
+        return {"jobs": [job.public() for job in jobs]}
 
     @router.get("/v1/jobs/{job_id}")
     async def job_status(request: Request, job_id: str) -> dict:

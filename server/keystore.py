@@ -2,8 +2,9 @@
 
 A key's id is the sha256 of its serialized bytes, so uploads are idempotent. Files live under
 `<root>/<key_id>.keys` with a `.json` sidecar; a file's mtime is its last use, so the LRU order
-survives a restart. The sidecar lists every client spec the bytes were uploaded for: circuits
-without bootstrapping have identical (near-empty) evaluation keys, so one id may serve several.
+survives a restart. The sidecar lists every client spec the bytes were uploaded for (circuits
+without bootstrapping have identical, near-empty evaluation keys, so one id may serve several)
+and every owner (API token name) that uploaded them: only they may use the key.
 """
 
 from __future__ import annotations
@@ -34,10 +35,19 @@ class StoredKey:
     size: int
     client_specs: tuple[str, ...]
     path: Path
+    owners: tuple[str, ...] = ()
 
     def fits(self, client_spec: str | None) -> bool:
         """True when the key was uploaded for this spec, or for no particular spec."""
         return not self.client_specs or client_spec in self.client_specs
+
+    def usable_by(self, owner: str | None) -> bool:
+        """True when `owner` uploaded these bytes (any caller, without access control)."""
+        return owner is None or owner in self.owners
+
+
+def _owners(meta: dict) -> tuple[str, ...]:
+    return tuple(meta.get("owners", []))
 
 
 def _specs(meta: dict) -> tuple[str, ...]:
@@ -62,9 +72,16 @@ class KeyStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._sizes: dict[str, int] = {}
+        self._owners: dict[str, tuple[str, ...]] = {}
         for path in self.root.glob("*.keys"):
             if is_key_id(path.stem):
                 self._sizes[path.stem] = path.stat().st_size
+                try:
+                    self._owners[path.stem] = _owners(
+                        json.loads(self._paths(path.stem)[1].read_text())
+                    )
+                except (OSError, json.JSONDecodeError):
+                    self._owners[path.stem] = ()
         for stale in self.root.glob("upload-*"):
             stale.unlink(missing_ok=True)
 
@@ -75,6 +92,13 @@ class KeyStore:
 
     def __len__(self) -> int:
         return len(self._sizes)
+
+    def owner_bytes(self, owner: str) -> int:
+        """Bytes of the keys `owner` has uploaded (what its quota counts)."""
+        with self._lock:
+            return sum(
+                size for key, size in self._sizes.items() if owner in self._owners.get(key, ())
+            )
 
     def _paths(self, key_id: str) -> tuple[Path, Path]:
         return self.root / f"{key_id}.keys", self.root / f"{key_id}.json"
@@ -93,7 +117,7 @@ class KeyStore:
             except (FileNotFoundError, json.JSONDecodeError):
                 self._forget(key_id)
                 return None
-            return StoredKey(key_id, self._sizes[key_id], _specs(meta), data_path)
+            return StoredKey(key_id, self._sizes[key_id], _specs(meta), data_path, _owners(meta))
 
     async def receive(self, chunks: AsyncIterator[bytes], limit: int) -> tuple[Path, str, int]:
         """Stream an upload into a temporary file while hashing it; refuse past `limit` bytes."""
@@ -115,8 +139,10 @@ class KeyStore:
             raise
         return path, digest.hexdigest(), size
 
-    def add(self, upload: Path, key_id: str, client_spec: str | None) -> tuple[StoredKey, bool]:
-        """Move a received upload into the store, recording `client_spec` for it.
+    def add(
+        self, upload: Path, key_id: str, client_spec: str | None, owner: str | None = None
+    ) -> tuple[StoredKey, bool]:
+        """Move a received upload into the store, recording `client_spec` and `owner` for it.
 
         Returns the stored key and whether its bytes are new here.
         """
@@ -131,22 +157,33 @@ class KeyStore:
             created = key_id not in self._sizes
             if created:
                 specs = (client_spec,) if client_spec else ()
-                meta = {"client_specs": list(specs), "bytes": size, "created": time.time()}
+                owners = (owner,) if owner else ()
+                meta = {
+                    "client_specs": list(specs),
+                    "owners": list(owners),
+                    "bytes": size,
+                    "created": time.time(),
+                }
                 meta_path.write_text(json.dumps(meta))
                 os.replace(upload, data_path)
                 self._sizes[key_id] = size
+                self._owners[key_id] = owners
                 self._evict(keep=key_id)
             else:
                 upload.unlink(missing_ok=True)
                 os.utime(data_path)
                 meta = json.loads(meta_path.read_text())
-                specs = _specs(meta)
+                specs, owners = _specs(meta), _owners(meta)
                 if client_spec and client_spec not in specs:
                     specs = (*specs, client_spec)
-                    meta["client_specs"] = list(specs)
+                if owner and owner not in owners:
+                    owners = (*owners, owner)
+                if (specs, owners) != (_specs(meta), _owners(meta)):
+                    meta.update(client_specs=list(specs), owners=list(owners))
                     meta.pop("client_spec", None)
                     meta_path.write_text(json.dumps(meta))
-        return StoredKey(key_id, size, specs, data_path), created
+                    self._owners[key_id] = owners
+        return StoredKey(key_id, size, specs, data_path, owners), created
 
     def _evict(self, keep: str) -> None:
         """Drop least recently used keys until the store fits its bound."""
@@ -169,5 +206,6 @@ class KeyStore:
 
     def _forget(self, key_id: str) -> None:
         self._sizes.pop(key_id, None)
+        self._owners.pop(key_id, None)
         for path in self._paths(key_id):
             path.unlink(missing_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -57,6 +58,41 @@ class ServerSettings(BaseSettings):
     )
     key_cache_entries: int = Field(
         4, ge=1, description="deserialized evaluation keys kept in memory per worker"
+    )
+    backend: Literal["embedded", "celery"] = Field(
+        "embedded", description="where FHE runs: this server's worker pool, or Celery workers"
+    )
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Celery broker, result store and shared key store (backend celery)",
+    )
+    celery_visibility_timeout: float = Field(
+        300, gt=0, description="seconds before the task of a lost worker is delivered again"
+    )
+    celery_task_timeout: float = Field(
+        900, gt=0, description="longest wait for a Celery worker's answer"
+    )
+    celery_max_in_flight: int = Field(
+        64, ge=1, description="FHE runs sent to Celery and not yet answered (API side)"
+    )
+    dev_mode: bool = Field(
+        False, description="local development: no API tokens, every caller trusted (warned)"
+    )
+    tokens: dict[str, str] = Field(
+        default_factory=dict,
+        description="API tokens by owner name (a value may be sha256:<hex of the token>)",
+    )
+    token_max_key_bytes: int = Field(
+        2 << 30, ge=1, description="stored evaluation key bytes allowed per token"
+    )
+    token_max_jobs_in_flight: int = Field(
+        100, ge=1, description="queued and running jobs allowed per token"
+    )
+    body_timeout_seconds: float = Field(
+        30, gt=0, description="longest wait for the next piece of a request body"
+    )
+    body_deadline_seconds: float = Field(
+        300, gt=0, description="longest time to receive a whole request body"
     )
     job_concurrency: int | None = Field(
         None, ge=1, description="jobs run at once (default: the number of FHE workers)"

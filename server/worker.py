@@ -13,6 +13,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+from fhe.signals import ignore_sigpipe
+
 _circuits: dict[str, Any] = {}
 _keys: OrderedDict[str, Any] = OrderedDict()
 _key_cache_entries = 4
@@ -38,6 +40,17 @@ def configure(key_cache_entries: int) -> None:
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     import concrete.fhe
     import concrete.ml.deployment  # noqa: F401
+
+
+def prepare(key_cache_entries: int) -> None:
+    """Set the key cache bound and import Concrete, for a process that runs circuits itself
+    (a Celery worker) rather than as a child of the API's pool."""
+    global _key_cache_entries
+    _key_cache_entries = key_cache_entries
+    import concrete.fhe
+    import concrete.ml.deployment  # noqa: F401
+
+    ignore_sigpipe()
 
 
 def _circuit(bundle_dir: str) -> Any:
@@ -95,4 +108,6 @@ def run_circuit(
         result = server.run(ciphertext, keys)
     except (RuntimeError, ValueError, AssertionError) as error:
         raise BadInput(f"ciphertext could not be evaluated: {error}") from None
+    finally:
+        ignore_sigpipe()
     return result, time.perf_counter() - started

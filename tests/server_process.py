@@ -22,6 +22,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the test process dies, even by a crash."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def stop_process(process: subprocess.Popen | None, timeout: float = 30) -> None:
     """SIGTERM a child process, then SIGKILL it if it has not exited within `timeout` seconds."""
     if process is None or process.poll() is not None:
@@ -50,7 +58,9 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 90.0) -> ServerProcess:
-        env = {**os.environ, **self.env}
+        env = {**os.environ, "FHE_SERVER_DEV_MODE": "true", **self.env}
+        if "FHE_SERVER_TOKENS" in self.env:
+            env["FHE_SERVER_DEV_MODE"] = "false"
         self.log = self.data_dir.parent / f"server-{self.port}.log"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         command = [
@@ -64,7 +74,13 @@ class ServerProcess:
             str(self.port),
         ]
         with self.log.open("ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+            self.process = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                preexec_fn=die_with_parent if sys.platform == "linux" else None,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -37,7 +37,7 @@ class LocalServer:
 
     def start(self, timeout: float = 120.0) -> LocalServer:
         """Start the server and wait until it answers; raise with its output if it dies."""
-        command = [sys.executable, "-m", "server.cli", "serve"]
+        command = [sys.executable, "-m", "server.cli", "serve", "--dev"]
         command += ["--host", self.host, "--port", str(self.port)]
         output = self.log_path.open("ab") if self.log_path else None
         self.process = subprocess.Popen(

@@ -1,0 +1,83 @@
+"""Bearer API tokens: who is calling. Keys and jobs belong to the token name that created them.
+
+Tokens are configured as `{"name": "token"}`; a value written `sha256:<hex>` holds the token's
+hash instead of the token. Without tokens the server runs only in development mode, where every
+caller is trusted and owns everything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from server.errors import APIError
+
+log = logging.getLogger("fhe_server")
+
+PUBLIC_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+
+bearer = HTTPBearer(auto_error=False, description="an API token from the operator")
+
+
+class Access:
+    """Checks bearer tokens against the configured ones; None as the owner in development mode."""
+
+    def __init__(self, tokens: dict[str, str], dev_mode: bool) -> None:
+        if not tokens and not dev_mode:
+            raise SystemExit(
+                'no API tokens configured: set FHE_SERVER_TOKENS=\'{"<name>": "<token>"}\' '
+                "(a value may be sha256:<hex of the token>), or pass --dev for local development"
+            )
+        self.dev_mode = dev_mode and not tokens
+        self._digests = {
+            name: (
+                value.removeprefix("sha256:")
+                if value.startswith("sha256:")
+                else hashlib.sha256(value.encode()).hexdigest()
+            )
+            for name, value in tokens.items()
+        }
+        if self.dev_mode:
+            log.warning(
+                "development mode: no API tokens, every caller is trusted and sees every key "
+                "and job; do not expose this server"
+            )
+
+    def owner(self, token: str | None) -> str | None:
+        """The name of the token's owner; 401 when it is missing or unknown."""
+        if self.dev_mode:
+            return None
+        if not token:
+            raise APIError(
+                401,
+                "unauthorized",
+                "an API token is required: send `Authorization: Bearer <token>`",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        for name, expected in self._digests.items():
+            if hmac.compare_digest(digest, expected):
+                return name
+        raise APIError(
+            401, "unauthorized", "unknown API token", headers={"WWW-Authenticate": "Bearer"}
+        )
+
+
+async def authenticate(
+    request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
+) -> None:
+    """App-wide dependency: sets `request.state.owner` (None when access control is off)."""
+    if request.url.path in PUBLIC_PATHS:
+        request.state.owner = None
+        return
+    token = credentials.credentials if credentials is not None else None
+    request.state.owner = request.app.state.access.owner(token)
+
+
+def owner_of(request: Request) -> str | None:
+    """Who is calling: the token name, or None without access control."""
+    return getattr(request.state, "owner", None)
