@@ -44,7 +44,9 @@ def test_generated_requests_get_no_server_error(tiny_bundle: TrainedBundle, tmp_
             "42",
             "--no-color",
         ]
-        run = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
+        run = subprocess.run(
+            command, capture_output=True, text=True, timeout=1800, check=False, cwd=tmp_path
+        )
         alive = server.alive() and httpx.get(f"{server.url}/healthz").status_code == 200
     finally:
         server.stop()
