@@ -245,3 +245,11 @@ def test_memory_stays_bounded_under_abuse(strict: ServerProcess, tmp_path: Path)
     assert grown < 64 << 20, f"API process grew by {grown / 1e6:.1f} MB"
     with FHEServerAPI(strict.url) as api:
         assert EncryptedModel(api, "tiny", tmp_path / "client").predict(SAMPLE_TEXTS[:1])
+
+
+def test_a_missing_token_is_explained_to_demo_users(guarded: ServerProcess) -> None:
+    from client.demo.messages import explain
+
+    with FHEServerAPI(guarded.url, token="") as api, pytest.raises(ServerError) as refused:
+        api.models()
+    assert "needs an API token" in explain(refused.value, guarded.url)

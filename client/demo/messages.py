@@ -25,6 +25,11 @@ def explain(error: Exception, server_url: str) -> str:
                 "The server is busy with other encrypted predictions (its queue is full). "
                 f"Try again{wait}."
             )
+        if error.code == "unauthorized":
+            return (
+                f"The FHE server at {server_url} needs an API token: start the demo with "
+                "FHE_API_TOKEN set to a token its operator gave you."
+            )
         if error.code == "unknown_model":
             return f"The server has no such model. {error.message}"
         if error.code == "model_unloadable":
