@@ -62,6 +62,26 @@ def tiny_models(tiny_bundle: TrainedBundle, tmp_path_factory: pytest.TempPathFac
     return root
 
 
+IRIS = "tabular-classification-linear-skops-sk1.5.0"
+"""A clear scikit-learn fixture (iris, skops, scikit-learn 1.5.0) served beside the tiny bundle."""
+SKLEARN_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "sklearn"
+
+
+@pytest.fixture(scope="session")
+def mixed_models(tiny_bundle: TrainedBundle, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models directory with the tiny FHE bundle (`tiny`) and a clear model (`iris`)."""
+    root = tmp_path_factory.mktemp("mixed-models")
+    shutil.copytree(tiny_bundle.path, root / "tiny")
+    shutil.copytree(SKLEARN_FIXTURES / IRIS, root / "iris")
+    return root
+
+
+def clear_labels(bundle: TrainedBundle, texts: list[str]) -> list[str]:
+    """The labels the bundle's model gives in the clear, which FHE must reproduce."""
+    predicted = bundle.model.predict(bundle.embedder.embed(texts))
+    return [bundle.metadata.labels[i] for i in predicted]
+
+
 @pytest.fixture(scope="session")
 def tiny_server(
     tiny_models: Path, tmp_path_factory: pytest.TempPathFactory

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -19,21 +18,15 @@ import pytest
 
 from client.api import FHEServerAPI, ServerError
 from client.encrypted_model import EncryptedModel
-from fhe.recipe import TrainedBundle
 from tests.conftest import SAMPLE_TEXTS
 from tests.server_process import ServerProcess
 
 ALICE, BOB = "alice-token-0123456789", "bob-token-9876543210"
-IRIS = "tabular-classification-linear-skops-sk1.5.0"
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "sklearn"
 
 
 @pytest.fixture(scope="module")
-def models(tiny_bundle: TrainedBundle, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("access-models")
-    shutil.copytree(tiny_bundle.path, root / "tiny")
-    shutil.copytree(FIXTURES / IRIS, root / "iris")
-    return root
+def models(mixed_models: Path) -> Path:
+    return mixed_models
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -19,33 +18,21 @@ from client.job_flow import fetch_prediction, submit_texts, wait_for
 from client.journal import JobJournal
 from fhe.recipe import TrainedBundle
 from server.jobs import Job, JobStore, new_job_id
-from tests.conftest import SAMPLE_TEXTS, run_client
+from tests.conftest import IRIS, SAMPLE_TEXTS, SKLEARN_FIXTURES, clear_labels, run_client
 from tests.server_process import ServerProcess, free_port
 
-IRIS = "tabular-classification-linear-skops-sk1.5.0"
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "sklearn"
 
-
-@pytest.fixture(scope="module")
-def job_models(tiny_bundle: TrainedBundle, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny FHE bundle and a clear iris model side by side."""
-    root = tmp_path_factory.mktemp("job-models")
-    shutil.copytree(tiny_bundle.path, root / "tiny")
-    shutil.copytree(FIXTURES / IRIS, root / "iris")
-    return root
+def iris_request() -> dict:
+    """The iris fixture's sample rows as a request body."""
+    return {"inputs": json.loads((SKLEARN_FIXTURES / IRIS / "sample.json").read_text())["inputs"]}
 
 
 @pytest.fixture
-def server(job_models: Path, tmp_path: Path) -> Iterator[ServerProcess]:
+def server(mixed_models: Path, tmp_path: Path) -> Iterator[ServerProcess]:
     env = {"FHE_SERVER_CALLBACK_BACKOFF_SECONDS": "0.2", "FHE_SERVER_JOB_TTL_SECONDS": "600"}
-    process = ServerProcess(job_models, tmp_path / "data", env=env).start()
+    process = ServerProcess(mixed_models, tmp_path / "data", env=env).start()
     yield process
     process.stop()
-
-
-def clear_labels(tiny_bundle: TrainedBundle, texts: list[str]) -> list[str]:
-    predicted = tiny_bundle.model.predict(tiny_bundle.embedder.embed(texts))
-    return [tiny_bundle.metadata.labels[i] for i in predicted]
 
 
 def finished(api: FHEServerAPI, job_id: str, timeout: float = 120) -> dict:
@@ -105,7 +92,7 @@ def test_encrypted_jobs_decrypt_to_the_clear_labels(
 
 
 def test_clear_model_job_answers_like_the_native_route(server: ServerProcess) -> None:
-    body = {"inputs": json.loads((FIXTURES / IRIS / "sample.json").read_text())["inputs"]}
+    body = iris_request()
     submitted = httpx.post(f"{server.url}/v1/models/iris/jobs", json=body)
     assert submitted.status_code == 202, submitted.text
     assert submitted.headers["location"] == f"/v1/jobs/{submitted.json()['job_id']}"
@@ -188,7 +175,7 @@ class CallbackReceiver:
 def test_callback_is_retried_until_delivered(server: ServerProcess) -> None:
     receiver = CallbackReceiver(refuse=2)
     try:
-        body = {"inputs": json.loads((FIXTURES / IRIS / "sample.json").read_text())["inputs"]}
+        body = iris_request()
         job = httpx.post(
             f"{server.url}/v1/models/iris/jobs", json=body, headers={"X-Callback-Url": receiver.url}
         ).json()
@@ -211,10 +198,10 @@ def test_callback_is_retried_until_delivered(server: ServerProcess) -> None:
 
 
 def test_jobs_survive_a_killed_server(
-    job_models: Path, tiny_bundle: TrainedBundle, tmp_path: Path
+    mixed_models: Path, tiny_bundle: TrainedBundle, tmp_path: Path
 ) -> None:
     """SIGKILL the server with jobs queued and running: after a restart every job finishes."""
-    process = ServerProcess(job_models, tmp_path / "data").start()
+    process = ServerProcess(mixed_models, tmp_path / "data").start()
     texts = [SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)] for i in range(12)]
     try:
         with FHEServerAPI(process.url) as api:

@@ -17,7 +17,7 @@ from client.encrypted_model import EncryptedModel
 from client.job_flow import fetch_prediction, submit_texts, wait_for
 from client.journal import JobJournal
 from fhe.recipe import TrainedBundle
-from tests.conftest import SAMPLE_TEXTS
+from tests.conftest import SAMPLE_TEXTS, clear_labels
 from tests.scale_out import RedisProcess, WorkerProcess
 from tests.server_process import ServerProcess
 
@@ -36,11 +36,6 @@ def celery_api(models: Path, data: Path, redis_url: str) -> ServerProcess:
         "FHE_SERVER_CELERY_VISIBILITY_TIMEOUT": "10",
     }
     return ServerProcess(models, data, env=env)
-
-
-def clear_labels(tiny_bundle: TrainedBundle, texts: list[str]) -> list[str]:
-    predicted = tiny_bundle.model.predict(tiny_bundle.embedder.embed(texts))
-    return [tiny_bundle.metadata.labels[i] for i in predicted]
 
 
 @pytest.fixture

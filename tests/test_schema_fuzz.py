@@ -7,27 +7,20 @@ so generated requests reach both kinds of route.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
 
-from fhe.recipe import TrainedBundle
 from tests.server_process import ServerProcess
 
 BIN = Path(sys.executable).parent
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "sklearn"
-IRIS = "tabular-classification-linear-skops-sk1.5.0"
 CONFIG = Path(__file__).resolve().parent / "fuzz" / "schemathesis.toml"
 
 
-def test_generated_requests_get_no_server_error(tiny_bundle: TrainedBundle, tmp_path: Path) -> None:
-    models = tmp_path / "models"
-    shutil.copytree(tiny_bundle.path, models / "tiny")
-    shutil.copytree(FIXTURES / IRIS, models / "iris")
-    server = ServerProcess(models, tmp_path / "data").start()
+def test_generated_requests_get_no_server_error(mixed_models: Path, tmp_path: Path) -> None:
+    server = ServerProcess(mixed_models, tmp_path / "data").start()
     try:
         operations = httpx.get(f"{server.url}/openapi.json").json()["paths"]
         command = [
