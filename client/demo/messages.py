@@ -17,7 +17,7 @@ def explain(error: Exception, server_url: str) -> str:
         if error.code == "unreachable":
             return (
                 f"The FHE server at {server_url} cannot be reached. Is `fhe-server` running? "
-                "Start it with `fhe-server serve`, then try again."
+                "Start it with `fhe-server serve --dev` (or with API tokens), then try again."
             )
         if error.code == "busy":
             wait = f" in {error.retry_after:g} s" if error.retry_after else " in a few seconds"
