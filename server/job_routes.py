@@ -164,7 +164,7 @@ def jobs_router(settings: ServerSettings) -> APIRouter:
                 "job_not_finished",
                 f"job {job_id} is {job.status}; poll {job.status_url}",
                 headers={"Retry-After": "1"},
-                status=job.status,
+                job_status=job.status,
             )
         if job.status == "failed":
             raise APIError(

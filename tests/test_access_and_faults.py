@@ -104,6 +104,10 @@ def test_jobs_in_flight_are_limited_per_token(guarded: ServerProcess, tmp_path: 
                 accepted.append(api.submit_job("tiny", ciphertext, key_id, alice.client_spec))
             except ServerError as error:
                 refused.append(error)
+        with pytest.raises(ServerError) as early:
+            api.job_result(accepted[-1]["job_id"])
+    assert early.value.status == 409 and early.value.code == "job_not_finished"
+    assert early.value.retry_after is not None
     assert len(accepted) >= 3 and refused, (len(accepted), refused)
     assert all(e.status == 429 and e.code == "too_many_jobs" for e in refused)
     assert refused[0].retry_after is not None
