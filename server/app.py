@@ -14,12 +14,12 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fhe.bundle import CLIENT_ZIP
 from server import worker
 from server.access import Access, authenticate, owner_of
-from server.body import BodyTimeout, check_declared_length, read_body
+from server.body import BodyTimeout, check_declared_length
 from server.clear_model import ClearModel
 from server.clear_routes import clear_router, native_answer, single_model_from_env
 from server.errors import APIError, install_error_handlers
 from server.executor import Busy, FHEExecutor, WorkerCrashed
-from server.fhe_call import check_client_spec, evaluate, find_model, ready_fhe, stored_key
+from server.fhe_call import evaluate, find_model, read_fhe_request, ready_fhe
 from server.job_routes import execute_job, jobs_router
 from server.job_runner import JobPolicy, JobRunner
 from server.jobs import JobStore
@@ -170,22 +170,11 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         if size == 0:
             upload.unlink(missing_ok=True)
             raise APIError(400, "empty_body", "the body must hold serialized evaluation keys")
-        if state.keystore.get(key_id) is None:
-            try:
-                await state.executor.call(worker.check_keys, str(upload))
-            except worker.BadInput as error:
-                upload.unlink(missing_ok=True)
-                raise APIError(400, "malformed_keys", str(error)) from None
-            except (Busy, WorkerCrashed) as error:
-                upload.unlink(missing_ok=True)
-                raise APIError(503, "busy", str(error), headers={"Retry-After": "5"}) from None
+        existing = state.keystore.get(key_id)
         owner = owner_of(request)
-        if owner is not None:
+        if owner is not None and (existing is None or not existing.usable_by(owner)):
             held = state.keystore.owner_bytes(owner)
-            existing = state.keystore.get(key_id)
-            if (existing is None or not existing.usable_by(owner)) and (
-                held + size > settings.token_max_key_bytes
-            ):
+            if held + size > settings.token_max_key_bytes:
                 upload.unlink(missing_ok=True)
                 raise APIError(
                     403,
@@ -193,6 +182,15 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
                     f"this token holds {held} bytes of keys; {size} more would pass its quota "
                     f"of {settings.token_max_key_bytes}",
                 )
+        if existing is None:
+            try:
+                await state.executor.check_keys(key_id, str(upload))
+            except worker.BadInput as error:
+                upload.unlink(missing_ok=True)
+                raise APIError(400, "malformed_keys", str(error)) from None
+            except (Busy, WorkerCrashed) as error:
+                upload.unlink(missing_ok=True)
+                raise APIError(503, "busy", str(error), headers={"Retry-After": "5"}) from None
         try:
             stored, created = state.keystore.add(upload, key_id, x_client_spec, owner)
         except KeyTooLarge as error:
@@ -223,10 +221,14 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         if isinstance(found, ClearModel):
             return await native_answer(found, request, settings.max_json_bytes)
         model = ready_fhe(found)
-        check_declared_length(request, settings.max_ciphertext_bytes, "ciphertext")
-        check_client_spec(model, x_client_spec)
-        key = stored_key(request.app.state, x_key_id, model, owner_of(request))
-        ciphertext = await read_body(request, settings.max_ciphertext_bytes, "ciphertext")
+        key, ciphertext = await read_fhe_request(
+            request,
+            model,
+            x_key_id,
+            x_client_spec,
+            settings.max_ciphertext_bytes,
+            owner_of(request),
+        )
         result, seconds = await evaluate(request.app.state, model, key, ciphertext)
         total = time.perf_counter() - received
         return Response(

@@ -21,7 +21,6 @@ from typing import Any
 
 from celery import Celery
 
-from fhe.digest import file_sha256
 from server import worker
 from server.executor import Busy
 
@@ -124,7 +123,11 @@ class TaskFailed(RuntimeError):
 
 
 class CeleryExecutor:
-    """Sends FHE work to Celery workers and waits for it without blocking the event loop."""
+    """Sends FHE work to Celery workers and waits for it without blocking the event loop.
+
+    It offers the local pool's `run_circuit` and `check_keys`, so callers do not know which one
+    runs their circuits.
+    """
 
     def __init__(self, app: Celery, redis_url: str, capacity: int, timeout: float) -> None:
         import redis
@@ -135,12 +138,17 @@ class CeleryExecutor:
         self.timeout = timeout
         self.in_flight = 0
         self.workers = capacity
+        self._published: set[str] = set()
         self._waiters = ThreadPoolExecutor(max_workers=capacity, thread_name_prefix="celery-wait")
 
-    def publish_key(self, key_id: str, path: Path) -> None:
-        """Put an uploaded key into the shared store (once; keys are content-addressed)."""
+    def _publish_key(self, key_id: str, path: Path) -> None:
+        """Put a key into the shared store once (keys are content-addressed); remembered here,
+        so a run costs no Redis round trip for a key this API has already published."""
+        if key_id in self._published:
+            return
         if not self.redis.exists(KEY_PREFIX + key_id):
             self.redis.set(KEY_PREFIX + key_id, path.read_bytes())
+        self._published.add(key_id)
 
     def _send_and_wait(self, name: str, args: list[Any]) -> dict[str, Any]:
         answer = self.app.send_task(name, args=args).get(timeout=self.timeout)
@@ -149,40 +157,42 @@ class CeleryExecutor:
             raise TaskFailed(error["status"], error["code"], error["message"])
         return answer
 
-    async def call(self, function: Any, *args: Any) -> Any:
-        """Run `worker.run_circuit` or `worker.check_keys` on a Celery worker."""
+    async def _task(self, key_id: str, key_path: str, name: str, args: list[Any]) -> Any:
+        """Publish the key, send one task and wait for it; Busy past the in-flight bound.
+
+        Worker errors come back as the local pool's: KeyError for an unknown key, BadInput for
+        the rest.
+        """
         if self.in_flight >= self.capacity:
             raise Busy(f"{self.in_flight} FHE requests are running or queued; try again shortly")
         self.in_flight += 1
         loop = asyncio.get_running_loop()
         try:
-            if function is worker.run_circuit:
-                bundle_dir, key_id, key_path, ciphertext = args
-                await loop.run_in_executor(self._waiters, self.publish_key, key_id, Path(key_path))
-                payload = [Path(bundle_dir).name, key_id, base64.b64encode(ciphertext).decode()]
-                answer = await self._run(loop, TASK_RUN, payload)
-                return base64.b64decode(answer["result"]), float(answer["seconds"])
-            if function is worker.check_keys:
-                (key_path,) = args
-                key_id = await loop.run_in_executor(self._waiters, file_sha256, Path(key_path))
-                await loop.run_in_executor(self._waiters, self.publish_key, key_id, Path(key_path))
-                try:
-                    await self._run(loop, TASK_CHECK_KEYS, [key_id])
-                except worker.BadInput:
-                    self.redis.delete(KEY_PREFIX + key_id)
-                    raise
-                return None
-            raise ValueError(f"no Celery task for {function!r}")
-        finally:
-            self.in_flight -= 1
-
-    async def _run(self, loop: asyncio.AbstractEventLoop, name: str, args: list[Any]) -> Any:
-        try:
+            await loop.run_in_executor(self._waiters, self._publish_key, key_id, Path(key_path))
             return await loop.run_in_executor(self._waiters, self._send_and_wait, name, args)
         except TaskFailed as failed:
             if failed.code == "unknown_key":
                 raise KeyError(str(failed)) from None
             raise worker.BadInput(str(failed)) from None
+        finally:
+            self.in_flight -= 1
+
+    async def run_circuit(
+        self, bundle_dir: str, key_id: str, key_path: str, ciphertext: bytes
+    ) -> tuple[bytes, float]:
+        """Evaluate the model's circuit on a worker (which has the model under the same name)."""
+        payload = [Path(bundle_dir).name, key_id, base64.b64encode(ciphertext).decode()]
+        answer = await self._task(key_id, key_path, TASK_RUN, payload)
+        return base64.b64decode(answer["result"]), float(answer["seconds"])
+
+    async def check_keys(self, key_id: str, key_path: str) -> None:
+        """Have a worker deserialize the keys; malformed ones are taken out of the shared store."""
+        try:
+            await self._task(key_id, key_path, TASK_CHECK_KEYS, [key_id])
+        except worker.BadInput:
+            self.redis.delete(KEY_PREFIX + key_id)
+            self._published.discard(key_id)
+            raise
 
     def warm(self, bundle_dirs: list[str]) -> None:
         """Workers load their own circuits; nothing to do in the API."""

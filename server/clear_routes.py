@@ -65,12 +65,18 @@ async def read_inputs(request: Request, limit: int) -> Any:
     return parse_inputs(await read_body(request, limit, "the JSON body"))
 
 
-async def run_native(model: ClearModel, inputs: Any) -> dict[str, Any]:
-    """`{"output", "warnings"}` of one prediction; APIError 400 when it cannot be made."""
+def ready_clear(model: ClearModel) -> ClearModel:
+    """The model when it loaded; 400 saying why it did not otherwise."""
     if not model.ready:
         raise APIError(
             400, "model_unloadable", f"model {model.name!r} cannot load: {model.load_error}"
         )
+    return model
+
+
+async def run_native(model: ClearModel, inputs: Any) -> dict[str, Any]:
+    """`{"output", "warnings"}` of one prediction; APIError 400 when it cannot be made."""
+    ready_clear(model)
     try:
         output, warnings = await run_in_threadpool(_predict_locked, model, inputs)
     except (InvalidInputs, PredictionFailed) as error:

@@ -61,6 +61,16 @@ class FHEExecutor:
         finally:
             self.in_flight -= 1
 
+    async def run_circuit(
+        self, bundle_dir: str, key_id: str, key_path: str, ciphertext: bytes
+    ) -> tuple[bytes, float]:
+        """Evaluate a bundle's circuit on one ciphertext; returns the result and FHE seconds."""
+        return await self.call(worker.run_circuit, bundle_dir, key_id, key_path, ciphertext)
+
+    async def check_keys(self, key_id: str, key_path: str) -> None:
+        """Raise worker.BadInput unless the file holds deserializable evaluation keys."""
+        await self.call(worker.check_keys, key_path)
+
     def warm(self, bundle_dirs: list[str]) -> None:
         """Start the workers and load circuits in the background."""
         for _ in range(self.workers):

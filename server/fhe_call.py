@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from server import worker
+from server.body import check_declared_length, read_body
 from server.errors import APIError
 from server.executor import Busy, WorkerCrashed
 from server.keystore import StoredKey
@@ -83,15 +84,31 @@ def stored_key(
     return stored
 
 
+async def read_fhe_request(
+    request: Any,
+    model: FHEModel,
+    key_id: str | None,
+    client_spec: str | None,
+    limit: int,
+    owner: str | None,
+) -> tuple[StoredKey, bytes]:
+    """The checks of an encrypted prediction, cheapest first, then its ciphertext body."""
+    check_declared_length(request, limit, "ciphertext")
+    check_client_spec(model, client_spec)
+    key = stored_key(request.app.state, key_id, model, owner)
+    ciphertext = await read_body(request, limit, "ciphertext")
+    if not ciphertext:
+        raise APIError(400, "empty_body", "the body must hold a serialized ciphertext")
+    return key, ciphertext
+
+
 async def evaluate(
     state: Any, model: FHEModel, key: StoredKey, ciphertext: bytes
 ) -> tuple[bytes, float]:
     """Run the circuit on one ciphertext in a worker; returns the result and the FHE seconds."""
-    if not ciphertext:
-        raise APIError(400, "empty_body", "the body must hold a serialized ciphertext")
     try:
-        return await state.executor.call(
-            worker.run_circuit, str(model.path), key.key_id, str(key.path), ciphertext
+        return await state.executor.run_circuit(
+            str(model.path), key.key_id, str(key.path), ciphertext
         )
     except Busy as error:
         raise APIError(503, "busy", str(error), headers={"Retry-After": "2"}) from None

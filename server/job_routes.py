@@ -15,11 +15,18 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 
 from server.access import owner_of
-from server.body import check_declared_length, read_body
+from server.body import read_body
 from server.clear_model import ClearModel, InvalidInputs
-from server.clear_routes import parse_inputs, run_native
+from server.clear_routes import parse_inputs, ready_clear, run_native
 from server.errors import APIError
-from server.fhe_call import check_client_spec, evaluate, find_model, ready_fhe, stored_key
+from server.fhe_call import (
+    check_client_spec,
+    evaluate,
+    find_model,
+    read_fhe_request,
+    ready_fhe,
+    stored_key,
+)
 from server.jobs import Job, new_job_id
 from server.settings import ServerSettings
 
@@ -85,25 +92,8 @@ def jobs_router(settings: ServerSettings) -> APIRouter:
         owner = owner_of(request)
         callback = _callback_url(x_callback_url)
         model = find_model(state, name)
-        if isinstance(model, ClearModel):
-            payload = await read_body(request, settings.max_json_bytes, "the JSON body")
-            _parsed(payload)
-            if not model.ready:
-                raise APIError(
-                    400, "model_unloadable", f"model {name!r} cannot load: {model.load_error}"
-                )
-            kind, key_id = "clear", None
-        else:
-            fhe_model = ready_fhe(model)
-            check_declared_length(request, settings.max_ciphertext_bytes, "ciphertext")
-            check_client_spec(fhe_model, x_client_spec)
-            key_id = stored_key(state, x_key_id, fhe_model, owner).key_id
-            payload = await read_body(request, settings.max_ciphertext_bytes, "ciphertext")
-            if not payload:
-                raise APIError(400, "empty_body", "the body must hold a serialized ciphertext")
-            kind = "fhe"
         if owner is not None:
-            in_flight = state.jobs.count("queued", owner) + state.jobs.count("running", owner)
+            in_flight = state.jobs.count("queued", "running", owner=owner)
             if in_flight >= settings.token_max_jobs_in_flight:
                 raise APIError(
                     429,
@@ -119,6 +109,21 @@ def jobs_router(settings: ServerSettings) -> APIRouter:
                 f"{settings.max_queued_jobs} jobs are already queued; try again later",
                 headers={"Retry-After": "30"},
             )
+        if isinstance(model, ClearModel):
+            ready_clear(model)
+            payload = await read_body(request, settings.max_json_bytes, "the JSON body")
+            _parsed(payload)
+            kind, key_id = "clear", None
+        else:
+            key, payload = await read_fhe_request(
+                request,
+                ready_fhe(model),
+                x_key_id,
+                x_client_spec,
+                settings.max_ciphertext_bytes,
+                owner,
+            )
+            kind, key_id = "fhe", key.key_id
         job = Job(
             job_id=new_job_id(),
             model=name,

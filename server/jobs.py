@@ -216,9 +216,10 @@ class JobStore:
             rows = self._db.execute(f"{query} ORDER BY created DESC LIMIT ?", [*args, limit])
             return [self._job(row) for row in rows.fetchall()]
 
-    def count(self, status: str, owner: str | None = None) -> int:
-        """How many jobs are in `status` (of one owner when given)."""
-        query, args = "SELECT COUNT(*) FROM jobs WHERE status = ?", [status]
+    def count(self, *statuses: str, owner: str | None = None) -> int:
+        """How many jobs are in any of `statuses` (of one owner when given)."""
+        marks = ", ".join("?" for _ in statuses)
+        query, args = f"SELECT COUNT(*) FROM jobs WHERE status IN ({marks})", list(statuses)
         if owner is not None:
             query, args = query + " AND owner = ?", [*args, owner]
         with self._lock:

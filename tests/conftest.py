@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from client.encrypted_model import EncryptedModel
+from client.job_flow import fetch_prediction, wait_for
+from client.journal import JournalEntry
 from fhe.dataset import DEFAULT_DATA
 from fhe.recipe import RecipeConfig, TrainedBundle, train
 from tests.demo_process import chromium
@@ -80,6 +83,12 @@ def clear_labels(bundle: TrainedBundle, texts: list[str]) -> list[str]:
     """The labels the bundle's model gives in the clear, which FHE must reproduce."""
     predicted = bundle.model.predict(bundle.embedder.embed(texts))
     return [bundle.metadata.labels[i] for i in predicted]
+
+
+def job_labels(remote: EncryptedModel, entries: list[JournalEntry]) -> list[str]:
+    """Wait for submitted jobs, fetch and decrypt each; the labels in submission order."""
+    results = {e.job_id: fetch_prediction(remote, e, s) for e, s in wait_for(remote, entries)}
+    return [results[e.job_id].label for e in entries]
 
 
 @pytest.fixture(scope="session")

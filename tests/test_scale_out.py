@@ -14,10 +14,10 @@ import pytest
 
 from client.api import FHEServerAPI
 from client.encrypted_model import EncryptedModel
-from client.job_flow import fetch_prediction, submit_texts, wait_for
+from client.job_flow import submit_texts
 from client.journal import JobJournal
 from fhe.recipe import TrainedBundle
-from tests.conftest import SAMPLE_TEXTS, clear_labels
+from tests.conftest import SAMPLE_TEXTS, clear_labels, job_labels
 from tests.scale_out import RedisProcess, WorkerProcess
 from tests.server_process import ServerProcess
 
@@ -74,12 +74,10 @@ def test_fifty_jobs_finish_after_a_worker_is_killed_mid_run(
                 time.sleep(0.02)
             first.kill()
             lost = set(first.task_ids("received")) - set(first.task_ids("succeeded"))
-            results = {
-                e.job_id: fetch_prediction(remote, e, s) for e, s in wait_for(remote, entries)
-            }
+            labels = job_labels(remote, entries)
     finally:
         api.stop()
-    assert [results[e.job_id].label for e in entries] == clear_labels(tiny_bundle, texts)
+    assert labels == clear_labels(tiny_bundle, texts)
     assert lost and lost <= set(second.task_ids("succeeded")), "lost task not delivered again"
 
 
@@ -102,9 +100,7 @@ def test_restarting_the_api_mid_queue_loses_nothing(
         api.start()
         with FHEServerAPI(api.url) as client:
             remote = EncryptedModel(client, "tiny", tmp_path / "client")
-            results = {
-                e.job_id: fetch_prediction(remote, e, s) for e, s in wait_for(remote, entries)
-            }
+            labels = job_labels(remote, entries)
     finally:
         api.stop()
-    assert [results[e.job_id].label for e in entries] == clear_labels(tiny_bundle, texts)
+    assert labels == clear_labels(tiny_bundle, texts)
