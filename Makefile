@@ -8,8 +8,9 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 DEMO_PORT ?= 7860
 # Debian packages the tests need: Chromium drives the demo in a real browser, redis-server is the
-# broker of the scale-out tests, docker-compose validates deployment/compose.yaml.
-SYSTEM_PACKAGES := chromium redis-server docker-compose
+# broker of the scale-out tests, docker-compose validates deployment/compose.yaml, nginx runs
+# deployment/nginx/fhe-server.conf in front of a real server.
+SYSTEM_PACKAGES := chromium redis-server docker-compose nginx
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install system-packages run test lint model clean
@@ -29,7 +30,8 @@ run: install
 
 system-packages:
 	@command -v chromium >/dev/null && command -v redis-server >/dev/null && \
-		command -v docker-compose >/dev/null || { \
+		command -v docker-compose >/dev/null && \
+		{ command -v nginx || test -x /usr/sbin/nginx; } >/dev/null || { \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(SYSTEM_PACKAGES); }
 

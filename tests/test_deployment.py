@@ -1,21 +1,35 @@
-"""deployment/: the compose file and Kubernetes manifests pass their validators, and the image's
-commands exist. No Docker engine runs here, so the image itself is not built (see the README)."""
+"""deployment/: the compose file and Kubernetes manifests pass their validators, the image's
+commands exist, and the nginx proxy in front of the API runs with Debian's nginx and times out
+slow clients. No Docker engine runs here, so the images are not run (see the README)."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
+import pytest
 import yaml
 
-from tests.conftest import REPO
+from server.settings import ServerSettings
+from tests.conftest import IRIS, REPO, SKLEARN_FIXTURES
+from tests.server_process import ServerProcess, die_with_parent, free_port, stop_process
 
 BIN = Path(sys.executable).parent
 DEPLOYMENT = REPO / "deployment"
 MANIFESTS = sorted((DEPLOYMENT / "kubernetes").glob("*.yaml"))
+NGINX_CONF = DEPLOYMENT / "nginx" / "fhe-server.conf"
+MiB = 1 << 20
+TEST_TIMEOUT = 2
+"""The header and body timeouts of the nginx the tests run (seconds), short to keep them fast."""
 
 
 def test_kubernetes_manifests_pass_strict_schema_validation() -> None:
@@ -31,8 +45,30 @@ def test_kubernetes_manifests_pass_strict_schema_validation() -> None:
 def test_kustomization_lists_every_manifest() -> None:
     listed = yaml.safe_load((DEPLOYMENT / "kubernetes" / "kustomization.yaml").read_text())
     assert sorted(listed["resources"]) == sorted(
-        m.name for m in MANIFESTS if m.name != "kustomization.yaml"
+        [*(m.name for m in MANIFESTS if m.name != "kustomization.yaml"), "../nginx"]
     )
+
+
+def test_the_proxy_is_the_only_way_in_on_kubernetes() -> None:
+    """The proxy mounts the ConfigMap made from the shipped nginx file; only it is exposed."""
+    generator = yaml.safe_load((DEPLOYMENT / "nginx" / "kustomization.yaml").read_text())
+    [config_map] = generator["configMapGenerator"]
+    assert config_map["files"] == [NGINX_CONF.name]
+    proxy = list(yaml.safe_load_all((DEPLOYMENT / "kubernetes" / "proxy.yaml").read_text()))
+    deployment = next(doc for doc in proxy if doc["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert {"name": config_map["name"]} in [v.get("configMap") for v in pod["volumes"]]
+    [container] = pod["containers"]
+    assert container["image"].startswith("nginx:")
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert {"/etc/nginx/conf.d", "/var/cache/nginx"} <= mounts
+    exposed = {}
+    for manifest in MANIFESTS:
+        for doc in yaml.safe_load_all(manifest.read_text()):
+            if doc and doc["kind"] in ("Service", "Ingress"):
+                exposed[doc["metadata"]["name"]] = doc["spec"].get("type", "ClusterIP")
+    assert exposed.pop("fhe-proxy") == "LoadBalancer"
+    assert set(exposed.values()) == {"ClusterIP"}, exposed
 
 
 def test_every_container_has_probes_and_resources() -> None:
@@ -60,7 +96,19 @@ def test_compose_file_passes_docker_compose_config() -> None:
     )
     assert run.returncode == 0, run.stdout + run.stderr
     services = yaml.safe_load((DEPLOYMENT / "compose.yaml").read_text())["services"]
-    assert {"api", "worker", "redis", "demo"} <= set(services)
+    assert {"api", "worker", "redis", "demo", "proxy"} <= set(services)
+    published = {name for name, service in services.items() if service.get("ports")}
+    assert published == {"proxy"}, "only nginx may publish a port"
+    proxy = services["proxy"]
+    assert proxy["image"].startswith("nginx:")
+    assert f"./nginx/{NGINX_CONF.name}:/etc/nginx/conf.d/default.conf:ro" in proxy["volumes"]
+    aliases = {
+        alias
+        for service in services.values()
+        for network in (service.get("networks") or {}).values()
+        for alias in (network or {}).get("aliases", [])
+    }
+    assert set(re.findall(r"server ([\w-]+):\d+;", NGINX_CONF.read_text())) <= aliases
 
 
 def test_dockerfile_runs_as_non_root_with_a_health_check_and_existing_sources() -> None:
@@ -87,3 +135,222 @@ def test_the_commands_the_deployment_runs_exist() -> None:
     assert "--redis" in help_of(str(BIN / "fhe-server"), "worker")
     demo = help_of(str(BIN / "fhe-client"), "demo")
     assert "--server" in demo and "--host" in demo and "--port" in demo
+
+
+def nginx_binary() -> str:
+    """Debian's nginx (in /usr/sbin, which a non-root PATH may lack)."""
+    found = shutil.which("nginx", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
+    assert found, "nginx is missing: apt-get install nginx (make test does)"
+    return found
+
+
+def render_nginx_conf(
+    directory: Path, api: str, demo: str, api_port: int, demo_port: int, timeout: int
+) -> Path:
+    """A copy of the shipped nginx file changing only upstreams, listen ports and two timeouts."""
+    # The compose and cluster names do not resolve here; short timeouts keep the tests fast.
+    text = NGINX_CONF.read_text()
+    changes = [
+        ("server fhe-api:8000;", f"server {api};", 1),
+        ("server fhe-demo:7860;", f"server {demo};", 1),
+        ("listen 8080;", f"listen 127.0.0.1:{api_port};", 1),
+        ("listen 7860;", f"listen 127.0.0.1:{demo_port};", 1),
+        ("client_header_timeout 10s;", f"client_header_timeout {timeout}s;", 2),
+        ("client_body_timeout 30s;", f"client_body_timeout {timeout}s;", 2),
+    ]
+    for old, new, count in changes:
+        assert text.count(old) == count, f"{NGINX_CONF.name} no longer has {old!r} {count}x"
+        text = text.replace(old, new)
+    rendered = directory / NGINX_CONF.name
+    rendered.write_text(text)
+    return rendered
+
+
+def nginx_wrapper(directory: Path, conf: Path) -> Path:
+    """A main nginx.conf including `conf` in its http block (as the official image's does)."""
+    # Its pid file, logs and temporary files go to `directory`.
+    temp = "\n".join(
+        f"    {kind}_temp_path {directory / kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    # As root, nginx would run its workers as nobody, who cannot enter pytest's 0700 directories.
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    wrapper = directory / "nginx.conf"
+    wrapper.write_text(
+        f"""{user}daemon off;
+worker_processes 1;
+pid {directory / "nginx.pid"};
+error_log {directory / "error.log"} info;
+events {{ worker_connections 256; }}
+http {{
+    access_log {directory / "access.log"};
+{temp}
+    default_type application/octet-stream;
+    sendfile on;
+    keepalive_timeout 65;
+    include {conf};
+}}
+"""
+    )
+    return wrapper
+
+
+def nginx_command(directory: Path, *args: str) -> list[str]:
+    """nginx run on the wrapper config in `directory`."""
+    return [
+        nginx_binary(),
+        "-p",
+        str(directory),
+        "-e",
+        str(directory / "error.log"),
+        "-c",
+        str(directory / "nginx.conf"),
+        *args,
+    ]
+
+
+@contextmanager
+def running_nginx(directory: Path, api: str, demo: str) -> Iterator[str]:
+    """Debian's nginx in the foreground on the rendered shipped config; yields the API's URL."""
+    directory.mkdir(parents=True, exist_ok=True)
+    api_port, demo_port = free_port(), free_port()
+    conf = render_nginx_conf(directory, api, demo, api_port, demo_port, TEST_TIMEOUT)
+    nginx_wrapper(directory, conf)
+    process = subprocess.Popen(
+        nginx_command(directory),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        preexec_fn=die_with_parent,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            assert process.poll() is None, (directory / "error.log").read_text()
+            try:
+                socket.create_connection(("127.0.0.1", api_port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "nginx did not listen"
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{api_port}"
+    finally:
+        stop_process(process)
+
+
+def test_the_nginx_config_passes_nginx_t(tmp_path: Path) -> None:
+    rendered = render_nginx_conf(tmp_path, "127.0.0.1:8000", "127.0.0.1:7860", 8080, 7860, 10)
+    nginx_wrapper(tmp_path, rendered)
+    run = subprocess.run(
+        nginx_command(tmp_path, "-t"), capture_output=True, text=True, timeout=60, check=False
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "test is successful" in run.stderr
+    assert "[warn]" not in run.stderr, run.stderr
+
+
+def test_the_nginx_limits_match_the_server_defaults() -> None:
+    """Bodies the API takes pass the proxy; the proxy waits longer than the API for a worker."""
+    text = NGINX_CONF.read_text()
+    defaults = {name: field.default for name, field in ServerSettings.model_fields.items()}
+    keys = re.search(r"location = /v1/keys \{[^}]*client_max_body_size (\d+)m;", text)
+    assert keys and int(keys.group(1)) * MiB == defaults["max_key_bytes"]
+    api = text.split("# The API.")[1].split("# The demo page")[0]
+    body = int(re.search(r"^    client_max_body_size (\d+)m;", api, re.M).group(1)) * MiB
+    assert body == defaults["max_ciphertext_bytes"] == defaults["max_json_bytes"]
+    read = int(re.search(r"proxy_read_timeout (\d+)s;", api).group(1))
+    assert read > defaults["celery_task_timeout"]
+    assert re.search(r"client_body_timeout (\d+)s;", api).group(1) == "30"
+    assert defaults["body_timeout_seconds"] == 30
+    assert "proxy_request_buffering on;" in api
+
+
+@pytest.fixture(scope="module")
+def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, ServerProcess]]:
+    """The proxy's URL and a real fhe-server (clear iris only) behind Debian's nginx."""
+    root = tmp_path_factory.mktemp("proxied")
+    shutil.copytree(SKLEARN_FIXTURES / IRIS, root / "models" / "iris")
+    server = ServerProcess(root / "models", root / "data").start()
+    try:
+        demo = f"127.0.0.1:{free_port()}"
+        with running_nginx(root / "nginx", f"127.0.0.1:{server.port}", demo) as url:
+            yield url, server
+    finally:
+        server.stop()
+
+
+def closed_within(sock: socket.socket, seconds: float, trickle: bytes = b"") -> float | None:
+    """Seconds until the peer closes `sock` (sending `trickle` every 0.25 s), or None."""
+    sock.settimeout(0.25)
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        try:
+            if trickle:
+                sock.sendall(trickle)
+            if not sock.recv(65536):
+                return time.monotonic() - started
+        except TimeoutError:
+            continue
+        except OSError:
+            return time.monotonic() - started
+    return None
+
+
+def test_requests_pass_through_the_proxy(proxied: tuple[str, ServerProcess]) -> None:
+    url, server = proxied
+    assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+    columns = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
+    rows = 60_000  # about 1.4 MB: past client_body_buffer_size, so nginx buffers it to a file
+    body = {"inputs": {"data": {c: [5.1] * rows for c in columns}}}
+    response = httpx.post(f"{url}/v1/models/iris/predict?through-proxy", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["output"]) == rows
+    assert "through-proxy" in server.log.read_text(errors="replace")
+
+
+def test_nginx_closes_a_connection_that_trickles_its_headers(
+    proxied: tuple[str, ServerProcess],
+) -> None:
+    url, _ = proxied
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        closed = closed_within(sock, TEST_TIMEOUT + 8, trickle=b"X-Slow: a\r\n")
+    assert closed is not None, "a client trickling headers kept its connection"
+    assert TEST_TIMEOUT - 0.5 <= closed <= TEST_TIMEOUT + 3, closed
+    assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+
+
+def test_nginx_closes_a_stalled_body_before_the_api_sees_it(
+    proxied: tuple[str, ServerProcess],
+) -> None:
+    url, server = proxied
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(
+            b"POST /v1/models/iris/predict?stalled-body HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"inputs"'
+        )
+        closed = closed_within(sock, TEST_TIMEOUT + 8)
+    assert closed is not None and closed <= TEST_TIMEOUT + 3, closed
+    assert "stalled-body" not in server.log.read_text(errors="replace")
+
+
+def test_nginx_refuses_oversized_bodies_as_json(proxied: tuple[str, ServerProcess]) -> None:
+    url, _ = proxied
+    port = int(url.rsplit(":", 1)[1])
+    for path, size in (("/v1/models/iris/predict", 16 * MiB + 1), ("/v1/keys", 512 * MiB + 1)):
+        head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {size}\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(head.encode())
+            sock.settimeout(10)
+            answer = sock.recv(65536).decode()
+        assert answer.startswith("HTTP/1.1 413"), answer
+        assert '"code": "too_large"' in answer and "application/json" in answer
+
+
+def test_nginx_answers_json_when_the_api_is_down(tmp_path: Path) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    with running_nginx(tmp_path, dead, dead) as url:
+        response = httpx.get(f"{url}/healthz", timeout=10)
+    assert response.status_code == 502
+    assert response.json()["code"] == "upstream_unavailable"
