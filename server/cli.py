@@ -72,10 +72,13 @@ def worker(
 ) -> None:
     """Run FHE work for `fhe-server serve --backend celery`, one circuit at a time.
 
-    Start one per machine (Concrete uses every core for one run); stop it with SIGTERM.
+    Start one per machine (Concrete uses every core for one run); stop it with SIGTERM. Circuits
+    run in one child process: a run that crashes it costs only that child, which Celery replaces.
     """
     import os
     import socket
+
+    from celery.signals import worker_process_init
 
     from server import worker as circuits
     from server.celery_backend import WorkerState, make_celery, register_tasks
@@ -86,16 +89,26 @@ def worker(
     celery = make_celery(
         settings.redis_url, settings.celery_visibility_timeout, settings.job_ttl_seconds
     )
-    state = WorkerState(settings.models_dir, settings.data_dir / "worker-keys", settings.redis_url)
-    register_tasks(celery, lambda: state)
-    circuits.prepare(settings.key_cache_entries)
+    state = WorkerState(
+        settings.models_dir,
+        settings.data_dir / "worker-keys",
+        settings.redis_url,
+        settings.keystore_max_bytes,
+    )
+    register_tasks(celery, lambda: state, settings.job_ttl_seconds)
+
+    @worker_process_init.connect
+    def load_concrete(**_: object) -> None:
+        """Import Concrete in the child only: its runtime does not survive a fork."""
+        circuits.prepare(settings.key_cache_entries)
+
     hostname = name or f"fhe-{os.getpid()}@{socket.gethostname()}"
     typer.echo(
         f"fhe-server worker {hostname}: models from {settings.models_dir}, {settings.redis_url}",
         err=True,
     )
     celery.worker_main(
-        ["worker", "--pool", "solo", "--concurrency", "1", "--loglevel", "INFO", "-n", hostname]
+        ["worker", "--pool", "prefork", "--concurrency", "1", "--loglevel", "INFO", "-n", hostname]
     )
 
 

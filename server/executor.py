@@ -1,8 +1,11 @@
-"""A bounded pool of worker processes for FHE work, so the event loop never blocks on a circuit.
+"""A bounded, crash-isolated pool of worker processes for FHE work, so the event loop never
+blocks on a circuit and one caller's bytes cannot take other callers' work down.
 
 At most `workers` runs execute at once (one per core by default) and at most `max_queue` more
-wait; past that callers get `Busy` at once instead of an ever-growing queue. A worker that dies
-is replaced and the pool keeps serving.
+wait; past that callers get `Busy` at once instead of an ever-growing queue. The pool is pebble's
+`ProcessPool`: a worker that dies (Concrete aborts the process on some malformed inputs) fails
+only the task it was running, with `WorkerCrashed`, and pebble starts a fresh worker in its place
+while every other task in flight or queued goes on.
 """
 
 from __future__ import annotations
@@ -10,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
+
+from pebble import ProcessExpired, ProcessPool
 
 from server import worker
 
@@ -24,7 +27,19 @@ class Busy(RuntimeError):
 
 
 class WorkerCrashed(RuntimeError):
-    """The worker process died while handling the request."""
+    """The worker process died while handling the request (and only that request failed)."""
+
+
+class TimedOut(RuntimeError):
+    """No worker answered in time (Celery mode)."""
+
+
+class RunRefused(RuntimeError):
+    """A remote worker refused the run with a status and a stable code (Celery mode)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code = status, code
 
 
 class FHEExecutor:
@@ -33,31 +48,26 @@ class FHEExecutor:
     def __init__(self, workers: int, max_queue: int, key_cache_entries: int) -> None:
         self.workers = workers
         self.capacity = workers + max_queue
-        self.key_cache_entries = key_cache_entries
         self.in_flight = 0
-        self._pool = self._new_pool()
-
-    def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(
-            max_workers=self.workers,
-            mp_context=multiprocessing.get_context("spawn"),
+        self._pool = ProcessPool(
+            max_workers=workers,
             initializer=worker.configure,
-            initargs=(self.key_cache_entries,),
+            initargs=(key_cache_entries,),
+            context=multiprocessing.get_context("spawn"),
         )
 
     async def call(self, function: Callable[..., T], *args: Any) -> T:
-        """Run `function(*args)` in a worker; raise Busy when the bound is reached."""
+        """Run `function(*args)` in a worker; raise Busy when the bound is reached and
+        WorkerCrashed when the process running it died."""
         if self.in_flight >= self.capacity:
             raise Busy(f"{self.in_flight} FHE requests are running or queued; try again shortly")
         self.in_flight += 1
-        pool = self._pool
         try:
-            return await asyncio.wrap_future(pool.submit(function, *args))
-        except BrokenProcessPool:
-            if self._pool is pool:
-                pool.shutdown(wait=False, cancel_futures=True)
-                self._pool = self._new_pool()
-            raise WorkerCrashed("the FHE worker stopped while running this request") from None
+            return await asyncio.wrap_future(self._pool.schedule(function, args=args))
+        except ProcessExpired as expired:
+            raise WorkerCrashed(
+                f"the FHE worker running this request stopped ({expired})"
+            ) from None
         finally:
             self.in_flight -= 1
 
@@ -71,11 +81,19 @@ class FHEExecutor:
         """Raise worker.BadInput unless the file holds deserializable evaluation keys."""
         await self.call(worker.check_keys, key_path)
 
+    def follow(self, keystore: Any) -> None:
+        """Workers read keys from the API's own store, so there is no copy to keep in step."""
+
     def warm(self, bundle_dirs: list[str]) -> None:
         """Start the workers and load circuits in the background."""
         for _ in range(self.workers):
-            self._pool.submit(worker.warm, bundle_dirs)
+            self._pool.schedule(worker.warm, args=(bundle_dirs,))
 
     def close(self) -> None:
-        """Stop the workers, letting a circuit that is running finish."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        """Stop the workers, letting circuits that are running finish (for at most 30 s)."""
+        self._pool.close()
+        try:
+            self._pool.join(timeout=30)
+        except TimeoutError:
+            self._pool.stop()
+            self._pool.join()

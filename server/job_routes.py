@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import time
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 
 from server.access import owner_of
 from server.body import read_body
+from server.callbacks import AllowList, checked_callback_url
 from server.clear_model import ClearModel, InvalidInputs
 from server.clear_routes import parse_inputs, ready_clear, run_native
 from server.errors import APIError
@@ -23,24 +23,12 @@ from server.fhe_call import (
     check_client_spec,
     evaluate,
     find_model,
+    fitting_key,
     read_fhe_request,
     ready_fhe,
-    stored_key,
 )
 from server.jobs import Job, new_job_id
 from server.settings import ServerSettings
-
-
-def _callback_url(url: str | None) -> str | None:
-    """The callback URL when it is an absolute http(s) URL; 400 otherwise."""
-    if not url:
-        return None
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise APIError(
-            400, "invalid_callback_url", f"the callback URL must be absolute http(s), not {url!r}"
-        )
-    return url
 
 
 def _parsed(payload: bytes) -> Any:
@@ -60,7 +48,7 @@ async def execute_job(state: Any, job: Job, payload: bytes) -> tuple[bytes, str,
         return json.dumps(answer).encode(), "application/json", None
     fhe_model = ready_fhe(model)
     check_client_spec(fhe_model, job.client_spec)
-    key = stored_key(state, job.key_id, fhe_model, job.owner)
+    key = await fitting_key(state, job.key_id, fhe_model, job.owner)
     result, seconds = await evaluate(state, fhe_model, key, payload)
     return result, "application/octet-stream", seconds
 
@@ -68,6 +56,7 @@ async def execute_job(state: Any, job: Job, payload: bytes) -> tuple[bytes, str,
 def jobs_router(settings: ServerSettings) -> APIRouter:
     """The job routes; the store and runner live on `app.state`."""
     router = APIRouter()
+    callback_allow = AllowList.parse(settings.callback_allow)
 
     def _job(request: Request, job_id: str) -> Job:
         job = request.app.state.jobs.get(job_id)
@@ -90,7 +79,6 @@ def jobs_router(settings: ServerSettings) -> APIRouter:
         `X-Callback-Url` notified when the job ends. Answers 202 with the job id and its URLs."""
         state = request.app.state
         owner = owner_of(request)
-        callback = _callback_url(x_callback_url)
         model = find_model(state, name)
         if owner is not None:
             in_flight = state.jobs.count("queued", "running", owner=owner)
@@ -109,6 +97,7 @@ def jobs_router(settings: ServerSettings) -> APIRouter:
                 f"{settings.max_queued_jobs} jobs are already queued; try again later",
                 headers={"Retry-After": "30"},
             )
+        callback = await checked_callback_url(x_callback_url, callback_allow)
         if isinstance(model, ClearModel):
             ready_clear(model)
             payload = await read_body(request, settings.max_json_bytes, "the JSON body")
@@ -130,7 +119,7 @@ def jobs_router(settings: ServerSettings) -> APIRouter:
             kind=kind,
             status="queued",
             created=time.time(),
-            base_url=str(request.base_url),
+            base_url=settings.public_base_url(),
             key_id=key_id,
             client_spec=x_client_spec if kind == "fhe" else None,
             owner=owner,
@@ -138,9 +127,7 @@ def jobs_router(settings: ServerSettings) -> APIRouter:
         )
         state.jobs.add(job, payload)
         state.job_runner.wake()
-        return JSONResponse(
-            job.public(), status_code=202, headers={"Location": f"/v1/jobs/{job.job_id}"}
-        )
+        return JSONResponse(job.public(), status_code=202, headers={"Location": job.status_url})
 
     @router.get("/v1/jobs")
     async def list_jobs(

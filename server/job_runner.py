@@ -13,13 +13,17 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import httpx
 from starlette.concurrency import run_in_threadpool
 
+from server.callbacks import CallbackSender, Delivery
 from server.errors import APIError
 from server.jobs import Job, JobStore
 
 log = logging.getLogger("fhe_server.jobs")
+
+CRASH_ATTEMPTS = 2
+"""Runs of a job whose run killed its worker before it fails: the crash may have had another
+cause (a worker killed from outside), so it gets one more run, and no more."""
 
 Execute = Callable[[Job, bytes], Awaitable[tuple[bytes, str, float | None]]]
 """Runs one job on its input: returns the result bytes, their media type and the FHE seconds."""
@@ -32,7 +36,6 @@ class JobPolicy:
     concurrency: int
     ttl_seconds: float
     callback_attempts: int
-    callback_timeout_seconds: float
     callback_backoff_seconds: float
     expiry_interval_seconds: float = 30.0
 
@@ -40,14 +43,16 @@ class JobPolicy:
 class JobRunner:
     """The background tasks of the jobs: dispatch, callbacks and expiry."""
 
-    def __init__(self, store: JobStore, execute: Execute, policy: JobPolicy) -> None:
+    def __init__(
+        self, store: JobStore, execute: Execute, policy: JobPolicy, callbacks: CallbackSender
+    ) -> None:
         self.store = store
         self.execute = execute
         self.policy = policy
+        self.callbacks = callbacks
         self.running = 0
         self._wakeup = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
-        self._http = httpx.AsyncClient(timeout=policy.callback_timeout_seconds)
 
     def _spawn(self, coroutine: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coroutine)
@@ -75,7 +80,6 @@ class JobRunner:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        await self._http.aclose()
 
     async def _dispatch(self) -> None:
         while True:
@@ -103,6 +107,10 @@ class JobRunner:
                 finished = False
                 self.store.release(job.job_id)
                 await asyncio.sleep(1.0)
+            elif error.code == "unprocessable_ciphertext" and job.attempts < CRASH_ATTEMPTS:
+                finished = False
+                log.warning("job %s crashed its worker; running it once more", job.job_id)
+                self.store.retry(job.job_id)
             else:
                 self.store.fail(job.job_id, error.status, error.code, error.message, ttl)
         except FileNotFoundError:
@@ -117,7 +125,11 @@ class JobRunner:
             self._spawn(self._notify(job.job_id))
 
     async def _notify(self, job_id: str) -> None:
-        """POST the job's status to its callback URL, retrying with doubling pauses."""
+        """POST the job's signed status to its callback URL, retrying with doubling pauses.
+
+        Each attempt checks the URL again; whatever goes wrong is recorded as a failed delivery
+        of this job, so one bad URL never stops the notifier.
+        """
         job = self.store.get(job_id)
         if job is None or not job.callback_url:
             return
@@ -131,13 +143,12 @@ class JobRunner:
         }
         for attempt in range(job.callback_attempts, self.policy.callback_attempts):
             try:
-                response = await self._http.post(job.callback_url, json=body)
-                delivered = 200 <= response.status_code < 300
-                error = None if delivered else f"HTTP {response.status_code}"
-            except httpx.HTTPError as failure:
-                delivered, error = False, f"{type(failure).__name__}: {failure}"
-            self.store.record_callback(job.job_id, delivered, error)
-            if delivered:
+                delivery = await self.callbacks.deliver(job.callback_url, job.owner, body)
+            except Exception as error:  # a bad stored URL must fail its job's callback only
+                log.exception("callback of job %s failed unexpectedly", job.job_id)
+                delivery = Delivery(False, f"internal_error: {type(error).__name__}", retry=False)
+            self.store.record_callback(job.job_id, delivery.delivered, delivery.error)
+            if delivery.delivered or not delivery.retry:
                 return
             await asyncio.sleep(self.policy.callback_backoff_seconds * 2**attempt)
 

@@ -225,6 +225,15 @@ class JobStore:
         with self._lock:
             return int(self._db.execute(query, args).fetchone()[0])
 
+    def key_ids_in_flight(self) -> set[str]:
+        """Keys that queued and running jobs will need (pinned against eviction)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT DISTINCT key_id FROM jobs "
+                "WHERE status IN ('queued', 'running') AND key_id IS NOT NULL"
+            ).fetchall()
+        return {row[0] for row in rows}
+
     def claim_next(self) -> Job | None:
         """Mark the oldest queued job running and return it; None when nothing waits."""
         with self._lock, self._db:
@@ -242,6 +251,15 @@ class JobStore:
         job = self._job(row)
         job.status, job.started, job.attempts = "running", started, job.attempts + 1
         return job
+
+    def retry(self, job_id: str) -> None:
+        """Put a running job back in the queue, counting the attempt it used."""
+        with self._lock, self._db:
+            self._db.execute(
+                "UPDATE jobs SET status = 'queued', started = NULL "
+                "WHERE job_id = ? AND status = 'running'",
+                (job_id,),
+            )
 
     def release(self, job_id: str) -> None:
         """Put a running job back in the queue without counting the attempt (no worker free)."""

@@ -20,6 +20,12 @@ from fhe.bundle import (
     read_metadata,
 )
 from fhe.digest import file_sha256
+from fhe.keyset import (
+    KeysetDescription,
+    client_spec_keyset,
+    max_ciphertext_bytes,
+    read_client_specs,
+)
 from server.clear_model import ClearModel, ModelPolicy, is_clear_model_dir, load_clear_model
 
 
@@ -32,6 +38,8 @@ class FHEModel:
     metadata: BundleMetadata | None
     client_spec: str | None
     reason: str | None = None
+    keyset: KeysetDescription | None = None
+    max_ciphertext_bytes: int | None = None
 
     kind = "fhe"
 
@@ -117,7 +125,18 @@ def load_fhe_model(path: Path) -> FHEModel:
     mismatch = version_mismatch(path / SERVER_ZIP)
     if mismatch:
         return FHEModel(name, path, metadata, spec, mismatch)
-    return FHEModel(name, path, metadata, spec)
+    try:
+        specs = read_client_specs(path / CLIENT_ZIP)
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
+        return FHEModel(name, path, metadata, spec, f"client.zip has no readable specs: {error}")
+    return FHEModel(
+        name,
+        path,
+        metadata,
+        spec,
+        keyset=client_spec_keyset(specs),
+        max_ciphertext_bytes=max_ciphertext_bytes(specs),
+    )
 
 
 Model = FHEModel | ClearModel

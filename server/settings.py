@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from server.clear_model import ModelPolicy
@@ -72,6 +73,12 @@ class ServerSettings(BaseSettings):
     celery_task_timeout: float = Field(
         900, gt=0, description="longest wait for a Celery worker's answer"
     )
+    celery_key_ttl_seconds: float = Field(
+        7 * 86400,
+        gt=0,
+        description="lifetime of a key copy in Redis, renewed on each use (the API deletes it "
+        "at once when it evicts the key)",
+    )
     celery_max_in_flight: int = Field(
         64, ge=1, description="FHE runs sent to Celery and not yet answered (API side)"
     )
@@ -109,6 +116,51 @@ class ServerSettings(BaseSettings):
     callback_backoff_seconds: float = Field(
         1, ge=0, description="pause before the second delivery, doubled after each failure"
     )
+    callback_allow: list[str] = Field(
+        default_factory=list,
+        description="callback targets allowed beyond public addresses: host names, addresses, "
+        "CIDRs",
+    )
+    callback_signing_key: SecretStr = Field(
+        SecretStr(""),
+        description="key the per-token callback secrets derive from (default: random, kept in "
+        "the data directory)",
+    )
+    public_url: str | None = Field(
+        None,
+        description="the server's URL as clients reach it, for job URLs (default: "
+        "http://<host>:<port>/)",
+    )
+
+    @field_validator("callback_allow")
+    @classmethod
+    def _check_callback_allow(cls, entries: list[str]) -> list[str]:
+        """Refuse at start-up an entry that is no host name, address or CIDR."""
+        from server.callbacks import AllowList
+
+        AllowList.parse(entries)
+        return entries
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, url: str | None) -> str | None:
+        """An absolute http(s) URL ending in a slash, so job paths append to it."""
+        if not url:
+            return None
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc or "@" in parts.netloc:
+            raise ValueError(f"public_url must be an absolute http(s) URL, not {url!r}")
+        if parts.query or parts.fragment:
+            raise ValueError(f"public_url may not hold a query or a fragment: {url!r}")
+        return url if url.endswith("/") else url + "/"
+
+    def public_base_url(self) -> str:
+        """Where job URLs point: FHE_SERVER_PUBLIC_URL, else the configured host and port (never
+        a request's Host header, which any caller can set)."""
+        if self.public_url:
+            return self.public_url
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
 
     def policy(self, model: str) -> ModelPolicy:
         """What the operator allows when loading the clear model called `model`."""

@@ -94,10 +94,17 @@ class WorkerProcess:
         raise RuntimeError(f"worker not ready: {self.log.read_text()[-3000:]}")
 
     def kill(self) -> None:
-        """SIGKILL, as a lost machine: its unacknowledged task must go to another worker."""
+        """SIGKILL the worker and its pool child, as a lost machine: its unacknowledged task
+        must go to another worker."""
         if self.process is not None:
+            import psutil
+
+            children = psutil.Process(self.process.pid).children(recursive=True)
             self.process.kill()
+            for child in children:
+                child.kill()
             self.process.wait()
+            psutil.wait_procs(children, timeout=10)
 
     def stop(self) -> None:
         stop_process(self.process)

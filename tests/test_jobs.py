@@ -36,7 +36,11 @@ def iris_request() -> dict:
 
 @pytest.fixture
 def server(mixed_models: Path, tmp_path: Path) -> Iterator[ServerProcess]:
-    env = {"FHE_SERVER_CALLBACK_BACKOFF_SECONDS": "0.2", "FHE_SERVER_JOB_TTL_SECONDS": "600"}
+    env = {
+        "FHE_SERVER_CALLBACK_BACKOFF_SECONDS": "0.2",
+        "FHE_SERVER_JOB_TTL_SECONDS": "600",
+        "FHE_SERVER_CALLBACK_ALLOW": '["127.0.0.1/32"]',
+    }
     process = ServerProcess(mixed_models, tmp_path / "data", env=env).start()
     yield process
     process.stop()
@@ -101,7 +105,7 @@ def test_clear_model_job_answers_like_the_native_route(server: ServerProcess) ->
     body = iris_request()
     submitted = httpx.post(f"{server.url}/v1/models/iris/jobs", json=body)
     assert submitted.status_code == 202, submitted.text
-    assert submitted.headers["location"] == f"/v1/jobs/{submitted.json()['job_id']}"
+    assert submitted.headers["location"] == f"{server.url}/v1/jobs/{submitted.json()['job_id']}"
     with FHEServerAPI(server.url) as api:
         assert finished(api, submitted.json()["job_id"])["status"] == "done"
     result = httpx.get(submitted.json()["result_url"])

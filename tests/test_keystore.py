@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from server.keystore import KeyStore, KeyTooLarge
+from server.keystore import KeyStore, KeyTooLarge, StoreFull
 
 
 async def _chunks(data: bytes):
@@ -19,9 +19,9 @@ async def _chunks(data: bytes):
 
 
 def put(store: KeyStore, data: bytes, spec: str | None = None):
-    upload, key_id, size = asyncio.run(store.receive(_chunks(data), limit=10_000))
-    assert size == len(data)
-    return store.add(upload, key_id, spec)
+    upload = asyncio.run(store.receive(_chunks(data), limit=10_000))
+    assert upload.size == len(data)
+    return store.add(upload, spec)
 
 
 def test_key_id_is_sha256_and_upload_is_idempotent(tmp_path: Path) -> None:
@@ -75,13 +75,60 @@ def test_limits(tmp_path: Path) -> None:
     with pytest.raises(KeyTooLarge):
         asyncio.run(store.receive(_chunks(b"x" * 100), limit=20))
     assert list(tmp_path.glob("upload-*")) == []
-    upload, key_id, _ = asyncio.run(store.receive(_chunks(b"x" * 100), limit=1000))
     with pytest.raises(KeyTooLarge):
-        store.add(upload, key_id, None)
-    assert not upload.exists()
+        asyncio.run(store.receive(_chunks(b"x" * 100), limit=1000))
+    assert list(tmp_path.glob("upload-*")) == []
+    assert store.receiving_bytes == 0
 
 
 def test_bad_key_ids_are_unknown(tmp_path: Path) -> None:
     store = KeyStore(tmp_path, max_bytes=50)
     for key_id in ("", "../x", "A" * 64, "0" * 64):
         assert store.get(key_id) is None
+
+
+def test_keys_of_work_in_flight_are_never_evicted(tmp_path: Path) -> None:
+    """Keys named by queued or running jobs, and keys a run is using, stay; others go."""
+    pinned: set[str] = set()
+    store = KeyStore(tmp_path, max_bytes=250, pinned_by_jobs=lambda: pinned)
+    job_key, _ = put(store, b"j" * 100)
+    run_key, _ = put(store, b"r" * 100)
+    pinned.add(job_key.key_id)
+    with store.in_use(run_key.key_id):
+        with pytest.raises(StoreFull):
+            put(store, b"n" * 100)
+        assert store.get(job_key.key_id) is not None
+        assert store.get(run_key.key_id) is not None
+        assert store.receiving_bytes == 0 and list(tmp_path.glob("upload-*")) == []
+    third, _ = put(store, b"3" * 100)
+    assert store.get(run_key.key_id) is None
+    assert store.get(job_key.key_id) is not None and store.get(third.key_id) is not None
+    assert store.total_bytes == 200
+
+
+def test_uploads_in_progress_count_toward_the_bound(tmp_path: Path) -> None:
+    """Two uploads streaming at once cannot together pass the store's bound."""
+    store = KeyStore(tmp_path, max_bytes=150)
+
+    async def both() -> list[object]:
+        gate = asyncio.Event()
+
+        async def slow(data: bytes):
+            yield data[:60]
+            await gate.wait()
+            yield data[60:]
+
+        first = asyncio.ensure_future(store.receive(slow(b"a" * 100), limit=1000))
+        second = asyncio.ensure_future(store.receive(slow(b"b" * 100), limit=1000))
+        await asyncio.sleep(0.01)
+        assert store.receiving_bytes == 120
+        gate.set()
+        return await asyncio.gather(first, second, return_exceptions=True)
+
+    results = asyncio.run(both())
+    refused = [r for r in results if isinstance(r, StoreFull)]
+    received = [r for r in results if not isinstance(r, Exception)]
+    assert len(refused) == 1 and len(received) == 1
+    assert store.receiving_bytes == 100
+    store.add(received[0], None)
+    assert store.receiving_bytes == 0 and store.total_bytes == 100
