@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 import time
@@ -11,13 +10,23 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from client.api import DEFAULT_SERVER_URL, FHEServerAPI, ServerError
+from client.batch_csv import BatchOutput, InputTable
 from client.encrypted_model import ClientError, EncryptedModel, Prediction
-from client.job_flow import JobFailed, fetch_prediction, submit_texts, wait_for
-from client.journal import JobJournal
+from client.job_flow import (
+    JobFailed,
+    fetch_prediction,
+    job_status,
+    poll_once,
+    submit_text,
+    submit_texts,
+    wait_for,
+)
+from client.journal import JobJournal, JournalEntry
 from client.keycache import default_cache_root
 from fhe.embedder import EmbeddingModelMismatch
 from fhe.sizes import readable_size
@@ -88,20 +97,7 @@ def keygen(
 def _read_texts(texts: list[str], input_file: Optional[Path], column: str) -> list[str]:
     if input_file is None:
         return texts
-    with input_file.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is None or column not in reader.fieldnames:
-            raise ClientError(f"{input_file} has no column {column!r}: {reader.fieldnames}")
-        return texts + [row[column] for row in reader]
-
-
-def _write_csv(path: Path, predictions: list[Prediction], labels: list[str]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["text", "label", *[f"score_{label}" for label in labels], "seconds"])
-        for p in predictions:
-            scores = [f"{p.scores[label]:.6f}" for label in labels]
-            writer.writerow([p.text, p.label, *scores, f"{p.seconds['total']:.3f}"])
+    return texts + InputTable.from_csv(input_file, column).texts
 
 
 def _print_human(prediction: Prediction, verbose: bool) -> None:
@@ -143,8 +139,7 @@ def _predict_as_jobs(
     wait: bool,
     as_json: bool,
     verbose: bool,
-    output: Path | None,
-) -> list[Prediction] | None:
+) -> None:
     """Submit every text as a job, then (unless --no-wait) poll, decrypt and show each result."""
     with _progress(True) as bar:
         task = bar.add_task("encrypting and submitting", total=len(items))
@@ -158,25 +153,201 @@ def _predict_as_jobs(
             f"{len(entries)} jobs submitted; `fhe-client jobs` shows them, "
             "`fhe-client result JOB_ID` fetches and decrypts one"
         )
-        return None
-    predictions: dict[str, Prediction] = {}
+        return
     failures = []
     with _progress(True) as bar:
         task = bar.add_task("jobs finished on the server", total=len(entries))
         for entry, status in wait_for(remote, entries):
             bar.advance(task)
             try:
-                predictions[entry.job_id] = fetch_prediction(remote, entry, status)
+                prediction = fetch_prediction(remote, entry, status)
             except JobFailed as error:
                 failures.append(str(error))
                 continue
-            if output is None:
-                _show(predictions[entry.job_id], as_json, verbose)
+            _show(prediction, as_json, verbose)
     for failure in failures:
         err.print(f"[red]error:[/red] {failure}")
-    if failures and output is None:
+    if failures:
         raise typer.Exit(1)
-    return [predictions[e.job_id] for e in entries if e.job_id in predictions]
+
+
+POLL_SECONDS = 0.5
+"""How often a batch of jobs is polled while it is submitted and after."""
+BUSY_CODES = ("busy", "too_many_jobs")
+"""Refusals of a job submission that mean: wait for queued jobs to end, then submit again."""
+
+
+def _say(message: str) -> None:
+    """A plain note on stderr, never wrapped (paths stay whole)."""
+    err.print(escape(message), soft_wrap=True)
+
+
+def _predict_rows(remote: EncryptedModel, out: BatchOutput) -> None:
+    """Predict the rows not in the output yet, one call each, writing each row as it ends."""
+    todo = out.todo()
+    if not todo:
+        return
+    numbers = iter(todo)
+    with _progress(True) as bar:
+        task = bar.add_task("encrypted predictions", total=out.total, completed=len(out.done))
+
+        def report(prediction: Prediction) -> None:
+            out.write(next(numbers), prediction)
+            bar.advance(task)
+
+        remote.predict([out.table.text(number) for number in todo], progress=report)
+
+
+def _earlier_jobs(
+    remote: EncryptedModel, out: BatchOutput, journal: JobJournal, batch: str
+) -> list[JournalEntry]:
+    """Jobs earlier runs submitted for rows not written yet that can still give their result.
+
+    A job counts when it encrypts the row's current text for this model under the cached key,
+    and the server still knows it and has not failed it; other rows are submitted again.
+    """
+    record = remote.cache.record()
+    usable = []
+    for number, entry in sorted(journal.batch(batch).items()):
+        if number in out.done or not 1 <= number <= out.total or record is None:
+            continue
+        if (entry.text, entry.model, entry.key_id) != (
+            out.table.text(number),
+            remote.name,
+            record.key_id,
+        ):
+            continue
+        status = job_status(remote, entry)
+        if status is not None and status["status"] != "failed":
+            usable.append(entry)
+    return usable
+
+
+def _predict_rows_as_jobs(
+    remote: EncryptedModel,
+    out: BatchOutput,
+    journal: JobJournal,
+    callback_url: str | None,
+    wait: bool,
+) -> tuple[list[str], list[str]]:
+    """Submit as jobs the rows never submitted and (with wait) write each result as it ends.
+
+    Jobs that earlier runs submitted are awaited, not submitted again. Returns the ids of the
+    jobs submitted now and the failures.
+    """
+    batch = str(out.path.resolve())
+    pending = _earlier_jobs(remote, out, journal, batch)
+    if pending:
+        _say(f"{len(pending)} rows were submitted as jobs before: awaiting those, not resubmitting")
+    submitted_before = {entry.row for entry in pending}
+    to_submit = [number for number in out.todo() if number not in submitted_before]
+    submitted: list[str] = []
+    failures: list[str] = []
+    with _progress(True) as bar:
+        sent = bar.add_task(
+            "encrypted and submitted", total=out.total, completed=out.total - len(to_submit)
+        )
+        ended = bar.add_task(
+            "finished and decrypted", total=out.total, completed=len(out.done), visible=wait
+        )
+
+        def collect() -> None:
+            nonlocal pending
+            finished, pending = poll_once(remote, pending)
+            for entry, status in finished:
+                bar.advance(ended)
+                if status is None:
+                    failures.append(f"row {entry.row}: job {entry.job_id} expired or was lost")
+                    continue
+                try:
+                    out.write(entry.row, fetch_prediction(remote, entry, status))
+                except JobFailed as error:
+                    failures.append(f"row {entry.row}: {error}")
+
+        last_poll = time.monotonic()
+        for number in to_submit:
+            while True:
+                try:
+                    entry = submit_text(
+                        remote, out.table.text(number), journal, callback_url, batch, number
+                    )
+                    break
+                except ServerError as error:
+                    if error.code not in BUSY_CODES:
+                        raise
+                    if wait and pending:
+                        collect()
+                        time.sleep(POLL_SECONDS)
+                    else:
+                        time.sleep(min(error.retry_after or 1.0, 5.0))
+            pending.append(entry)
+            submitted.append(entry.job_id)
+            bar.advance(sent)
+            if wait and time.monotonic() - last_poll >= POLL_SECONDS:
+                collect()
+                last_poll = time.monotonic()
+        while wait and pending:
+            collect()
+            if pending:
+                time.sleep(POLL_SECONDS)
+    return submitted, failures
+
+
+def _predict_to_csv(
+    remote: EncryptedModel,
+    table: InputTable,
+    output: Path,
+    overwrite: bool,
+    journal: JobJournal | None,
+    callback_url: str | None,
+    wait: bool,
+) -> None:
+    """Predict a batch into --output row by row, resuming what an earlier run wrote."""
+    out = BatchOutput(output, table, remote.name, remote.labels).open(overwrite)
+    if out.dropped_partial_line:
+        _say(f"dropped the partly written last line of {output}; that row is predicted again")
+    before = len(out.done)
+    if before:
+        _say(f"resuming: {before} of {out.total} rows already in {output}")
+    failures: list[str] = []
+    try:
+        with out:
+            if journal is None:
+                _predict_rows(remote, out)
+            else:
+                submitted, failures = _predict_rows_as_jobs(
+                    remote, out, journal, callback_url, wait
+                )
+    except (ServerError, ClientError, EmbeddingModelMismatch, JobFailed) as error:
+        err.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
+        _say(
+            f"{len(out.done)} of {out.total} rows are in {output}; "
+            "run the same command again to resume"
+        )
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        _say(
+            f"interrupted: {len(out.done)} of {out.total} rows are in {output}; "
+            "run the same command again to resume"
+        )
+        raise typer.Exit(130) from None
+    if journal is not None and not wait:
+        for job_id in submitted:
+            typer.echo(job_id)
+        _say(
+            f"{len(submitted)} jobs submitted, {len(out.done)} of {out.total} rows in {output}; "
+            "run the same command without --no-wait to write the results"
+        )
+        return
+    for failure in failures:
+        err.print(f"[red]error:[/red] {escape(failure)}", soft_wrap=True)
+    if failures:
+        _say(
+            f"{len(out.done)} of {out.total} rows are in {output}; run the same command again "
+            f"to retry the {len(failures)} that failed"
+        )
+        raise typer.Exit(1)
+    _say(f"{out.total} rows in {output} ({out.total - before} predicted now)")
 
 
 @app.command()
@@ -187,7 +358,24 @@ def predict(
         Optional[Path], typer.Option("--input", help="CSV file of texts", exists=True)
     ] = None,
     text_column: Annotated[str, typer.Option(help="column of --input holding text")] = "text",
-    output: Annotated[Optional[Path], typer.Option(help="write predictions to this CSV")] = None,
+    output: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="write predictions to this CSV, row by row: a column `row` (the input row's "
+            "number, 1 for the first row after the header), every input column, then model, "
+            "label, score_<label> and seconds. Run the same command again to resume: rows "
+            "already there (same row number and input values) are skipped, and with --async "
+            "rows submitted before are awaited, not submitted again"
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="with --output: start over, replacing the file even if it holds another "
+            "input's or model's predictions (refused without this flag)",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per text")] = False,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="timings and sizes")] = False,
     server: ServerOption = DEFAULT_SERVER_URL,
@@ -206,9 +394,18 @@ def predict(
         Optional[str], typer.Option(help="with --async: URL the server notifies when a job ends")
     ] = None,
 ) -> None:
-    """Classify texts: embed and encrypt here, run on the server, decrypt here."""
+    """Classify texts: embed and encrypt here, run on the server, decrypt here; --output resumes."""
     try:
-        items = _read_texts(list(texts or []), input_file, text_column)
+        if output is not None and texts and input_file is not None:
+            raise ClientError("with --output, give the texts as arguments or --input, not both")
+        table = None
+        if output is not None:
+            table = (
+                InputTable.from_csv(input_file, text_column)
+                if input_file is not None
+                else InputTable.from_texts(list(texts or []))
+            )
+        items = table.texts if table else _read_texts(list(texts or []), input_file, text_column)
         if not items:
             raise ClientError("give texts as arguments or --input FILE.csv")
         with FHEServerAPI(server) as api:
@@ -216,27 +413,25 @@ def predict(
             remote = EncryptedModel(api, model, root, embedding_model)
             if remote.cache.record() is None:
                 err.print("no keys for this model yet: generating and uploading them first")
+            if output is not None and table is not None:
+                journal = JobJournal(root) if as_jobs else None
+                _predict_to_csv(remote, table, output, overwrite, journal, callback_url, wait)
+                return
             if as_jobs:
-                predictions = _predict_as_jobs(
-                    remote, items, JobJournal(root), callback_url, wait, as_json, verbose, output
+                _predict_as_jobs(
+                    remote, items, JobJournal(root), callback_url, wait, as_json, verbose
                 )
-                if predictions is None:
-                    return
             else:
-                with _progress(len(items) > 1 or output is not None) as bar:
+                with _progress(len(items) > 1) as bar:
                     task = bar.add_task("encrypted predictions", total=len(items))
 
                     def report(prediction: Prediction) -> None:
                         bar.advance(task)
-                        if output is None:
-                            _show(prediction, as_json, verbose)
+                        _show(prediction, as_json, verbose)
 
-                    predictions = remote.predict(items, progress=report)
+                    remote.predict(items, progress=report)
     except (ServerError, ClientError, EmbeddingModelMismatch, JobFailed) as error:
         _fail(error)
-    if output is not None:
-        _write_csv(output, predictions, remote.labels)
-        err.print(f"{len(predictions)} predictions written to {output}")
 
 
 @app.command()

@@ -30,21 +30,38 @@ def submit_texts(
     """Encrypt each text here and queue it on the server; returns the journal entries."""
     entries = []
     for text in texts:
-        encrypted = remote.encrypt(text)
-        job = remote.submit(encrypted.ciphertext, callback_url)
-        entry = JournalEntry(
-            job_id=job["job_id"],
-            server=remote.api.base_url,
-            model=remote.name,
-            text=text,
-            submitted=time.time(),
-            ciphertext_in_bytes=len(encrypted.ciphertext),
-        )
-        journal.add(entry)
+        entry = submit_text(remote, text, journal, callback_url)
         entries.append(entry)
         if progress is not None:
             progress(entry)
     return entries
+
+
+def submit_text(
+    remote: EncryptedModel,
+    text: str,
+    journal: JobJournal,
+    callback_url: str | None = None,
+    batch: str | None = None,
+    row: int | None = None,
+) -> JournalEntry:
+    """Encrypt one text here, queue it on the server and journal it (with its batch row)."""
+    encrypted = remote.encrypt(text)
+    job = remote.submit(encrypted.ciphertext, callback_url)
+    record = remote.cache.record()
+    entry = JournalEntry(
+        job_id=job["job_id"],
+        server=remote.api.base_url,
+        model=remote.name,
+        text=text,
+        submitted=time.time(),
+        ciphertext_in_bytes=len(encrypted.ciphertext),
+        batch=batch,
+        row=row,
+        key_id=record.key_id if record is not None else None,
+    )
+    journal.add(entry)
+    return entry
 
 
 def wait_for(
@@ -63,6 +80,42 @@ def wait_for(
         pending = still
         if pending:
             time.sleep(poll_seconds)
+
+
+def job_status(remote: EncryptedModel, entry: JournalEntry) -> dict | None:
+    """A job's status on the current server, or None when it does not know the job (expired)."""
+    try:
+        return remote.api.job(entry.job_id)
+    except ServerError as error:
+        if error.code == "unknown_job":
+            return None
+        raise
+
+
+def poll_once(
+    remote: EncryptedModel, entries: Sequence[JournalEntry], patience: int = 4
+) -> tuple[list[tuple[JournalEntry, dict | None]], list[JournalEntry]]:
+    """One pass over jobs in submission order: (ended ones with their status, the others).
+
+    Jobs run roughly in submission order, so the pass stops after `patience` unfinished jobs
+    in a row: a long queue costs a few requests per pass, not one per job. A job the server no
+    longer knows ends with status None.
+    """
+    ended: list[tuple[JournalEntry, dict | None]] = []
+    waiting: list[JournalEntry] = []
+    unfinished_in_a_row = 0
+    for index, entry in enumerate(entries):
+        if unfinished_in_a_row >= patience:
+            waiting.extend(entries[index:])
+            break
+        status = job_status(remote, entry)
+        if status is None or status["status"] in FINISHED:
+            ended.append((entry, status))
+            unfinished_in_a_row = 0
+        else:
+            waiting.append(entry)
+            unfinished_in_a_row += 1
+    return ended, waiting
 
 
 def fetch_prediction(remote: EncryptedModel, entry: JournalEntry, status: dict) -> Prediction:

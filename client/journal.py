@@ -14,7 +14,12 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class JournalEntry:
-    """One submitted job: where, for which model, and the text it encrypts."""
+    """One submitted job: where, for which model, and the text it encrypts.
+
+    Jobs of a CSV batch (`predict --async --output`) also name the batch (the output file), the
+    input row and the key they were encrypted under, so that a rerun resumes instead of
+    resubmitting.
+    """
 
     job_id: str
     server: str
@@ -22,6 +27,9 @@ class JournalEntry:
     text: str
     submitted: float
     ciphertext_in_bytes: int
+    batch: str | None = None
+    row: int | None = None
+    key_id: str | None = None
 
 
 class JobJournal:
@@ -31,11 +39,20 @@ class JobJournal:
         self.path = cache_root / "jobs.jsonl"
 
     def add(self, entry: JournalEntry) -> None:
-        """Record a job as soon as the server has accepted it."""
+        """Record a job as soon as the server has accepted it.
+
+        A line cut short by a killed client is ended first, so that it cannot swallow this one.
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        with os.fdopen(descriptor, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(asdict(entry)) + "\n")
+        line = (json.dumps(asdict(entry)) + "\n").encode()
+        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            size = os.fstat(descriptor).st_size
+            if size and os.pread(descriptor, 1, size - 1) != b"\n":
+                line = b"\n" + line
+            os.write(descriptor, line)
+        finally:
+            os.close(descriptor)
 
     def entries(self, server: str | None = None) -> list[JournalEntry]:
         """Every recorded job (of one server when given), oldest first."""
@@ -50,6 +67,10 @@ class JobJournal:
             if server is None or entry.server == server:
                 found.append(entry)
         return found
+
+    def batch(self, batch: str) -> dict[int, JournalEntry]:
+        """The newest job of each row of one batch, by row number."""
+        return {e.row: e for e in self.entries() if e.batch == batch and e.row is not None}
 
     def find(self, job_id: str) -> JournalEntry | None:
         """The entry of one job id, or None."""

@@ -75,7 +75,7 @@ def test_predict_csv_in_and_out(
     assert result.returncode == 0, result.stderr
     with out.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert [row["text"] for row in rows] == SAMPLE_TEXTS[:3]
+    assert [row["tweet"] for row in rows] == SAMPLE_TEXTS[:3]
     assert [row["label"] for row in rows] == clear_labels(tiny_bundle, SAMPLE_TEXTS[:3])
     scores = np.array(
         [[float(row[f"score_{label}"]) for label in tiny_bundle.metadata.labels] for row in rows]
