@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
 
@@ -72,17 +71,6 @@ def resolve_model_dir(model: str) -> Path:
     return Path(snapshot_download(model))
 
 
-@dataclass(frozen=True)
-class EmbedderSpec:
-    """What identifies an embedding: model, pooling, max length and the hashes of its weights."""
-
-    model_id: str = DEFAULT_EMBEDDING_MODEL
-    pooling: str = "mean"
-    max_length: int = 128
-    weights_sha256: str | None = None
-    delta_sha256: str | None = None
-
-
 def apply_delta(model: object, delta: Path) -> None:
     """Replace the base model's tensors named in a fine-tuning delta (a safetensors file)."""
     from safetensors.torch import load_file
@@ -135,13 +123,6 @@ class TextEmbedder:
                 f"fine-tuned embedder weights {delta} have sha256 {self.delta_sha256}, "
                 f"but the model bundle was trained with {expected_delta_sha256}"
             )
-
-    @property
-    def spec(self) -> EmbedderSpec:
-        """The identity of this embedder as a bundle records it."""
-        return EmbedderSpec(
-            self.model_name, "mean", self.max_length, self.weights_sha256, self.delta_sha256
-        )
 
     @property
     def identity(self) -> str:

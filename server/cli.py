@@ -41,6 +41,7 @@ def serve(
     import uvicorn
 
     from server.app import create_app
+    from server.errors import ConfigurationError
 
     given = {"models_dir": models, "host": host, "port": port, "data_dir": data_dir}
     given["workers"] = workers
@@ -58,7 +59,12 @@ def serve(
         f"{runs}, http://{settings.host}:{settings.port}",
         err=True,
     )
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    try:
+        app = create_app(settings)
+    except ConfigurationError as error:
+        typer.echo(f"fhe-server: {error}", err=True)
+        raise typer.Exit(2) from None
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
 
 
 @app.command()
@@ -80,8 +86,9 @@ def worker(
 
     from celery.signals import worker_process_init
 
-    from server import worker as circuits
-    from server.celery_backend import WorkerState, make_celery, register_tasks
+    from server.compute import circuits
+    from server.compute.celery_app import make_celery
+    from server.compute.celery_worker import WorkerState, register_tasks
 
     given = {"redis_url": redis, "models_dir": models, "data_dir": data_dir}
     settings = ServerSettings(**{key: value for key, value in given.items() if value is not None})

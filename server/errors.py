@@ -1,53 +1,232 @@
-"""Errors the API answers with: a status, a stable code for clients, and a message for people."""
+"""The domain errors: one class per stable code, each carrying its HTTP status, and the one place
+that turns them (and the framework's own errors) into JSON answers.
+
+Services raise these; only `install_error_handlers` knows about FastAPI, and imports it lazily, so
+code below the routes (and worker processes) never loads the web framework.
+"""
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from typing import TYPE_CHECKING, ClassVar
 
-from server.body import BodyTimedOut, BodyTooLarge
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 
-class APIError(Exception):
-    """An error response: `{"error": message, "code": code, ...extra}`."""
+class ConfigurationError(Exception):
+    """The operator's settings cannot work (no tokens without --dev, an unsupported TASK, ...)."""
+
+
+class ServiceError(Exception):
+    """An error a caller should see: `{"error": message, "code": code, ...extra}` with a status.
+
+    Subclasses fix the status and code; `ServiceError` itself takes them per instance, for errors
+    that come back from elsewhere with theirs (a Celery worker's answer, a stored job's error).
+    """
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
 
     def __init__(
         self,
-        status: int,
-        code: str,
         message: str,
         headers: dict[str, str] | None = None,
+        status: int | None = None,
+        code: str | None = None,
         **extra: object,
     ) -> None:
         super().__init__(message)
-        self.status = status
-        self.code = code
         self.message = message
         self.headers = headers
         self.extra = extra
+        if status is not None:
+            self.status = status  # type: ignore[misc]
+        if code is not None:
+            self.code = code  # type: ignore[misc]
+
+
+class EmptyBody(ServiceError):
+    """The body is empty where bytes are required."""
+
+    status, code = 400, "empty_body"
+
+
+class InvalidInputsError(ServiceError):
+    """A JSON body that is not the inputs a clear model takes."""
+
+    status, code = 400, "invalid_inputs"
+
+
+class MalformedCiphertext(ServiceError):
+    """The ciphertext does not deserialize or cannot be evaluated."""
+
+    status, code = 400, "malformed_ciphertext"
+
+
+class MalformedKeys(ServiceError):
+    """The bytes are not (deserializable) evaluation keys."""
+
+    status, code = 400, "malformed_keys"
+
+
+class MissingKeyId(ServiceError):
+    """The X-Key-Id header is missing."""
+
+    status, code = 400, "missing_key_id"
+
+
+class MissingClientSpec(ServiceError):
+    """The X-Client-Spec header is missing."""
+
+    status, code = 400, "missing_client_spec"
+
+
+class ModelUnloadable(ServiceError):
+    """The model exists but cannot load (the listing says why)."""
+
+    status, code = 400, "model_unloadable"
+
+
+class NotFHE(ServiceError):
+    """An FHE-only operation on a clear model."""
+
+    status, code = 400, "not_fhe"
+
+
+class PredictionFailedError(ServiceError):
+    """A clear model could not predict on these inputs."""
+
+    status, code = 400, "prediction_failed"
+
+
+class Unauthorized(ServiceError):
+    """No API token, or an unknown one."""
+
+    status, code = 401, "unauthorized"
+
+
+class KeyQuotaExceeded(ServiceError):
+    """The token's stored keys would pass its quota."""
+
+    status, code = 403, "key_quota_exceeded"
+
+
+class UnknownJob(ServiceError):
+    """No such job (or it is another token's, or expired)."""
+
+    status, code = 404, "unknown_job"
+
+
+class UnknownKey(ServiceError):
+    """The key id is unknown or was evicted: upload the keys again."""
+
+    status, code = 404, "unknown_key"
+
+
+class UnknownModel(ServiceError):
+    """No model of that name."""
+
+    status, code = 404, "unknown_model"
+
+
+class NoEmbedderDelta(ServiceError):
+    """The bundle's embedder is the base one, unchanged."""
+
+    status, code = 404, "no_embedder_delta"
+
+
+class ClientSpecMismatch(ServiceError):
+    """The client encrypted for another client.zip."""
+
+    status, code = 409, "client_spec_mismatch"
+
+
+class KeySpecMismatch(ServiceError):
+    """The evaluation keys do not fit the model's key set."""
+
+    status, code = 409, "key_spec_mismatch"
+
+
+class UnknownClientSpec(ServiceError):
+    """No model here has the client spec a key upload names."""
+
+    status, code = 409, "unknown_client_spec"
+
+
+class ModelChanged(ServiceError):
+    """A job's model changed kind since it was accepted."""
+
+    status, code = 409, "model_changed"
+
+
+class JobNotFinished(ServiceError):
+    """A result asked for before the job ended."""
+
+    status, code = 409, "job_not_finished"
+
+
+class JobFailed(ServiceError):
+    """A result asked for of a job that failed."""
+
+    status, code = 409, "job_failed"
+
+
+class TooLarge(ServiceError):
+    """A body over its limit."""
+
+    status, code = 413, "too_large"
+
+
+class UnprocessableCiphertext(ServiceError):
+    """The run killed the worker running it (only this request failed)."""
+
+    status, code = 422, "unprocessable_ciphertext"
+
+
+class TooManyJobs(ServiceError):
+    """The token has its limit of jobs queued or running."""
+
+    status, code = 429, "too_many_jobs"
+
+
+class Busy(ServiceError):
+    """Every worker is busy and the queue is full; try again."""
+
+    status, code = 503, "busy"
+
+
+class KeyStoreFull(ServiceError):
+    """Only keys pinned by work in flight could make room."""
+
+    status, code = 503, "key_store_full"
+
+
+class FHETimeout(ServiceError):
+    """No worker answered in time."""
+
+    status, code = 504, "fhe_timeout"
+
+
+class BodyTimedOut(ServiceError):
+    """The client stopped sending its body, or trickles it too slowly."""
+
+    status, code = 408, "body_timeout"
 
 
 def install_error_handlers(app: FastAPI) -> None:
     """Every error, ours or the framework's, leaves as JSON with an `error` message."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    @app.exception_handler(APIError)
-    async def api_error(_: Request, error: APIError) -> JSONResponse:
+    @app.exception_handler(ServiceError)
+    async def service_error(_: Request, error: ServiceError) -> JSONResponse:
         body = {"error": error.message, "code": error.code, **error.extra}
-        return JSONResponse(body, status_code=error.status, headers=error.headers)
-
-    @app.exception_handler(BodyTimedOut)
-    async def timed_out(_: Request, error: BodyTimedOut) -> JSONResponse:
-        return JSONResponse(
-            {"error": str(error), "code": "body_timeout"},
-            status_code=408,
-            headers={"Connection": "close"},
-        )
-
-    @app.exception_handler(BodyTooLarge)
-    async def too_large(_: Request, error: BodyTooLarge) -> JSONResponse:
-        return JSONResponse({"error": str(error), "code": "too_large"}, status_code=413)
+        headers = dict(error.headers or {})
+        if isinstance(error, BodyTimedOut):
+            headers["Connection"] = "close"
+        return JSONResponse(body, status_code=error.status, headers=headers or None)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:

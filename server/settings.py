@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from server.clear_model import ModelPolicy
+from server.models.clear import ModelPolicy
 
 MiB = 1 << 20
 
@@ -30,6 +30,24 @@ class ServerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FHE_SERVER_")
 
     models_dir: Path = Field(SHIPPED_MODELS_DIR, description="directory of model bundles")
+    task: str | None = Field(
+        None,
+        validation_alias=AliasChoices("TASK", "FHE_SERVER_TASK"),
+        description="single-model mode (api-inference-community): the task of MODEL_ID",
+    )
+    model_id: str | None = Field(
+        None,
+        validation_alias=AliasChoices("MODEL_ID", "FHE_SERVER_MODEL_ID"),
+        description="single-model mode: a directory, a name under the models directory, or a "
+        "hub repository id",
+    )
+    compute_type: str = Field(
+        "cpu", description="the x-compute-type header of the Hugging Face compatible answers"
+    )
+    cors_allow_origins: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description="origins browsers may call from (CORS); x-compute-* headers are exposed",
+    )
     data_dir: Path = Field(
         default_factory=default_data_dir, description="keys and jobs are kept here"
     )
@@ -136,7 +154,7 @@ class ServerSettings(BaseSettings):
     @classmethod
     def _check_callback_allow(cls, entries: list[str]) -> list[str]:
         """Refuse at start-up an entry that is no host name, address or CIDR."""
-        from server.callbacks import AllowList
+        from server.jobs.callbacks import AllowList
 
         AllowList.parse(entries)
         return entries

@@ -1,4 +1,6 @@
-"""Bearer API tokens: who is calling. Keys and jobs belong to the token name that created them.
+"""Typed FastAPI dependencies: who is calling (bearer API tokens) and the services routes use.
+
+Keys and jobs belong to the token name that created them.
 
 Tokens are configured as `{"name": "token"}`; a value written `sha256:<hex>` holds the token's
 hash instead of the token. Without tokens the server runs only in development mode, where every
@@ -10,11 +12,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from server.errors import APIError
+from server import errors
+from server.inference import Inference
+from server.jobs.queue import JobQueue
+from server.key_uploads import KeyUploads
+from server.models.registry import ModelRegistry
+from server.settings import ServerSettings
 
 log = logging.getLogger("fhe_server")
 
@@ -28,7 +36,7 @@ class Access:
 
     def __init__(self, tokens: dict[str, str], dev_mode: bool) -> None:
         if not tokens and not dev_mode:
-            raise SystemExit(
+            raise errors.ConfigurationError(
                 'no API tokens configured: set FHE_SERVER_TOKENS=\'{"<name>": "<token>"}\' '
                 "(a value may be sha256:<hex of the token>), or pass --dev for local development"
             )
@@ -52,9 +60,7 @@ class Access:
         if self.dev_mode:
             return None
         if not token:
-            raise APIError(
-                401,
-                "unauthorized",
+            raise errors.Unauthorized(
                 "an API token is required: send `Authorization: Bearer <token>`",
                 headers={"WWW-Authenticate": "Bearer"},
             )
@@ -62,9 +68,7 @@ class Access:
         for name, expected in self._digests.items():
             if hmac.compare_digest(digest, expected):
                 return name
-        raise APIError(
-            401, "unauthorized", "unknown API token", headers={"WWW-Authenticate": "Bearer"}
-        )
+        raise errors.Unauthorized("unknown API token", headers={"WWW-Authenticate": "Bearer"})
 
 
 async def authenticate(
@@ -81,3 +85,46 @@ async def authenticate(
 def owner_of(request: Request) -> str | None:
     """Who is calling: the token name, or None without access control."""
     return getattr(request.state, "owner", None)
+
+
+def _state(request: Request, name: str) -> Any:
+    return getattr(request.app.state, name)
+
+
+def get_settings(request: Request) -> ServerSettings:
+    """The server's settings."""
+    return _state(request, "settings")
+
+
+def get_inference(request: Request) -> Inference:
+    """The inference service."""
+    return _state(request, "inference")
+
+
+def get_key_uploads(request: Request) -> KeyUploads:
+    """The key-upload service."""
+    return _state(request, "key_uploads")
+
+
+def get_registry(request: Request) -> ModelRegistry:
+    """The models this server hosts."""
+    return _state(request, "registry")
+
+
+def get_job_queue(request: Request) -> JobQueue:
+    """The job service."""
+    return _state(request, "job_queue")
+
+
+def get_callback_key(request: Request) -> bytes:
+    """The key every token's callback secret derives from."""
+    return _state(request, "callback_key")
+
+
+Settings = Annotated[ServerSettings, Depends(get_settings)]
+InferenceService = Annotated[Inference, Depends(get_inference)]
+KeyUploadService = Annotated[KeyUploads, Depends(get_key_uploads)]
+Registry = Annotated[ModelRegistry, Depends(get_registry)]
+Queue = Annotated[JobQueue, Depends(get_job_queue)]
+CallbackKey = Annotated[bytes, Depends(get_callback_key)]
+Owner = Annotated[str | None, Depends(owner_of)]

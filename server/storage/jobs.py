@@ -7,7 +7,6 @@ keeps being interrupted fails after `max_attempts`. Finished jobs are deleted on
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 import time
@@ -15,6 +14,8 @@ import uuid
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
+
+from server.storage.atomic import write_atomic
 
 JOB_ID_LENGTH = 32
 
@@ -137,16 +138,6 @@ def is_job_id(text: str) -> bool:
     return len(text) == JOB_ID_LENGTH and all(c in "0123456789abcdef" for c in text)
 
 
-def _write_synced(path: Path, data: bytes) -> None:
-    """Write a file so that it survives a crash: temporary file, fsync, rename."""
-    partial = path.with_suffix(path.suffix + ".partial")
-    with open(partial, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
-
-
 class JobStore:
     """Jobs in `<root>/jobs.sqlite`, inputs and results in `<root>/<id>.input|.result`."""
 
@@ -188,7 +179,7 @@ class JobStore:
 
     def add(self, job: Job, payload: bytes) -> Job:
         """Keep the input on disk, then record the job as queued; only then is it accepted."""
-        _write_synced(self.input_path(job.job_id), payload)
+        write_atomic(self.input_path(job.job_id), payload)
         job.input_bytes = len(payload)
         row = asdict(job)
         columns = ", ".join(row)
@@ -274,7 +265,7 @@ class JobStore:
         self, job_id: str, result: bytes, media_type: str, fhe_seconds: float | None, ttl: float
     ) -> None:
         """Keep the result, then mark the job done; its input is no longer needed."""
-        _write_synced(self.result_path(job_id), result)
+        write_atomic(self.result_path(job_id), result)
         finished = time.time()
         self._update(
             job_id,

@@ -17,29 +17,9 @@ from typing import Any, TypeVar
 
 from pebble import ProcessExpired, ProcessPool
 
-from server import worker
+from server.compute import InFlight, WorkerCrashed, circuits
 
 T = TypeVar("T")
-
-
-class Busy(RuntimeError):
-    """Every worker is busy and the queue is full."""
-
-
-class WorkerCrashed(RuntimeError):
-    """The worker process died while handling the request (and only that request failed)."""
-
-
-class TimedOut(RuntimeError):
-    """No worker answered in time (Celery mode)."""
-
-
-class RunRefused(RuntimeError):
-    """A remote worker refused the run with a status and a stable code (Celery mode)."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code = status, code
 
 
 class FHEExecutor:
@@ -47,11 +27,10 @@ class FHEExecutor:
 
     def __init__(self, workers: int, max_queue: int, key_cache_entries: int) -> None:
         self.workers = workers
-        self.capacity = workers + max_queue
-        self.in_flight = 0
+        self.in_flight = InFlight(workers + max_queue)
         self._pool = ProcessPool(
             max_workers=workers,
-            initializer=worker.configure,
+            initializer=circuits.prepare,
             initargs=(key_cache_entries,),
             context=multiprocessing.get_context("spawn"),
         )
@@ -59,27 +38,23 @@ class FHEExecutor:
     async def call(self, function: Callable[..., T], *args: Any) -> T:
         """Run `function(*args)` in a worker; raise Busy when the bound is reached and
         WorkerCrashed when the process running it died."""
-        if self.in_flight >= self.capacity:
-            raise Busy(f"{self.in_flight} FHE requests are running or queued; try again shortly")
-        self.in_flight += 1
-        try:
-            return await asyncio.wrap_future(self._pool.schedule(function, args=args))
-        except ProcessExpired as expired:
-            raise WorkerCrashed(
-                f"the FHE worker running this request stopped ({expired})"
-            ) from None
-        finally:
-            self.in_flight -= 1
+        with self.in_flight.slot():
+            try:
+                return await asyncio.wrap_future(self._pool.schedule(function, args=args))
+            except ProcessExpired as expired:
+                raise WorkerCrashed(
+                    f"the FHE worker running this request stopped ({expired})"
+                ) from None
 
     async def run_circuit(
         self, bundle_dir: str, key_id: str, key_path: str, ciphertext: bytes
     ) -> tuple[bytes, float]:
         """Evaluate a bundle's circuit on one ciphertext; returns the result and FHE seconds."""
-        return await self.call(worker.run_circuit, bundle_dir, key_id, key_path, ciphertext)
+        return await self.call(circuits.run_circuit, bundle_dir, key_id, key_path, ciphertext)
 
     async def check_keys(self, key_id: str, key_path: str) -> None:
-        """Raise worker.BadInput unless the file holds deserializable evaluation keys."""
-        await self.call(worker.check_keys, key_path)
+        """Raise circuits.BadInput unless the file holds deserializable evaluation keys."""
+        await self.call(circuits.check_keys, key_path)
 
     def follow(self, keystore: Any) -> None:
         """Workers read keys from the API's own store, so there is no copy to keep in step."""
@@ -87,7 +62,7 @@ class FHEExecutor:
     def warm(self, bundle_dirs: list[str]) -> None:
         """Start the workers and load circuits in the background."""
         for _ in range(self.workers):
-            self._pool.schedule(worker.warm, args=(bundle_dirs,))
+            self._pool.schedule(circuits.warm, args=(bundle_dirs,))
 
     def close(self) -> None:
         """Stop the workers, letting circuits that are running finish (for at most 30 s)."""

@@ -30,23 +30,15 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(0)
 
 
-def configure(key_cache_entries: int) -> None:
-    """Process initializer: set the cache bound and import Concrete once, before any request.
+def prepare(key_cache_entries: int) -> None:
+    """Start a worker process (a child of the API's pool, or a Celery worker's pool child): set
+    the key cache bound and import Concrete once, before any request.
 
-    A watchdog thread ends the worker if the server process dies without shutting the pool down.
+    A watchdog thread ends the process if its parent dies without stopping it.
     """
     global _key_cache_entries
     _key_cache_entries = key_cache_entries
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
-    import concrete.fhe
-    import concrete.ml.deployment  # noqa: F401
-
-
-def prepare(key_cache_entries: int) -> None:
-    """Set the key cache bound and import Concrete, for a process that runs circuits itself
-    (a Celery worker) rather than as a child of the API's pool."""
-    global _key_cache_entries
-    _key_cache_entries = key_cache_entries
     import concrete.fhe
     import concrete.ml.deployment  # noqa: F401
 

@@ -1,4 +1,5 @@
-"""Reading request bodies under a byte limit and a time limit, shared by every route."""
+"""Reading request bodies under a byte limit and a time limit, shared by every route, and the
+checked reading of a prediction's body (encrypted or clear)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,14 @@ from typing import Any
 
 from fastapi import Request
 
+from server import errors
+from server.errors import BodyTimedOut
+from server.inference import Inference, parsed_inputs
+from server.models.registry import FHEModel
+from server.storage.keys import StoredKey
 
-class BodyTooLarge(ValueError):
+
+class BodyTooLarge(errors.TooLarge):
     """The body (declared or received) passes the limit; answered with 413."""
 
 
@@ -29,10 +36,6 @@ async def read_body(request: Request, limit: int, what: str) -> bytes:
         if len(body) > limit:
             raise BodyTooLarge(f"{what} exceed the limit of {limit} bytes")
     return bytes(body)
-
-
-class BodyTimedOut(TimeoutError):
-    """The client stopped sending its body (or trickles it too slowly); answered with 408."""
 
 
 class BodyTimeout:
@@ -100,3 +103,34 @@ class BodyTimeout:
                 }
             )
             await send({"type": "http.response.body", "body": body})
+
+
+async def read_fhe_request(
+    request: Request,
+    inference: Inference,
+    model: FHEModel,
+    key_id: str | None,
+    client_spec: str | None,
+    limit: int,
+    owner: str | None,
+) -> tuple[StoredKey, bytes]:
+    """The checks of an encrypted prediction, cheapest first, then its ciphertext body (no
+    larger than the model's client spec allows a ciphertext to be), then the key's fit."""
+    if model.max_ciphertext_bytes is not None:
+        limit = min(limit, model.max_ciphertext_bytes)
+    check_declared_length(request, limit, f"a ciphertext for model {model.name!r}")
+    inference.check_client_spec(model, client_spec)
+    inference.stored_key(key_id, model, owner)
+    ciphertext = await read_body(request, limit, "ciphertext")
+    if not ciphertext:
+        raise errors.EmptyBody("the body must hold a serialized ciphertext")
+    # Checked last: from here to the job's row or the run's pin there is no await of the body,
+    # so an upload streaming meanwhile cannot evict the key in between.
+    key = await inference.fitting_key(key_id, model, owner)
+    return key, ciphertext
+
+
+async def read_clear_request(request: Request, limit: int) -> tuple[bytes, Any]:
+    """A clear model's JSON body and its `inputs`; 400 when the body is not inputs it takes."""
+    payload = await read_body(request, limit, "the JSON body")
+    return payload, parsed_inputs(payload)

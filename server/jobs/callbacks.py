@@ -32,12 +32,9 @@ from urllib.parse import quote, urlsplit
 
 import certifi
 import httpx
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 
-from client.webhook import ALGORITHM, SIGNATURE_HEADER, sign_callback
-from server.access import owner_of
-from server.errors import APIError
+from fhe.callback_signature import SIGNATURE_HEADER, sign_callback
+from server import errors
 
 if TYPE_CHECKING:
     from server.settings import ServerSettings
@@ -330,7 +327,7 @@ async def checked_callback_url(url: str | None, allow: AllowList) -> str | None:
     try:
         await check_callback_url(url, allow)
     except CallbackRefused as refused:
-        raise APIError(400, refused.code, refused.message) from None
+        raise errors.ServiceError(refused.message, status=400, code=refused.code) from None
     return url
 
 
@@ -359,7 +356,9 @@ def _signing_key(data_dir: Path, configured: str) -> bytes:
         _write_new_key(path)
     key = path.read_bytes()
     if len(key) < 32:
-        raise SystemExit(f"{path} holds {len(key)} bytes, not a 32-byte callback signing key")
+        raise errors.ConfigurationError(
+            f"{path} holds {len(key)} bytes, not a 32-byte callback signing key"
+        )
     return key
 
 
@@ -426,7 +425,7 @@ class CallbackSender:
             SIGNATURE_HEADER: signature,
         }
         extensions = {} if parsed.literal is not None else {"sni_hostname": _host_name(parsed.host)}
-        errors: list[str] = []
+        failures: list[str] = []
         async with httpx.AsyncClient(
             timeout=self.timeout_seconds,
             follow_redirects=False,
@@ -444,7 +443,7 @@ class CallbackSender:
                 try:
                     status = await asyncio.wait_for(self._send(http, request), self.timeout_seconds)
                 except (httpx.ConnectError, httpx.ConnectTimeout) as failure:
-                    errors.append(f"{address}: {type(failure).__name__}: {failure}")
+                    failures.append(f"{address}: {type(failure).__name__}: {failure}")
                     continue
                 except (TimeoutError, httpx.TimeoutException):
                     return Delivery(False, f"no answer within {self.timeout_seconds:g} s")
@@ -455,7 +454,7 @@ class CallbackSender:
                 if 300 <= status < 400:
                     return Delivery(False, f"HTTP {status} (redirects are not followed)")
                 return Delivery(False, f"HTTP {status}")
-        return Delivery(False, "; ".join(errors) or "no address to connect to")
+        return Delivery(False, "; ".join(failures) or "no address to connect to")
 
     @staticmethod
     async def _send(http: httpx.AsyncClient, request: httpx.Request) -> int:
@@ -463,22 +462,3 @@ class CallbackSender:
         response = await http.send(request, stream=True)
         await response.aclose()
         return response.status_code
-
-
-def callbacks_router(settings: ServerSettings) -> APIRouter:
-    """`GET /v1/callback-secret`: the calling token's secret for verifying its callbacks."""
-    router = APIRouter()
-    key = signing_key(settings)
-
-    @router.get("/v1/callback-secret")
-    async def get_callback_secret(request: Request) -> JSONResponse:
-        """The secret that signs this token's job callbacks, and how the signature is sent."""
-        body = {
-            "secret": callback_secret(key, owner_of(request)),
-            "header": SIGNATURE_HEADER,
-            "algorithm": ALGORITHM,
-            "format": "t=<unix seconds>,v1=<hex HMAC-SHA256(secret, '<t>.' + body)>",
-        }
-        return JSONResponse(body, headers={"Cache-Control": "no-store"})
-
-    return router

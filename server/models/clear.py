@@ -39,7 +39,14 @@ class ModelLoadRefused(RuntimeError):
 
 
 class InvalidInputs(ValueError):
-    """The request's inputs do not have the shape the task takes."""
+    """The request's inputs do not have the shape the task takes.
+
+    `compat` is the message api-inference-community's image would give, where it differs.
+    """
+
+    def __init__(self, message: str, compat: str | None = None) -> None:
+        super().__init__(message)
+        self.compat = compat or message
 
 
 class PredictionFailed(ValueError):

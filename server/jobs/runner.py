@@ -13,11 +13,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from starlette.concurrency import run_in_threadpool
-
-from server.callbacks import CallbackSender, Delivery
-from server.errors import APIError
-from server.jobs import Job, JobStore
+from server import errors
+from server.jobs.callbacks import CallbackSender, Delivery
+from server.storage.jobs import Job, JobStore
 
 log = logging.getLogger("fhe_server.jobs")
 
@@ -97,17 +95,19 @@ class JobRunner:
         ttl = self.policy.ttl_seconds
         finished = True
         try:
-            payload = await run_in_threadpool(self.store.input_path(job.job_id).read_bytes)
+            payload = await asyncio.to_thread(self.store.input_path(job.job_id).read_bytes)
             result, media_type, fhe_seconds = await self.execute(job, payload)
-            await run_in_threadpool(
+            await asyncio.to_thread(
                 self.store.finish, job.job_id, result, media_type, fhe_seconds, ttl
             )
-        except APIError as error:
-            if error.code == "busy":
+        except errors.ServiceError as error:
+            if isinstance(error, errors.Busy):
                 finished = False
                 self.store.release(job.job_id)
                 await asyncio.sleep(1.0)
-            elif error.code == "unprocessable_ciphertext" and job.attempts < CRASH_ATTEMPTS:
+            elif (
+                isinstance(error, errors.UnprocessableCiphertext) and job.attempts < CRASH_ATTEMPTS
+            ):
                 finished = False
                 log.warning("job %s crashed its worker; running it once more", job.job_id)
                 self.store.retry(job.job_id)
@@ -154,7 +154,7 @@ class JobRunner:
 
     async def _expire(self) -> None:
         while True:
-            removed = await run_in_threadpool(self.store.expire)
+            removed = await asyncio.to_thread(self.store.expire)
             if removed:
                 log.info("%d expired jobs deleted", removed)
             await asyncio.sleep(self.policy.expiry_interval_seconds)

@@ -26,7 +26,14 @@ from fhe.keyset import (
     max_ciphertext_bytes,
     read_client_specs,
 )
-from server.clear_model import ClearModel, ModelPolicy, is_clear_model_dir, load_clear_model
+from server.errors import ConfigurationError
+from server.models.clear import (
+    TASKS,
+    ClearModel,
+    ModelPolicy,
+    is_clear_model_dir,
+    load_clear_model,
+)
 
 
 @dataclass
@@ -175,3 +182,43 @@ class ModelRegistry:
     def all(self) -> list[Model]:
         """Every model, ready or not, in name order."""
         return [self._models[name] for name in sorted(self._models)]
+
+
+def resolve_model_id(model_id: str, models_dir: Path) -> Path:
+    """A local directory, a name under the models directory, or a hub repository id."""
+    local = Path(model_id).expanduser()
+    if local.is_dir():
+        return local
+    if (models_dir / model_id).is_dir():
+        return models_dir / model_id
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(repo_id=model_id))
+
+
+def single_model(
+    task: str | None,
+    model_id: str | None,
+    models_dir: Path,
+    policies: Callable[[str], ModelPolicy],
+) -> ClearModel | None:
+    """The model of single-model mode (TASK and MODEL_ID), or None when they are unset.
+
+    An unsupported TASK stops start-up with a clear error.
+    """
+    if not task and not model_id:
+        return None
+    if task not in TASKS:
+        raise ConfigurationError(
+            f"TASK={task!r} is not supported; supported tasks: {', '.join(TASKS)}"
+        )
+    if not model_id:
+        raise ConfigurationError("single-model mode needs MODEL_ID beside TASK")
+    name = Path(model_id).name if Path(model_id).is_dir() else model_id
+    try:
+        path = resolve_model_id(model_id, models_dir)
+    except Exception as error:  # the hub client raises many kinds; serve the reason instead
+        model = ClearModel(name, Path(model_id), task, {}, "", "", None)
+        model.load_error = f"cannot fetch {model_id}: {error}"
+        return model
+    return load_clear_model(path, name=name, policy=policies(name), task=task)

@@ -24,6 +24,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from server.storage.atomic import write_atomic
+
 KEY_ID_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -286,7 +288,7 @@ class KeyStore:
                         "created": time.time(),
                     }
                     try:
-                        meta_path.write_text(json.dumps(meta))
+                        write_atomic(meta_path, json.dumps(meta).encode(), sync=False)
                     except BaseException:
                         data_path.unlink(missing_ok=True)
                         raise
@@ -320,7 +322,7 @@ class KeyStore:
             owners = (*owners, owner)
         if (specs, owners) != (_specs(meta), _owners(meta)):
             meta.update(checked_specs=list(specs), owners=list(owners))
-            meta_path.write_text(json.dumps(meta))
+            write_atomic(meta_path, json.dumps(meta).encode(), sync=False)
             self._owners[key_id] = owners
         return specs, owners
 

@@ -1,0 +1,150 @@
+"""The API side of Celery mode: send FHE work to the workers and wait for it, keeping the keys in
+Redis in step with the API's own key store."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+from celery.exceptions import TimeoutError as CeleryTimeout
+
+from server.compute import InFlight, RunRefused, TimedOut, circuits
+from server.compute.celery_app import (
+    KEY_PREFIX,
+    REDIS_TIMEOUT,
+    TASK_CHECK_KEYS,
+    TASK_RUN,
+    bundle_client_spec,
+)
+
+log = logging.getLogger("fhe_server.celery")
+
+
+class TaskFailed(RuntimeError):
+    """A worker answered with an error (status, code, message)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+class CeleryExecutor:
+    """Sends FHE work to Celery workers and waits for it without blocking the event loop.
+
+    It offers the local pool's `run_circuit` and `check_keys`, so callers do not know which one
+    runs their circuits.
+    """
+
+    def __init__(
+        self, app: Celery, redis_url: str, capacity: int, timeout: float, key_ttl: float
+    ) -> None:
+        import redis
+
+        self.app = app
+        self.redis = redis.Redis.from_url(
+            redis_url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
+        )
+        self.timeout = timeout
+        self.key_ttl = key_ttl
+        self.in_flight = InFlight(capacity)
+        self.workers = capacity
+        self._waiters = ThreadPoolExecutor(max_workers=capacity, thread_name_prefix="celery-wait")
+
+    def follow(self, keystore: Any) -> None:
+        """Delete a key from Redis as soon as the API's store evicts it (in a waiter thread,
+        so the event loop never waits on Redis)."""
+        keystore.evicted.append(lambda key_id: self._waiters.submit(self.forget_key, key_id))
+
+    def forget_key(self, key_id: str) -> None:
+        """Take a key out of the shared store (workers drop their copies on next use)."""
+        try:
+            self.redis.delete(KEY_PREFIX + key_id)
+        except Exception:  # Redis down: the TTL removes it later
+            log.warning("could not delete key %s from Redis", key_id, exc_info=True)
+
+    def _publish_key(self, key_id: str, path: Path) -> None:
+        """Put a key into the shared store unless it is there, and renew its TTL."""
+        name = KEY_PREFIX + key_id
+        if not self.redis.expire(name, int(self.key_ttl)):
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                raise KeyError(key_id) from None
+            self.redis.set(name, data, ex=int(self.key_ttl))
+
+    def _send_and_wait(self, name: str, args: list[Any]) -> dict[str, Any]:
+        try:
+            answer = self.app.send_task(name, args=args).get(timeout=self.timeout)
+        except CeleryTimeout:
+            raise TimedOut(
+                f"no FHE worker answered within {self.timeout:g} s; the run may still finish, "
+                "try again later"
+            ) from None
+        error = answer.get("error")
+        if error:
+            raise TaskFailed(error["status"], error["code"], error["message"])
+        return answer
+
+    async def _task(self, key_id: str, key_path: str, name: str, args: list[Any]) -> Any:
+        """Publish the key, send one task and wait for it; Busy past the in-flight bound.
+
+        A key the worker could not find is published again and the task sent once more. Worker
+        errors come back as the local pool's: KeyError for an unknown key, BadInput for a
+        malformed input, RunRefused for the rest.
+        """
+        loop = asyncio.get_running_loop()
+
+        async def publish_and_send() -> dict[str, Any]:
+            await loop.run_in_executor(self._waiters, self._publish_key, key_id, Path(key_path))
+            return await loop.run_in_executor(self._waiters, self._send_and_wait, name, args)
+
+        with self.in_flight.slot():
+            try:
+                try:
+                    return await publish_and_send()
+                except TaskFailed as failed:
+                    if failed.code != "unknown_key" or not Path(key_path).is_file():
+                        raise
+                    log.info("key %s was missing in Redis; published again", key_id)
+                    return await publish_and_send()
+            except TaskFailed as failed:
+                if failed.code == "unknown_key":
+                    raise KeyError(str(failed)) from None
+                if failed.code in ("malformed_ciphertext", "malformed_keys"):
+                    raise circuits.BadInput(str(failed)) from None
+                raise RunRefused(failed.status, failed.code, str(failed)) from None
+
+    async def run_circuit(
+        self, bundle_dir: str, key_id: str, key_path: str, ciphertext: bytes
+    ) -> tuple[bytes, float]:
+        """Evaluate the model's circuit on a worker, which must hold the same bundle (its
+        client spec hash is checked there)."""
+        bundle = Path(bundle_dir)
+        payload = [
+            bundle.name,
+            key_id,
+            base64.b64encode(ciphertext).decode(),
+            bundle_client_spec(bundle),
+        ]
+        answer = await self._task(key_id, key_path, TASK_RUN, payload)
+        return base64.b64decode(answer["result"]), float(answer["seconds"])
+
+    async def check_keys(self, key_id: str, key_path: str) -> None:
+        """Have a worker deserialize the keys; keys that did not pass are taken out of the
+        shared store again, whatever stopped them."""
+        try:
+            await self._task(key_id, key_path, TASK_CHECK_KEYS, [key_id])
+        except BaseException:
+            self._waiters.submit(self.forget_key, key_id)
+            raise
+
+    def warm(self, bundle_dirs: list[str]) -> None:
+        """Workers load their own circuits; nothing to do in the API."""
+
+    def close(self) -> None:
+        self._waiters.shutdown(wait=False, cancel_futures=True)

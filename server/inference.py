@@ -1,0 +1,209 @@
+"""The inference service: find the model, check the client spec and the key, run, answer.
+
+The predict routes and the job runner both call it, so a job that fails later records exactly what
+a synchronous call would have answered. It raises domain errors (`server.errors`), never HTTP ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import cachetools
+
+from fhe.keyset import MalformedKeys, uploaded_keyset
+from server import errors
+from server.compute import Busy, Compute, RunRefused, TimedOut, WorkerCrashed, circuits
+from server.models.clear import ClearModel, InvalidInputs, PredictionFailed
+from server.models.clear_inputs import parse_inputs, predict_strict
+from server.models.registry import FHEModel, Model, ModelRegistry
+from server.storage.jobs import Job
+from server.storage.keys import KeyStore, StoredKey
+
+KEYGEN_HINT = "run `fhe-client keygen --model {model}` to generate and upload evaluation keys"
+KEY_CHECKS_AT_ONCE = 2
+"""Structural key checks read up to a whole key file: at most this many at once."""
+
+
+def keyset_differences(model: FHEModel, key_path: Path) -> list[str]:
+    """What in the serialized keys at `key_path` differs from the model's key set (blocking)."""
+    if model.keyset is None:
+        return ["the model's client spec lists no key set"]
+    try:
+        return model.keyset.differences(uploaded_keyset(key_path.read_bytes()))
+    except MalformedKeys as error:
+        return [str(error)]
+
+
+def key_mismatch(model: FHEModel, key_id: str, differences: list[str]) -> errors.KeySpecMismatch:
+    """409 key_spec_mismatch naming what differs between the keys and the model's key set."""
+    return errors.KeySpecMismatch(
+        f"evaluation key {key_id} does not fit model {model.name!r} (client spec "
+        f"{model.client_spec}): {'; '.join(differences[:8])}; "
+        + KEYGEN_HINT.format(model=model.name),
+        differences=differences,
+    )
+
+
+def unknown_key(key_id: str, model: FHEModel) -> errors.UnknownKey:
+    """404 unknown_key: the caller should upload its keys again."""
+    return errors.UnknownKey(
+        f"evaluation key {key_id} is unknown here or was evicted; "
+        + KEYGEN_HINT.format(model=model.name),
+        key_id=key_id,
+    )
+
+
+def parsed_inputs(body: bytes) -> Any:
+    """The `inputs` of a clear model's JSON body; 400 invalid_inputs for anything else."""
+    try:
+        return parse_inputs(body)
+    except InvalidInputs as error:
+        raise errors.InvalidInputsError(str(error)) from None
+
+
+class Inference:
+    """Checks and runs predictions over the models, the key store and a compute backend."""
+
+    def __init__(self, registry: ModelRegistry, keys: KeyStore, compute: Compute) -> None:
+        self.registry = registry
+        self.keys = keys
+        self.compute = compute
+        self._checks = asyncio.Semaphore(KEY_CHECKS_AT_ONCE)
+        self._misfits: cachetools.LRUCache[tuple[str, str], list[str]] = cachetools.LRUCache(
+            maxsize=1024
+        )
+
+    def model(self, name: str) -> Model:
+        """The model called `name`, or 404 naming the models there are."""
+        model = self.registry.get(name)
+        if model is None:
+            names = [m.name for m in self.registry.all()]
+            raise errors.UnknownModel(f"no model named {name!r}; models here: {names}")
+        return model
+
+    def fhe_model(self, name: str) -> FHEModel:
+        """The model as an FHE model that can run, or 400 saying why not."""
+        model = self.model(name)
+        if not isinstance(model, FHEModel):
+            raise errors.NotFHE(f"model {model.name!r} is a {model.kind} model, not FHE")
+        if not model.ready:
+            raise errors.ModelUnloadable(f"model {model.name!r} cannot load: {model.reason}")
+        return model
+
+    @staticmethod
+    def ready_clear(model: ClearModel) -> ClearModel:
+        """The clear model when it loaded; 400 saying why it did not otherwise."""
+        if not model.ready:
+            raise errors.ModelUnloadable(f"model {model.name!r} cannot load: {model.load_error}")
+        return model
+
+    @staticmethod
+    def check_client_spec(model: FHEModel, client_spec: str | None) -> None:
+        """400 without a client spec hash, 409 when it is not the model's."""
+        if not client_spec:
+            raise errors.MissingClientSpec(
+                f"the X-Client-Spec header (sha256 of client.zip) is required; server has "
+                f"{model.client_spec}",
+            )
+        if client_spec != model.client_spec:
+            raise errors.ClientSpecMismatch(
+                f"your client spec {client_spec} differs from the server's {model.client_spec} "
+                f"for model {model.name!r}: download client.zip again and "
+                + KEYGEN_HINT.format(model=model.name),
+                client_spec=client_spec,
+                server_client_spec=model.client_spec,
+            )
+
+    def stored_key(self, key_id: str | None, model: FHEModel, owner: str | None) -> StoredKey:
+        """The stored evaluation key: 400 without an id, 404 unknown (or another token's: its
+        existence is not revealed)."""
+        if not key_id:
+            raise errors.MissingKeyId(
+                "the X-Key-Id header is required; " + KEYGEN_HINT.format(model=model.name)
+            )
+        stored = self.keys.get(key_id)
+        if stored is None or not stored.usable_by(owner):
+            raise unknown_key(key_id, model)
+        return stored
+
+    async def fitting_key(
+        self, key_id: str | None, model: FHEModel, owner: str | None = None
+    ) -> StoredKey:
+        """The stored key, checked against the model's key set before any circuit sees it.
+
+        A key uploaded for this model's client spec was checked at upload; any other key is
+        checked the first time it is used with the model and the result recorded (a misfit is
+        remembered), so Concrete is never handed keys that would abort its process.
+        """
+        stored = self.stored_key(key_id, model, owner)
+        if stored.fits(model.client_spec):
+            return stored
+        pair = (stored.key_id, model.client_spec or "")
+        differences = self._misfits.get(pair)
+        if differences is None:
+            async with self._checks:
+                with self.keys.in_use(stored.key_id):
+                    try:
+                        differences = await asyncio.to_thread(
+                            keyset_differences, model, stored.path
+                        )
+                    except OSError:
+                        raise unknown_key(stored.key_id, model) from None
+            if differences:
+                self._misfits[pair] = differences
+        if differences:
+            raise key_mismatch(model, stored.key_id, differences)
+        self.keys.add_spec(stored.key_id, model.client_spec)
+        return stored
+
+    async def run_fhe(
+        self, model: FHEModel, key: StoredKey, ciphertext: bytes
+    ) -> tuple[bytes, float]:
+        """Run the circuit on one ciphertext in a worker; returns the result and FHE seconds."""
+        try:
+            with self.keys.in_use(key.key_id):
+                return await self.compute.run_circuit(
+                    str(model.path), key.key_id, str(key.path), ciphertext
+                )
+        except Busy as error:
+            raise errors.Busy(str(error), headers={"Retry-After": "2"}) from None
+        except circuits.BadInput as error:
+            raise errors.MalformedCiphertext(str(error)) from None
+        except KeyError:
+            raise errors.UnknownKey("evaluation key was evicted; upload it again") from None
+        except TimedOut as error:
+            raise errors.FHETimeout(str(error), headers={"Retry-After": "30"}) from None
+        except RunRefused as error:
+            raise errors.ServiceError(str(error), status=error.status, code=error.code) from None
+        except WorkerCrashed as error:
+            raise errors.UnprocessableCiphertext(
+                f"{error}: the ciphertext or keys do not fit this model's circuit; other "
+                "requests were not affected",
+            ) from None
+
+    async def run_clear(self, model: ClearModel, inputs: Any) -> dict[str, Any]:
+        """`{"output", "warnings"}` of one clear prediction; 400 when it cannot be made."""
+        self.ready_clear(model)
+        try:
+            output, warnings = await asyncio.to_thread(predict_strict, model, inputs)
+        except (InvalidInputs, PredictionFailed) as error:
+            raise errors.PredictionFailedError(str(error)) from None
+        return {"output": output, "warnings": warnings}
+
+    async def run_job(self, job: Job, payload: bytes) -> tuple[bytes, str, float | None]:
+        """Run one job as its synchronous call would, checking again what may have changed;
+        returns the result, its media type and the FHE seconds."""
+        if job.kind == "clear":
+            model = self.model(job.model)
+            if not isinstance(model, ClearModel):
+                raise errors.ModelChanged(f"model {job.model!r} is no longer a clear model")
+            answer = await self.run_clear(model, parsed_inputs(payload))
+            return json.dumps(answer).encode(), "application/json", None
+        fhe_model = self.fhe_model(job.model)
+        self.check_client_spec(fhe_model, job.client_spec)
+        key = await self.fitting_key(job.key_id, fhe_model, job.owner)
+        result, seconds = await self.run_fhe(fhe_model, key, payload)
+        return result, "application/octet-stream", seconds

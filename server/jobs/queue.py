@@ -1,0 +1,108 @@
+"""Accepting jobs and answering for them: the per-token and global limits, the callback check,
+the queued row (the 202's promise), and a job's status and result for its owner."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from server import errors
+from server.jobs.callbacks import AllowList, checked_callback_url
+from server.jobs.runner import JobRunner
+from server.storage.jobs import Job, JobStore, new_job_id
+
+
+class JobQueue:
+    """The job service the routes call; the runner does the work in the background."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        runner: JobRunner,
+        callback_allow: AllowList,
+        base_url: str,
+        token_max_jobs_in_flight: int,
+        max_queued_jobs: int,
+    ) -> None:
+        self.store = store
+        self.runner = runner
+        self.callback_allow = callback_allow
+        self.base_url = base_url
+        self.token_max_jobs_in_flight = token_max_jobs_in_flight
+        self.max_queued_jobs = max_queued_jobs
+
+    def check_room(self, owner: str | None) -> None:
+        """429 when the token has its limit of jobs in flight, 503 when the queue is full."""
+        if owner is not None:
+            in_flight = self.store.count("queued", "running", owner=owner)
+            if in_flight >= self.token_max_jobs_in_flight:
+                raise errors.TooManyJobs(
+                    f"this token has {in_flight} jobs queued or running, its limit; wait for "
+                    "some to finish",
+                    headers={"Retry-After": "10"},
+                )
+        if self.store.count("queued") >= self.max_queued_jobs:
+            raise errors.Busy(
+                f"{self.max_queued_jobs} jobs are already queued; try again later",
+                headers={"Retry-After": "30"},
+            )
+
+    async def callback_url(self, url: str | None) -> str | None:
+        """The callback URL when the operator's policy lets the server POST to it; 400 if not."""
+        return await checked_callback_url(url, self.callback_allow)
+
+    def enqueue(
+        self,
+        model: str,
+        kind: str,
+        payload: bytes,
+        owner: str | None,
+        callback_url: str | None = None,
+        key_id: str | None = None,
+        client_spec: str | None = None,
+    ) -> Job:
+        """Keep the job (input synced, row committed) and wake the runner: after this, a 202."""
+        job = Job(
+            job_id=new_job_id(),
+            model=model,
+            kind=kind,
+            status="queued",
+            created=time.time(),
+            base_url=self.base_url,
+            key_id=key_id,
+            client_spec=client_spec,
+            owner=owner,
+            callback_url=callback_url,
+        )
+        self.store.add(job, payload)
+        self.runner.wake()
+        return job
+
+    def owned(self, job_id: str, owner: str | None) -> Job:
+        """The caller's job; 404 for unknown ones and other tokens' (not revealed)."""
+        job = self.store.get(job_id)
+        if job is None or (owner is not None and job.owner != owner):
+            raise errors.UnknownJob(f"no job {job_id!r} here (unknown, or its result expired)")
+        return job
+
+    def list(self, owner: str | None, limit: int) -> list[Job]:
+        """The caller's newest jobs first."""
+        return self.store.list(owner=owner, limit=limit)
+
+    def result(self, job_id: str, owner: str | None) -> tuple[Job, Path]:
+        """A finished job and its result file; 409 while it runs or when it failed."""
+        job = self.owned(job_id, owner)
+        if job.status in ("queued", "running"):
+            raise errors.JobNotFinished(
+                f"job {job_id} is {job.status}; poll {job.status_url}",
+                headers={"Retry-After": "1"},
+                job_status=job.status,
+            )
+        if job.status == "failed":
+            raise errors.JobFailed(
+                f"job {job_id} failed: {job.error}", job_error=job.public()["error"]
+            )
+        path = self.store.result_path(job_id)
+        if not path.is_file():
+            raise errors.UnknownJob(f"the result of job {job_id} has expired")
+        return job, path

@@ -1,0 +1,146 @@
+"""Accepting evaluation keys: stream them in under the bounds, check that they fit a model's key
+set and deserialize, and store them for the token that sent them.
+
+Concrete aborts its whole process on keys made for another circuit, so no key reaches a worker
+before its description has been compared with a model's key set (`fhe.keyset`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from fhe.keyset import MalformedKeys, uploaded_keyset
+from server import errors
+from server.compute import Busy, Compute, RunRefused, TimedOut, WorkerCrashed, circuits
+from server.inference import key_mismatch, keyset_differences
+from server.models.registry import FHEModel, ModelRegistry
+from server.storage.keys import (
+    KeyStore,
+    KeyTooLarge,
+    QuotaExceeded,
+    StoredKey,
+    StoreFull,
+    Upload,
+)
+
+
+def fitting_specs(models: list[FHEModel], upload: Upload) -> list[str]:
+    """The client specs of the models whose key set the uploaded keys fit (blocking); 400 when
+    they are not evaluation keys, 409 when they fit no model here."""
+    try:
+        uploaded = uploaded_keyset(upload.path.read_bytes())
+    except MalformedKeys as error:
+        raise errors.MalformedKeys(str(error)) from None
+    fitting = [
+        m.client_spec
+        for m in models
+        if m.keyset is not None and m.client_spec and not m.keyset.differences(uploaded)
+    ]
+    if not fitting:
+        raise errors.KeySpecMismatch(
+            f"evaluation key {upload.key_id} fits the key set of no model here; generate keys "
+            "from a model's client.zip (`fhe-client keygen --model NAME`)",
+            differences=["fits no model here"],
+        )
+    return fitting
+
+
+class KeyUploads:
+    """The key-upload service over the registry, the key store and the compute backend."""
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        keys: KeyStore,
+        compute: Compute,
+        max_key_bytes: int,
+        token_max_key_bytes: int,
+    ) -> None:
+        self.registry = registry
+        self.keys = keys
+        self.compute = compute
+        self.max_key_bytes = max_key_bytes
+        self.token_max_key_bytes = token_max_key_bytes
+
+    def model_with_spec(self, client_spec: str) -> FHEModel:
+        """The ready model whose client.zip has this hash; 409 when none has."""
+        for model in self.registry.all():
+            if isinstance(model, FHEModel) and model.ready and model.client_spec == client_spec:
+                return model
+        raise errors.UnknownClientSpec(
+            f"no model here has client spec {client_spec}; download client.zip again"
+        )
+
+    async def upload(
+        self, chunks: AsyncIterator[bytes], client_spec: str | None, owner: str | None
+    ) -> tuple[StoredKey, bool]:
+        """Receive, check and store one upload; returns the stored key and whether it is new."""
+        spec_model = self.model_with_spec(client_spec) if client_spec else None
+        try:
+            upload = await self.keys.receive(chunks, self.max_key_bytes)
+        except KeyTooLarge as error:
+            raise errors.TooLarge(str(error)) from None
+        except StoreFull as error:
+            raise errors.KeyStoreFull(str(error), headers={"Retry-After": "30"}) from None
+        try:
+            return await self._store(upload, spec_model, owner)
+        finally:
+            self.keys.discard(upload)
+
+    async def _store(
+        self, upload: Upload, spec_model: FHEModel | None, owner: str | None
+    ) -> tuple[StoredKey, bool]:
+        """Check a received upload (non-empty, fitting the named client spec or, without one,
+        some model here, deserializable, within the token's quota) and store it."""
+        if upload.size == 0:
+            raise errors.EmptyBody("the body must hold serialized evaluation keys")
+        existing = self.keys.get(upload.key_id)
+        if owner is not None and (existing is None or not existing.usable_by(owner)):
+            held = self.keys.owner_bytes(owner)
+            if held + upload.size > self.token_max_key_bytes:
+                raise errors.KeyQuotaExceeded(
+                    f"this token holds {held} bytes of keys; {upload.size} more would pass its "
+                    f"quota of {self.token_max_key_bytes}",
+                )
+        checked = await self._fitting(upload, spec_model, existing)
+        if existing is None:
+            await self._check_deserializes(upload)
+        try:
+            stored, created = self.keys.add(
+                upload, checked[0] if checked else None, owner, self.token_max_key_bytes
+            )
+        except QuotaExceeded as error:
+            raise errors.KeyQuotaExceeded(str(error)) from None
+        for spec in checked[1:]:
+            self.keys.add_spec(stored.key_id, spec)
+        return self.keys.get(stored.key_id) or stored, created
+
+    async def _fitting(
+        self, upload: Upload, spec_model: FHEModel | None, existing: StoredKey | None
+    ) -> list[str]:
+        """The client specs the upload is checked against and fits; 409 when it fits none."""
+        if spec_model is None:
+            models = [m for m in self.registry.all() if isinstance(m, FHEModel) and m.ready]
+            return await asyncio.to_thread(fitting_specs, models, upload)
+        if existing is not None and existing.fits(spec_model.client_spec):
+            return []
+        differences = await asyncio.to_thread(keyset_differences, spec_model, upload.path)
+        if differences:
+            raise key_mismatch(spec_model, upload.key_id, differences)
+        return [spec_model.client_spec]
+
+    async def _check_deserializes(self, upload: Upload) -> None:
+        """Have a worker deserialize the keys, mapping what can go wrong to the caller's error."""
+        try:
+            await self.compute.check_keys(upload.key_id, str(upload.path))
+        except circuits.BadInput as error:
+            raise errors.MalformedKeys(str(error)) from None
+        except WorkerCrashed as error:
+            raise errors.MalformedKeys(f"the evaluation keys crashed a worker: {error}") from None
+        except (Busy, KeyError) as error:
+            raise errors.Busy(str(error), headers={"Retry-After": "5"}) from None
+        except TimedOut as error:
+            raise errors.FHETimeout(str(error), headers={"Retry-After": "30"}) from None
+        except RunRefused as error:
+            raise errors.ServiceError(str(error), status=error.status, code=error.code) from None

@@ -1,0 +1,88 @@
+"""Hugging Face compatible routes for clear models: the api-inference-community contract.
+
+`POST /models/{name}` and `POST /` (single-model mode) answer exactly as Hugging Face's sklearn
+image does: any warning turns into a 400 whose `error` is a JSON string holding the output, errors
+carry only `error`, and answers carry `x-compute-time` and `x-compute-type`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from server.deps import Registry, Settings
+from server.models.clear import ClearModel, InvalidInputs, PredictionFailed
+from server.models.clear_inputs import WARNINGS_MESSAGE, parse_inputs, predict_strict
+from server.routes.body import BodyTooLarge, read_body
+
+router = APIRouter()
+
+
+@router.get("/")
+async def status() -> dict[str, str]:
+    """api-inference-community's status route."""
+    return {"ok": "ok"}
+
+
+@router.post("/")
+async def single_model(request: Request, registry: Registry, settings: Settings) -> JSONResponse:
+    """Single-model mode (TASK and MODEL_ID), api-inference-community compatible."""
+    name = request.app.state.single_model
+    if name is None:
+        message = "single-model mode is off: set TASK and MODEL_ID, or POST /models/{name}"
+        return JSONResponse({"error": message}, status_code=404)
+    return await compatible_answer(registry.get(name), request, settings)
+
+
+@router.post("/models/{name:path}")
+async def hosted_model(
+    request: Request, name: str, registry: Registry, settings: Settings
+) -> JSONResponse:
+    """A hosted clear model, Hugging Face inference API compatible."""
+    model = registry.get(name)
+    if not isinstance(model, ClearModel):
+        return JSONResponse({"error": f"no clear model named {name!r}"}, status_code=404)
+    return await compatible_answer(model, request, settings)
+
+
+async def compatible_answer(
+    model: ClearModel, request: Request, settings: Settings
+) -> JSONResponse:
+    """Answer as api-inference-community's sklearn image would, with its compute headers."""
+    started = time.perf_counter()
+    status, body = await _compatible_body(model, request, settings.max_json_bytes)
+    headers = {
+        "x-compute-time": f"{time.perf_counter() - started:.3f}",
+        "x-compute-type": settings.compute_type,
+    }
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _compatible_body(model: ClearModel, request: Request, limit: int) -> tuple[int, Any]:
+    """The status and JSON body the image gives for this request."""
+    try:
+        inputs = parse_inputs(await read_body(request, limit, "the JSON body"))
+    except BodyTooLarge as error:
+        return 413, {"error": str(error)}
+    except InvalidInputs as error:
+        return 400, {"error": error.compat}
+    if not model.ready:
+        return 400, {"error": f"An error occurred while loading the model: {model.load_error}"}
+    try:
+        output, warnings = await asyncio.to_thread(predict_strict, model, inputs)
+    except InvalidInputs as error:
+        return 400, {"error": error.compat}
+    except PredictionFailed as error:
+        body: dict[str, Any] = {"error": str(error)}
+        if error.warnings:
+            body["warnings"] = sorted(set(error.warnings))
+        return 400, body
+    if warnings:
+        inner = {"error": WARNINGS_MESSAGE, "output": output, "warnings": warnings}
+        return 400, {"error": json.dumps(inner), "warnings": sorted(set(warnings))}
+    return 200, output

@@ -1,0 +1,76 @@
+"""Routes of the asynchronous jobs: submit (202), status, result and listing.
+
+A job takes the same body and headers as the model's predict route and is checked the same way
+before it is accepted, so a request that predict would refuse is refused here too, at once.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import FileResponse, JSONResponse
+
+from server.deps import InferenceService, Owner, Queue, Settings
+from server.models.clear import ClearModel
+from server.routes.body import read_clear_request, read_fhe_request
+
+router = APIRouter()
+
+
+@router.post("/v1/models/{name}/jobs", status_code=202)
+async def submit_job(
+    request: Request,
+    name: str,
+    inference: InferenceService,
+    queue: Queue,
+    settings: Settings,
+    owner: Owner,
+    x_key_id: Annotated[str | None, Header()] = None,
+    x_client_spec: Annotated[str | None, Header()] = None,
+    x_callback_url: Annotated[str | None, Header()] = None,
+) -> JSONResponse:
+    """Queue a prediction: the same body and headers as predict, plus an optional
+    `X-Callback-Url` notified when the job ends. Answers 202 with the job id and its URLs."""
+    model = inference.model(name)
+    queue.check_room(owner)
+    callback = await queue.callback_url(x_callback_url)
+    if isinstance(model, ClearModel):
+        inference.ready_clear(model)
+        payload, _ = await read_clear_request(request, settings.max_json_bytes)
+        job = queue.enqueue(name, "clear", payload, owner, callback)
+    else:
+        fhe_model, limit = inference.fhe_model(name), settings.max_ciphertext_bytes
+        key, payload = await read_fhe_request(
+            request, inference, fhe_model, x_key_id, x_client_spec, limit, owner
+        )
+        job = queue.enqueue(name, "fhe", payload, owner, callback, key.key_id, x_client_spec)
+    return JSONResponse(job.public(), status_code=202, headers={"Location": job.status_url})
+
+
+@router.get("/v1/jobs")
+async def list_jobs(
+    queue: Queue, owner: Owner, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> dict[str, list[dict]]:
+    """The caller's newest jobs first, with their status."""
+    return {"jobs": [job.public() for job in queue.list(owner, limit)]}
+
+
+@router.get("/v1/jobs/{job_id}")
+async def job_status(job_id: str, queue: Queue, owner: Owner) -> dict:
+    """queued, running, done or failed, with timings, the error and callback delivery."""
+    return queue.owned(job_id, owner).public()
+
+
+@router.get(
+    "/v1/jobs/{job_id}/result",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}, "application/json": {}}}},
+)
+async def job_result(job_id: str, queue: Queue, owner: Owner) -> FileResponse:
+    """The result of a finished job: ciphertext bytes (FHE) or `{"output", "warnings"}`."""
+    job, path = queue.result(job_id, owner)
+    headers = {"X-Job-Id": job.job_id}
+    if job.fhe_seconds is not None:
+        headers["X-FHE-Seconds"] = f"{job.fhe_seconds:.4f}"
+    return FileResponse(path, media_type=job.result_type, headers=headers)

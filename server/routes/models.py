@@ -1,0 +1,57 @@
+"""Routes of the models: liveness, the listing, a model's card, its client spec and embedder."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse
+
+from fhe.bundle import CLIENT_ZIP
+from server import errors
+from server.deps import InferenceService, Registry
+
+router = APIRouter()
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """Liveness."""
+    return {"status": "ok"}
+
+
+@router.get("/v1/models")
+async def list_models(registry: Registry) -> dict[str, list[dict]]:
+    """Every model with its kind, task, labels and status (unloadable ones with the reason)."""
+    return {"models": [model.summary() for model in registry.all()]}
+
+
+@router.get("/v1/models/{name}")
+async def model_card(name: str, inference: InferenceService) -> dict:
+    """The model card as JSON: metrics, versions, client spec hash, card text."""
+    return inference.model(name).card()
+
+
+@router.get("/v1/models/{name}/client.zip", response_class=FileResponse)
+async def client_spec(name: str, inference: InferenceService) -> FileResponse:
+    """The FHE client spec clients generate keys and encrypt with."""
+    model = inference.fhe_model(name)
+    return FileResponse(
+        model.path / CLIENT_ZIP,
+        media_type="application/zip",
+        filename=f"{model.name}-client.zip",
+        headers={"X-Client-Spec": model.client_spec or ""},
+    )
+
+
+@router.get("/v1/models/{name}/embedder-delta", response_class=FileResponse)
+async def embedder_delta(name: str, inference: InferenceService) -> FileResponse:
+    """The fine-tuned tensors of the model's client-side embedder (safetensors)."""
+    model = inference.fhe_model(name)
+    info = model.metadata.embedding if model.metadata else None
+    if info is None or not info.delta_file:
+        raise errors.NoEmbedderDelta(f"model {name!r} uses the base embedder, unchanged")
+    return FileResponse(
+        model.path / info.delta_file,
+        media_type="application/octet-stream",
+        filename=f"{model.name}-{info.delta_file}",
+        headers={"X-Content-SHA256": info.delta_sha256 or ""},
+    )
