@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 import typer
 
-from tests.server_process import ServerProcess
+from client.local_server import LocalServer
 
 
 def example_body(model_dir: Path) -> dict[str, Any]:
@@ -74,7 +74,9 @@ def main(
     body = example_body(models / model)
     results = []
     with tempfile.TemporaryDirectory() as scratch:
-        server = ServerProcess(models.resolve(), Path(scratch) / "data").start()
+        server = LocalServer(
+            models.resolve(), Path(scratch) / "data", log=Path(scratch) / "server.log"
+        ).start()
         try:
             url = f"{server.url}/models/{model}"
             run_level(url, body, 20, 1)  # warm-up

@@ -25,7 +25,7 @@ import typer
 
 from client.api import FHEServerAPI
 from client.encrypted_model import EncryptedModel
-from tests.server_process import ServerProcess
+from client.local_server import LocalServer
 
 TEXTS = [
     "I love this airline, the crew was wonderful",
@@ -124,7 +124,9 @@ def main(
     """Measure models end to end on this machine."""
     measured = []
     with tempfile.TemporaryDirectory() as scratch:
-        server = ServerProcess(models.resolve(), Path(scratch) / "data").start()
+        server = LocalServer(
+            models.resolve(), Path(scratch) / "data", log=Path(scratch) / "server.log"
+        ).start()
         rss = PeakRSS(server.process.pid)
         rss.start()
         try:

@@ -24,8 +24,7 @@ from benchmarks.latency import TEXTS
 from benchmarks.throughput import run_level
 from client.api import FHEServerAPI
 from client.encrypted_model import EncryptedModel
-from tests.scale_out import RedisProcess, WorkerProcess
-from tests.server_process import ServerProcess
+from client.local_server import LocalRedis, LocalServer, LocalWorker
 
 
 def main(
@@ -40,10 +39,10 @@ def main(
     results = []
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
-        redis = RedisProcess(root / "redis").start()
-        workers = [WorkerProcess(redis.url, models, root / "w1", "w1").start()]
+        redis = LocalRedis(root / "redis").start()
+        workers = [LocalWorker(redis.url, models, root / "w1", "w1").start()]
         env = {"FHE_SERVER_BACKEND": "celery", "FHE_SERVER_REDIS_URL": redis.url}
-        api = ServerProcess(models, root / "api", env=env).start()
+        api = LocalServer(models, root / "api", env=env, log=root / "api.log").start()
         try:
             with FHEServerAPI(api.url) as client:
                 remote = EncryptedModel(client, model, root / "client")
@@ -51,7 +50,7 @@ def main(
                 ciphertexts = [remote.encrypt(text).ciphertext for text in TEXTS]
                 for count in (1, 2):
                     if count == 2:
-                        workers.append(WorkerProcess(redis.url, models, root / "w2", "w2").start())
+                        workers.append(LocalWorker(redis.url, models, root / "w2", "w2").start())
                     for _ in range(count):
                         remote.run(ciphertexts[0])  # warm-up: circuits and keys in each worker
                     row = run_level(client, remote, ciphertexts, clients, clients * per_client)

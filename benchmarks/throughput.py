@@ -26,7 +26,7 @@ import typer
 from benchmarks.latency import TEXTS
 from client.api import FHEServerAPI
 from client.encrypted_model import EncryptedModel
-from tests.server_process import ServerProcess
+from client.local_server import LocalServer
 
 
 def run_level(
@@ -81,7 +81,9 @@ def main(
     levels = [int(part) for part in clients.split(",")]
     results = []
     with tempfile.TemporaryDirectory() as scratch:
-        server = ServerProcess(models.resolve(), Path(scratch) / "data").start()
+        server = LocalServer(
+            models.resolve(), Path(scratch) / "data", log=Path(scratch) / "server.log"
+        ).start()
         try:
             with FHEServerAPI(server.url) as api:
                 remote = EncryptedModel(api, model, Path(scratch) / "client")

@@ -1,44 +1,47 @@
-"""HTTP access to fhe-server: one method per route, errors turned into typed exceptions."""
+"""HTTP access to fhe-server: one method per route, errors turned into typed exceptions.
+
+Retries come from tenacity: a `503 busy` with `Retry-After` is tried again after the pause the
+server asks for (any method: the server did nothing with the request), and a GET whose connection
+failed after a doubling pause; the bounds are in `ClientSettings`.
+"""
 
 from __future__ import annotations
 
-import os
+import logging
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import httpx
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    before_sleep_log,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+)
 
-DEFAULT_SERVER_URL = "http://127.0.0.1:8000"
+from client.errors import ServerError, UnknownKey
+from client.settings import ClientSettings
 
+log = logging.getLogger(__name__)
 
-def server_url_from_env() -> str:
-    """FHE_SERVER_URL, or the local default."""
-    return os.environ.get("FHE_SERVER_URL", DEFAULT_SERVER_URL)
-
-
-class ServerError(RuntimeError):
-    """The server answered with an error (or could not be reached)."""
-
-    def __init__(
-        self, status: int, code: str, message: str, retry_after: float | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.retry_after = retry_after
-
-    def __str__(self) -> str:
-        where = f"HTTP {self.status}" if self.status else "no answer"
-        return f"{self.message} ({where})"
+RETRIED_CONNECTION_ERRORS = (httpx.NetworkError, httpx.RemoteProtocolError)
+"""Failures of a GET worth another try: no connection, or one the server dropped (no timeouts)."""
 
 
-class UnknownKey(ServerError):
-    """The server does not hold (or has evicted) the evaluation key: upload it again."""
-
-
-class SpecMismatch(ServerError):
-    """The server's client spec differs from the one the client encrypted with."""
+def _error_of(response: httpx.Response) -> ServerError:
+    """The typed exception of an error answer, with its code and Retry-After seconds."""
+    try:
+        body = response.json()
+        message, code = body.get("error", response.text), body.get("code", "")
+    except ValueError:
+        message, code = response.text or response.reason_phrase, ""
+    kind = UnknownKey if code == "unknown_key" else ServerError
+    retry_after = response.headers.get("Retry-After")
+    seconds = float(retry_after) if retry_after and retry_after.isdigit() else None
+    return kind(response.status_code, code, message, seconds)
 
 
 @dataclass(frozen=True)
@@ -53,17 +56,30 @@ class PredictAnswer:
 class FHEServerAPI:
     """A thin client of the REST API (httpx); raw bytes for keys and ciphertexts.
 
-    The API token comes from `token` or the FHE_API_TOKEN variable (none for a server in
-    development mode).
+    Unset arguments come from `settings` (by default `ClientSettings()`: FHE_SERVER_URL,
+    FHE_API_TOKEN, FHE_CLIENT_*); no token is needed for a server in development mode.
     """
 
     def __init__(
-        self, base_url: str | None = None, timeout: float = 600.0, token: str | None = None
+        self,
+        base_url: str | None = None,
+        timeout: float | None = None,
+        token: str | None = None,
+        settings: ClientSettings | None = None,
     ) -> None:
-        self.base_url = (base_url or server_url_from_env()).rstrip("/")
-        token = token or os.environ.get("FHE_API_TOKEN")
+        self.settings = settings or ClientSettings()
+        self.base_url = (base_url or self.settings.server_url).rstrip("/")
+        token = token or self.settings.token()
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers)
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            timeout=self.settings.timeout_seconds if timeout is None else timeout,
+            headers=headers,
+        )
+        self._backoff = wait_exponential(
+            multiplier=self.settings.retry_backoff_seconds,
+            max=self.settings.retry_max_wait_seconds,
+        )
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -75,26 +91,46 @@ class FHEServerAPI:
     def __exit__(self, *_: object) -> None:
         self.close()
 
+    def _retryable(self, method: str, error: BaseException) -> bool:
+        """A 503 busy asking for a pause within the bound, or a GET whose connection failed."""
+        if isinstance(error, ServerError):
+            return (
+                error.status == 503
+                and error.code == "busy"
+                and error.retry_after is not None
+                and error.retry_after <= self.settings.retry_max_wait_seconds
+            )
+        return method == "GET" and isinstance(error, RETRIED_CONNECTION_ERRORS)
+
+    def _pause(self, state: RetryCallState) -> float:
+        """The server's Retry-After when it gave one, else the doubling backoff."""
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, ServerError) and error.retry_after is not None:
+            return error.retry_after
+        return self._backoff(state)
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One try: the answer when it is a success, else its error raised."""
+        response = self._http.request(method, path, **kwargs)
+        if response.is_success:
+            return response
+        raise _error_of(response)
+
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One request, retried as above; a connection that stays failed is `unreachable`."""
+        retrying = Retrying(
+            stop=stop_after_attempt(self.settings.retry_attempts),
+            wait=self._pause,
+            retry=retry_if_exception(partial(self._retryable, method)),
+            before_sleep=before_sleep_log(log, logging.INFO),
+            reraise=True,
+        )
         try:
-            response = self._http.request(method, path, **kwargs)
+            return retrying(self._send, method, path, **kwargs)
         except httpx.TransportError as error:
             raise ServerError(
                 0, "unreachable", f"cannot reach fhe-server at {self.base_url}: {error}"
             ) from None
-        if response.is_success:
-            return response
-        try:
-            body = response.json()
-            message, code = body.get("error", response.text), body.get("code", "")
-        except ValueError:
-            message, code = response.text or response.reason_phrase, ""
-        kind = {"unknown_key": UnknownKey, "client_spec_mismatch": SpecMismatch}.get(
-            code, ServerError
-        )
-        retry_after = response.headers.get("Retry-After")
-        seconds = float(retry_after) if retry_after and retry_after.isdigit() else None
-        raise kind(response.status_code, code, message, seconds)
 
     def health(self) -> dict[str, Any]:
         """GET /healthz."""

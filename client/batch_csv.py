@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from client.encrypted_model import ClientError, Prediction
+from client.encrypted_model import Prediction
+from client.errors import ClientError
 
 ROW_COLUMN = "row"
 

@@ -6,19 +6,22 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from tenacity import RetryCallState, Retrying, retry_if_exception
 
-from client.api import DEFAULT_SERVER_URL, FHEServerAPI, ServerError
+from client.api import FHEServerAPI
 from client.batch_csv import BatchOutput, InputTable
-from client.encrypted_model import ClientError, EncryptedModel, Prediction
-from client.job_flow import (
-    JobFailed,
+from client.encrypted_model import EncryptedModel, Prediction
+from client.errors import ClientError, JobFailed, ServerError
+from client.jobs import (
+    JobJournal,
+    JournalEntry,
     fetch_prediction,
     job_status,
     poll_once,
@@ -26,43 +29,47 @@ from client.job_flow import (
     submit_texts,
     wait_for,
 )
-from client.journal import JobJournal, JournalEntry
-from client.keycache import default_cache_root
-from fhe.embedder import EmbeddingModelMismatch
+from client.settings import DEFAULT_SERVER_URL, ClientSettings
 from fhe.sizes import readable_size
 
 app = typer.Typer(add_completion=False, help="Client of fhe-server: your data stays encrypted.")
 err = Console(stderr=True)
 
 ServerOption = Annotated[
-    str,
-    typer.Option(
-        "--server", envvar="FHE_SERVER_URL", help=f"server URL [default {DEFAULT_SERVER_URL}]"
-    ),
+    Optional[str],
+    typer.Option("--server", help=f"server URL [env FHE_SERVER_URL, default {DEFAULT_SERVER_URL}]"),
 ]
 CacheOption = Annotated[
     Optional[Path],
     typer.Option(
         "--cache-dir",
-        envvar="FHE_CLIENT_CACHE",
-        help="where keys and specs are kept [~/.cache/fhe-client]",
+        help="where keys and specs are kept [env FHE_CLIENT_CACHE, default ~/.cache/fhe-client]",
     ),
 ]
 ModelOption = Annotated[str, typer.Option("--model", "-m", help="model name on the server")]
 
 
-def _fail(error: Exception) -> None:
+def _fail(error: Exception) -> NoReturn:
     err.print(f"[red]error:[/red] {error}")
     raise typer.Exit(1)
 
 
+def _settings(server: str | None, cache_dir: Path | None = None) -> ClientSettings:
+    """The client settings: flags given, else the environment, else the defaults."""
+    given = {"server_url": server, "cache_dir": cache_dir}
+    try:
+        return ClientSettings(**{key: value for key, value in given.items() if value is not None})
+    except ValueError as error:
+        _fail(error)
+
+
 @app.command()
-def models(server: ServerOption = DEFAULT_SERVER_URL) -> None:
+def models(server: ServerOption = None) -> None:
     """List the server's models."""
     try:
-        with FHEServerAPI(server) as api:
+        with FHEServerAPI(settings=_settings(server)) as api:
             rows = api.models()
-    except ServerError as error:
+    except ClientError as error:
         _fail(error)
     table = Table("name", "kind", "task", "labels", "status")
     for row in rows:
@@ -74,17 +81,18 @@ def models(server: ServerOption = DEFAULT_SERVER_URL) -> None:
 @app.command()
 def keygen(
     model: ModelOption = "sentiment",
-    server: ServerOption = DEFAULT_SERVER_URL,
+    server: ServerOption = None,
     cache_dir: CacheOption = None,
     force: Annotated[bool, typer.Option(help="generate new keys even if cached")] = False,
 ) -> None:
     """Generate keys locally (once) and upload the evaluation keys; the private key stays here."""
+    settings = _settings(server, cache_dir)
     try:
-        with FHEServerAPI(server) as api:
-            remote = EncryptedModel(api, model, cache_dir or default_cache_root())
+        with FHEServerAPI(settings=settings) as api:
+            remote = EncryptedModel(api, model, settings.cache_dir)
             with err.status("generating keys (the private key stays on this machine)..."):
                 info = remote.keys(force=force)
-    except (ServerError, ClientError) as error:
+    except ClientError as error:
         _fail(error)
     state = "generated" if info.generated_now else "reused from cache"
     took = f"{info.keygen_seconds:.2f} s" + ("" if info.generated_now else " when generated")
@@ -177,6 +185,11 @@ BUSY_CODES = ("busy", "too_many_jobs")
 """Refusals of a job submission that mean: wait for queued jobs to end, then submit again."""
 
 
+def _queue_full(error: BaseException) -> bool:
+    """A refused job submission that succeeds once queued jobs have ended."""
+    return isinstance(error, ServerError) and error.code in BUSY_CODES
+
+
 def _say(message: str) -> None:
     """A plain note on stderr, never wrapped (paths stay whole)."""
     err.print(escape(message), soft_wrap=True)
@@ -264,22 +277,26 @@ def _predict_rows_as_jobs(
                 except JobFailed as error:
                     failures.append(f"row {entry.row}: {error}")
 
+        def pause(state: RetryCallState) -> float:
+            """Queue full: the poll interval while our jobs run, else Retry-After (at most 5 s)."""
+            if wait and pending:
+                return POLL_SECONDS
+            error = state.outcome.exception() if state.outcome else None
+            return min((error.retry_after if isinstance(error, ServerError) else None) or 1.0, 5.0)
+
+        def drain(_: RetryCallState) -> None:
+            """Queue full: write the results of our jobs that ended meanwhile."""
+            if wait and pending:
+                collect()
+
+        submitting = Retrying(
+            retry=retry_if_exception(_queue_full), wait=pause, before_sleep=drain, reraise=True
+        )
         last_poll = time.monotonic()
         for number in to_submit:
-            while True:
-                try:
-                    entry = submit_text(
-                        remote, out.table.text(number), journal, callback_url, batch, number
-                    )
-                    break
-                except ServerError as error:
-                    if error.code not in BUSY_CODES:
-                        raise
-                    if wait and pending:
-                        collect()
-                        time.sleep(POLL_SECONDS)
-                    else:
-                        time.sleep(min(error.retry_after or 1.0, 5.0))
+            entry = submitting(
+                submit_text, remote, out.table.text(number), journal, callback_url, batch, number
+            )
             pending.append(entry)
             submitted.append(entry.job_id)
             bar.advance(sent)
@@ -318,7 +335,7 @@ def _predict_to_csv(
                 submitted, failures = _predict_rows_as_jobs(
                     remote, out, journal, callback_url, wait
                 )
-    except (ServerError, ClientError, EmbeddingModelMismatch, JobFailed) as error:
+    except ClientError as error:
         err.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
         _say(
             f"{len(out.done)} of {out.total} rows are in {output}; "
@@ -378,7 +395,7 @@ def predict(
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per text")] = False,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="timings and sizes")] = False,
-    server: ServerOption = DEFAULT_SERVER_URL,
+    server: ServerOption = None,
     cache_dir: CacheOption = None,
     embedding_model: Annotated[
         Optional[str], typer.Option(help="local path of the embedding weights, if not packaged")
@@ -395,6 +412,7 @@ def predict(
     ] = None,
 ) -> None:
     """Classify texts: embed and encrypt here, run on the server, decrypt here; --output resumes."""
+    settings = _settings(server, cache_dir)
     try:
         if output is not None and texts and input_file is not None:
             raise ClientError("with --output, give the texts as arguments or --input, not both")
@@ -408,8 +426,8 @@ def predict(
         items = table.texts if table else _read_texts(list(texts or []), input_file, text_column)
         if not items:
             raise ClientError("give texts as arguments or --input FILE.csv")
-        with FHEServerAPI(server) as api:
-            root = cache_dir or default_cache_root()
+        with FHEServerAPI(settings=settings) as api:
+            root = settings.cache_dir
             remote = EncryptedModel(api, model, root, embedding_model)
             if remote.cache.record() is None:
                 err.print("no keys for this model yet: generating and uploading them first")
@@ -430,13 +448,13 @@ def predict(
                         _show(prediction, as_json, verbose)
 
                     remote.predict(items, progress=report)
-    except (ServerError, ClientError, EmbeddingModelMismatch, JobFailed) as error:
+    except ClientError as error:
         _fail(error)
 
 
 @app.command()
 def jobs(
-    server: ServerOption = DEFAULT_SERVER_URL,
+    server: ServerOption = None,
     cache_dir: CacheOption = None,
     every_server: Annotated[
         bool, typer.Option("--all-servers", help="also jobs submitted to other servers")
@@ -444,11 +462,12 @@ def jobs(
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per job")] = False,
 ) -> None:
     """List the jobs this client submitted, with their status on the server."""
-    journal = JobJournal(cache_dir or default_cache_root())
-    entries = journal.entries(None if every_server else server.rstrip("/"))
+    settings = _settings(server, cache_dir)
+    journal = JobJournal(settings.cache_dir)
+    entries = journal.entries(None if every_server else settings.server_url.rstrip("/"))
     table = Table("job id", "model", "status", "queued", "fhe", "submitted", "text")
     table.columns[0].no_wrap = True
-    with FHEServerAPI(server) as api:
+    with FHEServerAPI(settings=settings) as api:
         for entry in entries:
             try:
                 status = api.job(entry.job_id)
@@ -480,14 +499,15 @@ def result(
     job_ids: Annotated[list[str], typer.Argument(help="job ids from `fhe-client jobs`")],
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per text")] = False,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="timings and sizes")] = False,
-    server: ServerOption = DEFAULT_SERVER_URL,
+    server: ServerOption = None,
     cache_dir: CacheOption = None,
 ) -> None:
     """Fetch finished jobs' encrypted results and decrypt them here."""
-    root = cache_dir or default_cache_root()
+    settings = _settings(server, cache_dir)
+    root = settings.cache_dir
     journal = JobJournal(root)
     try:
-        with FHEServerAPI(server) as api:
+        with FHEServerAPI(settings=settings) as api:
             for job_id in job_ids:
                 entry = journal.find(job_id)
                 if entry is None:
@@ -497,7 +517,7 @@ def result(
                 if status["status"] not in ("done", "failed"):
                     raise ClientError(f"job {job_id} is still {status['status']}; try later")
                 _show(fetch_prediction(remote, entry, status), as_json, verbose)
-    except (ServerError, ClientError, EmbeddingModelMismatch, JobFailed) as error:
+    except ClientError as error:
         _fail(error)
 
 

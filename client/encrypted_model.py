@@ -12,14 +12,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from client.api import FHEServerAPI, PredictAnswer, UnknownKey
+from client.api import FHEServerAPI, PredictAnswer
+from client.errors import ClientError, EmbedderMismatch, UnknownKey
 from client.keycache import KeyCache, KeyRecord
 from fhe.digest import bytes_sha256, file_sha256
-from fhe.embedder import TextEmbedder, shared_embedder
+from fhe.embedder import EmbeddingModelMismatch, TextEmbedder, shared_embedder
+
+T = TypeVar("T")
 
 
 def top_class(scores: np.ndarray) -> int:
@@ -28,10 +31,6 @@ def top_class(scores: np.ndarray) -> int:
     Quantized trees tie often, and the float sums of tied classes differ in their last bits.
     """
     return int(np.argmax(np.round(np.asarray(scores, dtype=np.float64), 9)))
-
-
-class ClientError(RuntimeError):
-    """Something the user must fix on the client side (a model that is not ready, a bad spec)."""
 
 
 @dataclass
@@ -43,6 +42,24 @@ class Prediction:
     scores: dict[str, float]
     seconds: dict[str, float] = field(default_factory=dict)
     bytes: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls,
+        text: str,
+        decrypted: Decrypted,
+        seconds: dict[str, float],
+        ciphertext_in: int,
+        ciphertext_out: int,
+    ) -> Prediction:
+        """A decrypted result with its timings and the sizes of the ciphertexts sent and got."""
+        return cls(
+            text=text,
+            label=decrypted.label,
+            scores=decrypted.scores,
+            seconds=seconds,
+            bytes={"ciphertext_in": ciphertext_in, "ciphertext_out": ciphertext_out},
+        )
 
     def as_json(self, verbose: bool = False) -> dict[str, Any]:
         """The JSON object the CLI prints per text."""
@@ -122,17 +139,22 @@ class EncryptedModel:
         """The server's client spec hash."""
         return self.card["client_spec_sha256"]
 
+    @staticmethod
+    def _checked(what: str, data: bytes, sha256: str) -> bytes:
+        """Downloaded bytes, refused unless their sha256 is the one the card gives."""
+        if bytes_sha256(data) != sha256:
+            raise ClientError(
+                f"downloaded {what} has sha256 {bytes_sha256(data)}, but the card says "
+                f"{sha256}; the server changed while we were talking, try again"
+            )
+        return data
+
     @cached_property
     def cache(self) -> KeyCache:
         """This model's cache directory, with client.zip downloaded and checked."""
         cache = KeyCache(self.cache_root, self.name, self.client_spec)
         if not cache.client_zip.is_file() or file_sha256(cache.client_zip) != self.client_spec:
-            data = self.api.client_spec(self.name)
-            if bytes_sha256(data) != self.client_spec:
-                raise ClientError(
-                    f"downloaded client.zip has sha256 {bytes_sha256(data)}, but the card says "
-                    f"{self.client_spec}; the server changed while we were talking, try again"
-                )
+            data = self._checked("client.zip", self.api.client_spec(self.name), self.client_spec)
             cache.client_zip.write_bytes(data)
         return cache
 
@@ -148,12 +170,7 @@ class EncryptedModel:
         path = self.embedder_cache / f"{sha256}.safetensors"
         if path.is_file() and file_sha256(path) == sha256:
             return path
-        data = self.api.embedder_delta(self.name)
-        if bytes_sha256(data) != sha256:
-            raise ClientError(
-                f"downloaded embedder delta has sha256 {bytes_sha256(data)}, but the card says "
-                f"{sha256}; the server changed while we were talking, try again"
-            )
+        data = self._checked("embedder delta", self.api.embedder_delta(self.name), sha256)
         self.embedder_cache.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(f".{os.getpid()}.partial")
         partial.write_bytes(data)
@@ -162,20 +179,23 @@ class EncryptedModel:
 
     @property
     def embedder(self) -> TextEmbedder:
-        """The embedder the bundle was trained with (one per process); weights checked on load.
+        """The embedder the bundle was trained with (one per process), loaded; weights checked.
 
         For a fine-tuned bundle, the changed tensors come from the server, checked by sha256.
         """
         info = self.card["metadata"]["embedding"]
         delta_sha256 = info.get("delta_sha256")
         delta = self._embedder_delta(delta_sha256) if delta_sha256 else None
-        return shared_embedder(
-            self.embedding_model or info["model_id"],
-            info["max_length"],
-            info["weights_sha256"],
-            delta,
-            delta_sha256,
-        )
+        try:
+            return shared_embedder(
+                self.embedding_model or info["model_id"],
+                info["max_length"],
+                info["weights_sha256"],
+                delta,
+                delta_sha256,
+            ).load()
+        except EmbeddingModelMismatch as error:
+            raise EmbedderMismatch(str(error)) from None
 
     @property
     def expected_fhe_seconds(self) -> float | None:
@@ -231,27 +251,28 @@ class EncryptedModel:
             vector[0], quantized[0], ciphertext, embedded - started, encrypted - embedded
         )
 
-    def run(self, ciphertext: bytes) -> PredictAnswer:
-        """Send a ciphertext to the server and get the encrypted result; re-uploads lost keys."""
+    def _with_key(self, send: Callable[[str], T]) -> T:
+        """`send(key_id)`; when the server has lost the key, upload it again and send once more."""
         key_id = self._key_id()
         try:
-            return self.api.predict(self.name, ciphertext, key_id, self.client_spec)
+            return send(key_id)
         except UnknownKey:
             self.keys(upload=True)
-            return self.api.predict(self.name, ciphertext, key_id, self.client_spec)
+            return send(key_id)
+
+    def run(self, ciphertext: bytes) -> PredictAnswer:
+        """Send a ciphertext to the server and get the encrypted result; re-uploads lost keys."""
+        return self._with_key(
+            lambda key_id: self.api.predict(self.name, ciphertext, key_id, self.client_spec)
+        )
 
     def submit(self, ciphertext: bytes, callback_url: str | None = None) -> dict[str, Any]:
         """Queue a ciphertext as a job on the server; re-uploads lost keys. Returns its status."""
-        key_id = self._key_id()
-        try:
-            return self.api.submit_job(
+        return self._with_key(
+            lambda key_id: self.api.submit_job(
                 self.name, ciphertext, key_id, self.client_spec, callback_url
             )
-        except UnknownKey:
-            self.keys(upload=True)
-            return self.api.submit_job(
-                self.name, ciphertext, key_id, self.client_spec, callback_url
-            )
+        )
 
     def _load_private_key(self) -> None:
         """Load the cached key set before decrypting, in a process that has not encrypted yet."""
@@ -289,23 +310,17 @@ class EncryptedModel:
             answer = self.run(encrypted.ciphertext)
             answered = time.perf_counter()
             decrypted = self.decrypt(answer.ciphertext)
-            prediction = Prediction(
-                text=text,
-                label=decrypted.label,
-                scores=decrypted.scores,
-                seconds={
-                    "embed": encrypted.embed_seconds,
-                    "encrypt": encrypted.encrypt_seconds,
-                    "server": answer.server_seconds,
-                    "fhe": answer.fhe_seconds,
-                    "round_trip": answered - sent,
-                    "decrypt": decrypted.seconds,
-                    "total": time.perf_counter() - started,
-                },
-                bytes={
-                    "ciphertext_in": len(encrypted.ciphertext),
-                    "ciphertext_out": len(answer.ciphertext),
-                },
+            seconds = {
+                "embed": encrypted.embed_seconds,
+                "encrypt": encrypted.encrypt_seconds,
+                "server": answer.server_seconds,
+                "fhe": answer.fhe_seconds,
+                "round_trip": answered - sent,
+                "decrypt": decrypted.seconds,
+                "total": time.perf_counter() - started,
+            }
+            prediction = Prediction.of(
+                text, decrypted, seconds, len(encrypted.ciphertext), len(answer.ciphertext)
             )
             results.append(prediction)
             if progress is not None:

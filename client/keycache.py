@@ -7,17 +7,8 @@ private key, which never leaves this directory), `evaluation_keys.bin` and `key.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-
-def default_cache_root() -> Path:
-    """FHE_CLIENT_CACHE, else $XDG_CACHE_HOME/fhe-client, else ~/.cache/fhe-client."""
-    if os.environ.get("FHE_CLIENT_CACHE"):
-        return Path(os.environ["FHE_CLIENT_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "fhe-client"
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from client.encrypted_model import EncryptedModel
-from client.job_flow import fetch_prediction, wait_for
-from client.journal import JournalEntry
+from client.jobs import JournalEntry, fetch_prediction, wait_for
 from fhe.dataset import DEFAULT_DATA
 from fhe.recipe import RecipeConfig, TrainedBundle, train
 from tests.demo_process import chromium

@@ -5,15 +5,13 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
-from tests.server_process import BIN, free_port, stop_process
+from client.local_server import free_port, spawn, stop_process, wait_for_url
+from tests.server_process import BIN
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 """Debian's Chromium (apt-get install chromium): Playwright's own browser download fails here."""
@@ -51,30 +49,12 @@ class DemoProcess:
     def start(self, timeout: float = 120.0) -> DemoProcess:
         command = [str(BIN / "fhe-client"), "demo", "--server", self.server_url]
         command += ["--model", self.model, "--port", str(self.port), *self.extra_args]
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env}
-            )
-        wait_for_page(self.url, self.process, self.log, timeout)
+        self.process = spawn(command, self.log, self.env)
+        wait_for_url(self.url, self.process, self.log, timeout, "fhe-client demo")
         return self
 
     def stop(self) -> None:
         stop_process(self.process)
-
-
-def wait_for_page(url: str, process: subprocess.Popen, log: Path, timeout: float) -> None:
-    """Wait until `url` answers 200, failing with the log when the process dies first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args[0]} exited: {log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s: {log.read_text()[-3000:]}")
 
 
 @contextmanager

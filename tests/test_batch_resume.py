@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from client.batch_csv import BatchOutput, InputTable
-from client.encrypted_model import ClientError, Prediction
-from client.journal import JobJournal, JournalEntry
+from client.encrypted_model import Prediction
+from client.errors import ClientError
+from client.jobs import JobJournal, JournalEntry
 from tests.conftest import REPO, run_client
 from tests.server_process import BIN, ServerProcess
 

@@ -28,7 +28,7 @@ import httpx
 import pytest
 
 from client.webhook import SIGNATURE_HEADER, parse_signature, sign_callback, verify_callback
-from server.callbacks import (
+from server.jobs.callbacks import (
     SIGNING_KEY_FILE,
     AllowList,
     CallbackRefused,
@@ -39,7 +39,7 @@ from server.callbacks import (
     check_callback_url,
     parse_callback_url,
 )
-from server.jobs import Job, JobStore, new_job_id
+from server.storage.jobs import Job, JobStore, new_job_id
 from tests.conftest import IRIS, SKLEARN_FIXTURES
 from tests.server_process import ServerProcess
 

@@ -11,9 +11,10 @@ import pytest
 
 from client.api import ServerError
 from client.demo.messages import explain
+from client.local_server import free_port
 from tests.conftest import REPO
 from tests.demo_process import DemoProcess, open_demo, text_of
-from tests.server_process import ServerProcess, free_port
+from tests.server_process import ServerProcess
 
 ARTIFACTS = REPO / "test-artifacts"
 POSITIVE = "I love this airline, the crew was wonderful and the flight was perfect"

@@ -19,9 +19,10 @@ import httpx
 import pytest
 import yaml
 
+from client.local_server import die_with_parent, free_port, stop_process
 from server.settings import ServerSettings
 from tests.conftest import IRIS, REPO, SKLEARN_FIXTURES
-from tests.server_process import ServerProcess, die_with_parent, free_port, stop_process
+from tests.server_process import ServerProcess
 
 BIN = Path(sys.executable).parent
 DEPLOYMENT = REPO / "deployment"

@@ -12,8 +12,7 @@ import pytest
 
 from client.api import FHEServerAPI, ServerError
 from client.encrypted_model import EncryptedModel
-from client.job_flow import submit_texts
-from client.journal import JobJournal
+from client.jobs import JobJournal, submit_texts
 from fhe.recipe import TrainedBundle
 from tests.conftest import SAMPLE_TEXTS, clear_labels, job_labels
 from tests.server_process import ServerProcess

@@ -16,7 +16,7 @@ from fhe.digest import bytes_sha256, file_sha256
 from fhe.embedder import TextEmbedder
 from fhe.finetune import DELTA_FILE
 from fhe.recipe import TrainedBundle
-from server.registry import ModelRegistry
+from server.models.registry import ModelRegistry
 from tests.conftest import SAMPLE_TEXTS
 from tests.server_process import ServerProcess
 

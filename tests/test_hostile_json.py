@@ -96,7 +96,7 @@ def test_compatible_route_refuses_with_only_an_error(server: ServerProcess, name
     response = post(server, "/models/iris", HOSTILE_BODIES[name])
     assert response.status_code == 400, response.text
     assert list(response.json()) == ["error"], "api-inference-community's shape: only `error`"
-    assert EXPECTED_MESSAGES[name] in response.json()["error"]
+    assert EXPECTED_MESSAGES[name].lower() in response.json()["error"].lower()
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE_BODIES))
@@ -175,3 +175,25 @@ def test_the_server_kept_serving_and_logged_no_traceback(server: ServerProcess) 
     assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200
     assert server.log is not None
     assert "Traceback" not in server.log.read_text(errors="replace")
+
+
+def test_compatible_route_speaks_like_api_inference_community(server: ServerProcess) -> None:
+    """Python's own decoding message for a body that is not UTF-8, and the compute headers,
+    exposed to browsers, on every answer of the compatible routes."""
+    bad = post(server, "/models/iris", b"\xc3\x28")
+    assert bad.status_code == 400
+    assert bad.json() == {
+        "error": "'utf-8' codec can't decode byte 0xc3 in position 0: invalid continuation byte"
+    }
+    good = httpx.post(
+        f"{server.url}/models/iris",
+        content=iris_body("5.1"),
+        headers={"Content-Type": "application/json", "Origin": "https://app.example"},
+        timeout=60,
+    )
+    assert good.status_code in (200, 400), good.text
+    for answer in (bad, good):
+        assert answer.headers["x-compute-type"] == "cpu"
+        assert float(answer.headers["x-compute-time"]) >= 0
+    exposed = good.headers["access-control-expose-headers"].lower()
+    assert "x-compute-time" in exposed and "x-compute-type" in exposed

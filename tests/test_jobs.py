@@ -14,10 +14,10 @@ import pytest
 
 from client.api import FHEServerAPI
 from client.encrypted_model import EncryptedModel
-from client.job_flow import submit_texts
-from client.journal import JobJournal
+from client.jobs import JobJournal, submit_texts
+from client.local_server import free_port
 from fhe.recipe import TrainedBundle
-from server.jobs import Job, JobStore, new_job_id
+from server.storage.jobs import Job, JobStore, new_job_id
 from tests.conftest import (
     IRIS,
     SAMPLE_TEXTS,
@@ -26,7 +26,7 @@ from tests.conftest import (
     job_labels,
     run_client,
 )
-from tests.server_process import ServerProcess, free_port
+from tests.server_process import ServerProcess
 
 
 def iris_request() -> dict:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from server.keystore import KeyStore, KeyTooLarge, StoreFull
+from server.storage.keys import KeyStore, KeyTooLarge, StoreFull
 
 
 async def _chunks(data: bytes):

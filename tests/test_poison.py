@@ -19,8 +19,7 @@ import pytest
 
 from client.api import FHEServerAPI
 from client.encrypted_model import EncryptedModel
-from client.job_flow import submit_texts
-from client.journal import JobJournal
+from client.jobs import JobJournal, submit_texts
 from tests.conftest import REPO, SAMPLE_TEXTS, job_labels
 from tests.server_process import ServerProcess
 
@@ -117,7 +116,8 @@ def test_ciphertext_padded_past_its_spec_is_refused(shipped: ServerProcess, tmp_
 def test_a_run_that_kills_its_worker_fails_alone(tmp_path: Path) -> None:
     """The pool itself, fed a run that really aborts Concrete next to honest runs: only the
     crashing run fails, and the pool goes on serving with a fresh worker."""
-    from server.executor import FHEExecutor, WorkerCrashed
+    from server.compute import WorkerCrashed
+    from server.compute.local import FHEExecutor
 
     honest_keys = tmp_path / "honest.keys"
     poison_keys = tmp_path / "poison.keys"

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 
 from fhe.recipe import TrainedBundle
-from server.registry import ModelRegistry
+from server.models.registry import ModelRegistry
 from tests.server_process import ServerProcess
 
 

@@ -22,18 +22,17 @@ import pytest
 
 from client.api import FHEServerAPI, ServerError
 from client.encrypted_model import EncryptedModel
-from client.job_flow import submit_texts
-from client.journal import JobJournal
+from client.jobs import JobJournal, submit_texts
+from client.local_server import LocalRedis, LocalWorker
 from fhe.recipe import TrainedBundle
-from server.celery_backend import DEAD_LETTER, KEY_PREFIX, TASK_RUN, make_celery
+from server.compute.celery_app import DEAD_LETTER, KEY_PREFIX, TASK_RUN, make_celery
 from tests.conftest import REPO, SAMPLE_TEXTS, clear_labels, job_labels
-from tests.scale_out import RedisProcess, WorkerProcess
 from tests.server_process import ServerProcess
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisProcess]:
-    server = RedisProcess(tmp_path / "redis").start()
+def redis_server(tmp_path: Path) -> Iterator[LocalRedis]:
+    server = LocalRedis(tmp_path / "redis").start()
     yield server
     server.stop()
 
@@ -49,11 +48,11 @@ def celery_api(models: Path, data: Path, redis_url: str) -> ServerProcess:
 
 @pytest.fixture
 def two_workers(
-    tiny_models: Path, redis_server: RedisProcess, tmp_path: Path
-) -> Iterator[list[WorkerProcess]]:
+    tiny_models: Path, redis_server: LocalRedis, tmp_path: Path
+) -> Iterator[list[LocalWorker]]:
     env = {"FHE_SERVER_CELERY_VISIBILITY_TIMEOUT": "10"}
     workers = [
-        WorkerProcess(redis_server.url, tiny_models, tmp_path / f"w{i}", f"w{i}", env).start()
+        LocalWorker(redis_server.url, tiny_models, tmp_path / f"w{i}", f"w{i}", env).start()
         for i in (1, 2)
     ]
     yield workers
@@ -64,8 +63,8 @@ def two_workers(
 def test_fifty_jobs_finish_after_a_worker_is_killed_mid_run(
     tiny_models: Path,
     tiny_bundle: TrainedBundle,
-    redis_server: RedisProcess,
-    two_workers: list[WorkerProcess],
+    redis_server: LocalRedis,
+    two_workers: list[LocalWorker],
     tmp_path: Path,
 ) -> None:
     first, second = two_workers
@@ -93,8 +92,8 @@ def test_fifty_jobs_finish_after_a_worker_is_killed_mid_run(
 def test_restarting_the_api_mid_queue_loses_nothing(
     tiny_models: Path,
     tiny_bundle: TrainedBundle,
-    redis_server: RedisProcess,
-    two_workers: list[WorkerProcess],
+    redis_server: LocalRedis,
+    two_workers: list[LocalWorker],
     tmp_path: Path,
 ) -> None:
     api = celery_api(tiny_models, tmp_path / "api", redis_server.url).start()
@@ -127,8 +126,8 @@ def _evaluation_keys(bundle: Path, key_dir: Path) -> bytes:
 def test_a_task_that_kills_workers_is_dead_lettered_and_both_workers_serve_on(
     tiny_models: Path,
     tiny_bundle: TrainedBundle,
-    redis_server: RedisProcess,
-    two_workers: list[WorkerProcess],
+    redis_server: LocalRedis,
+    two_workers: list[LocalWorker],
     tmp_path: Path,
 ) -> None:
     """A run that really aborts Concrete, sent straight to the queue as if it had passed the
@@ -173,7 +172,7 @@ def test_a_task_that_kills_workers_is_dead_lettered_and_both_workers_serve_on(
 def test_keys_follow_the_api_store_in_redis_and_worker_caches(
     tiny_models: Path,
     tiny_bundle: TrainedBundle,
-    redis_server: RedisProcess,
+    redis_server: LocalRedis,
     tmp_path: Path,
 ) -> None:
     """Deleted from Redis and the worker: the next run publishes it again. Evicted by the API:
@@ -188,7 +187,7 @@ def test_keys_follow_the_api_store_in_redis_and_worker_caches(
         "FHE_SERVER_CELERY_VISIBILITY_TIMEOUT": "10",
         "FHE_SERVER_KEYSTORE_MAX_BYTES": str(bound),
     }
-    worker = WorkerProcess(redis_server.url, tiny_models, tmp_path / "w", "w", env).start()
+    worker = LocalWorker(redis_server.url, tiny_models, tmp_path / "w", "w", env).start()
     api = celery_api(tiny_models, tmp_path / "api", redis_server.url)
     api.env["FHE_SERVER_KEYSTORE_MAX_BYTES"] = str(bound)
     api.start()
@@ -221,7 +220,7 @@ def test_keys_follow_the_api_store_in_redis_and_worker_caches(
 
 def test_a_worker_with_another_bundle_under_the_same_name_says_so(
     tiny_models: Path,
-    redis_server: RedisProcess,
+    redis_server: LocalRedis,
     tmp_path: Path,
 ) -> None:
     """The API and the worker disagree on what `tiny` is: a clear 503, not 'malformed'."""
@@ -230,7 +229,7 @@ def test_a_worker_with_another_bundle_under_the_same_name_says_so(
     with zipfile.ZipFile(other / "tiny" / "client.zip", "a") as archive:
         archive.comment = b"another build"
     env = {"FHE_SERVER_CELERY_VISIBILITY_TIMEOUT": "10"}
-    worker = WorkerProcess(redis_server.url, other, tmp_path / "w", "w", env).start()
+    worker = LocalWorker(redis_server.url, other, tmp_path / "w", "w", env).start()
     api = celery_api(tiny_models, tmp_path / "api", redis_server.url).start()
     try:
         with FHEServerAPI(api.url) as client:

@@ -18,9 +18,10 @@ import httpx
 import pytest
 import yaml
 
+from client.local_server import free_port, wait_for_url
 from tests.conftest import REPO
-from tests.demo_process import open_demo, text_of, wait_for_page
-from tests.server_process import ServerProcess, free_port
+from tests.demo_process import open_demo, text_of
+from tests.server_process import ServerProcess
 
 SPACE = REPO / "deployment" / "space"
 
@@ -57,7 +58,7 @@ def start_space(space: Path, env: dict[str, str], log: Path) -> Iterator[str]:
             [sys.executable, "app.py"], cwd=space, env=env, stdout=output, stderr=subprocess.STDOUT
         )
     try:
-        wait_for_page(url, process, log, timeout=180)
+        wait_for_url(url, process, log, timeout=180)
         yield url
     finally:
         process.terminate()
@@ -120,7 +121,7 @@ def test_make_run_serves_api_and_demo_then_stops_both(tmp_path: Path) -> None:
             start_new_session=True,
         )
     try:
-        wait_for_page(f"http://127.0.0.1:{demo_port}/", make, log, timeout=300)
+        wait_for_url(f"http://127.0.0.1:{demo_port}/", make, log, timeout=300)
         models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10).json()["models"]
         assert any(m["name"] == "sentiment" and m["status"] == "ready" for m in models)
     finally:
@@ -144,7 +145,7 @@ def test_demo_stops_the_server_it_started(tmp_path: Path) -> None:
             stderr=subprocess.STDOUT,
         )
     try:
-        wait_for_page(f"http://127.0.0.1:{demo_port}/", demo, log, timeout=300)
+        wait_for_url(f"http://127.0.0.1:{demo_port}/", demo, log, timeout=300)
         assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
     finally:
         demo.terminate()

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from client.api import ServerError
-from client.encrypted_model import ClientError
-from fhe.embedder import EmbeddingModelMismatch
+from client.errors import ClientError, ServerError
 
 
 class StepOrderError(RuntimeError):
@@ -35,6 +33,6 @@ def explain(error: Exception, server_url: str) -> str:
         if error.code == "model_unloadable":
             return f"The server cannot load this model: {error.message}"
         return f"The server refused the request: {error.message} (HTTP {error.status})"
-    if isinstance(error, (ClientError, StepOrderError, EmbeddingModelMismatch)):
+    if isinstance(error, (ClientError, StepOrderError)):
         return str(error)
     return f"Unexpected error ({type(error).__name__}): {error}"

@@ -1,11 +1,15 @@
-"""Demo configuration: `fhe-client demo` flags and FHE_DEMO_* environment variables."""
+"""Demo configuration: `fhe-client demo` flags and FHE_DEMO_* environment variables.
+
+What the demo shares with every client (the server URL, the API token) comes from
+`ClientSettings`, so FHE_SERVER_URL and FHE_API_TOKEN are read in one place.
+"""
 
 from __future__ import annotations
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from client.api import DEFAULT_SERVER_URL
+from client.settings import ClientSettings
 
 
 class DemoSettings(BaseSettings):
@@ -14,9 +18,9 @@ class DemoSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FHE_DEMO_", populate_by_name=True)
 
     server_url: str = Field(
-        DEFAULT_SERVER_URL,
-        validation_alias=AliasChoices("server_url", "FHE_SERVER_URL", "FHE_DEMO_SERVER_URL"),
-        description="the fhe-server the demo talks to (also FHE_SERVER_URL)",
+        default_factory=lambda: ClientSettings().server_url,
+        validation_alias=AliasChoices("server_url", "FHE_DEMO_SERVER_URL"),
+        description="the fhe-server the demo talks to (default: the client's FHE_SERVER_URL)",
     )
     model: str = Field("sentiment", description="FHE model on that server")
     host: str = Field("127.0.0.1", description="interface the demo page listens on")
@@ -30,8 +34,3 @@ class DemoSettings(BaseSettings):
     )
     server_host: str = Field("127.0.0.1", description="interface of a server the demo starts")
     server_port: int = Field(8000, description="TCP port of a server the demo starts")
-
-    def local_server_url(self) -> str:
-        """The URL of the server this demo starts, as seen from the demo itself."""
-        host = "127.0.0.1" if self.server_host in ("0.0.0.0", "::", "") else self.server_host
-        return f"http://{host}:{self.server_port}"

@@ -1,23 +1,91 @@
-"""Encrypted predictions as server jobs: submit every text, then poll and decrypt as jobs end.
+"""Encrypted predictions as server jobs, and the journal of the jobs this client submitted.
 
-The journal records each job before the next is submitted, so an interrupted client can still
-fetch and decrypt what it started (`fhe-client jobs`, `fhe-client result`).
+Submit every text, then poll and decrypt as jobs end. The journal records each job before the
+next is submitted, so an interrupted client can still fetch and decrypt what it started
+(`fhe-client jobs`, `fhe-client result`). It lives beside the keys (`<cache>/jobs.jsonl`,
+readable by the user only) because it holds the texts, which never leave this machine; the server
+only knows job ids and ciphertexts.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
-from client.api import ServerError
 from client.encrypted_model import EncryptedModel, Prediction
-from client.journal import JobJournal, JournalEntry
+from client.errors import JobFailed, ServerError
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """One submitted job: where, for which model, and the text it encrypts.
+
+    Jobs of a CSV batch (`predict --async --output`) also name the batch (the output file), the
+    input row and the key they were encrypted under, so that a rerun resumes instead of
+    resubmitting.
+    """
+
+    job_id: str
+    server: str
+    model: str
+    text: str
+    submitted: float
+    ciphertext_in_bytes: int
+    batch: str | None = None
+    row: int | None = None
+    key_id: str | None = None
+
+
+class JobJournal:
+    """Append-only JSON lines of submitted jobs."""
+
+    def __init__(self, cache_root: Path) -> None:
+        self.path = cache_root / "jobs.jsonl"
+
+    def add(self, entry: JournalEntry) -> None:
+        """Record a job as soon as the server has accepted it.
+
+        A line cut short by a killed client is ended first, so that it cannot swallow this one.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = (json.dumps(asdict(entry)) + "\n").encode()
+        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            size = os.fstat(descriptor).st_size
+            if size and os.pread(descriptor, 1, size - 1) != b"\n":
+                line = b"\n" + line
+            os.write(descriptor, line)
+        finally:
+            os.close(descriptor)
+
+    def entries(self, server: str | None = None) -> list[JournalEntry]:
+        """Every recorded job (of one server when given), oldest first."""
+        if not self.path.is_file():
+            return []
+        found = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                entry = JournalEntry(**json.loads(line))
+            except (ValueError, TypeError):
+                continue
+            if server is None or entry.server == server:
+                found.append(entry)
+        return found
+
+    def batch(self, batch: str) -> dict[int, JournalEntry]:
+        """The newest job of each row of one batch, by row number."""
+        return {e.row: e for e in self.entries() if e.batch == batch and e.row is not None}
+
+    def find(self, job_id: str) -> JournalEntry | None:
+        """The entry of one job id, or None."""
+        return next((e for e in self.entries() if e.job_id == job_id), None)
+
 
 FINISHED = ("done", "failed")
-
-
-class JobFailed(RuntimeError):
-    """The server ran the job and it failed; the message is the server's."""
 
 
 def submit_texts(
@@ -130,20 +198,14 @@ def fetch_prediction(remote: EncryptedModel, entry: JournalEntry, status: dict) 
         raise JobFailed(f"job {entry.job_id}: {error}") from None
     fetched = time.perf_counter() - started
     decrypted = remote.decrypt(answer.ciphertext)
-    seconds = status.get("seconds") or {}
-    return Prediction(
-        text=entry.text,
-        label=decrypted.label,
-        scores=decrypted.scores,
-        seconds={
-            "queued": seconds.get("queued") or 0.0,
-            "fhe": answer.fhe_seconds,
-            "fetch": fetched,
-            "decrypt": decrypted.seconds,
-            "total": time.time() - entry.submitted,
-        },
-        bytes={
-            "ciphertext_in": entry.ciphertext_in_bytes,
-            "ciphertext_out": len(answer.ciphertext),
-        },
+    queued = (status.get("seconds") or {}).get("queued") or 0.0
+    seconds = {
+        "queued": queued,
+        "fhe": answer.fhe_seconds,
+        "fetch": fetched,
+        "decrypt": decrypted.seconds,
+        "total": time.time() - entry.submitted,
+    }
+    return Prediction.of(
+        entry.text, decrypted, seconds, entry.ciphertext_in_bytes, len(answer.ciphertext)
     )

@@ -1,0 +1,306 @@
+"""Real fhe-server processes on this machine: the API, a Celery worker and its Redis broker.
+
+One harness for `fhe-client demo --start-server`, the tests and the benchmarks. Each process is
+started as a program (`python -m server.cli ...`), so the client never imports server code. Each
+runs in a process group of its own, with the processes it starts (the API's FHE workers): stopping
+or killing it reaches them too, and a Ctrl-C in a terminal reaches only the program that started
+it, which decides when to stop it. Each also receives SIGTERM when the thread that started it
+exits (PR_SET_PDEATHSIG), even by a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+SERVER = [sys.executable, "-m", "server.cli"]
+"""fhe-server as a module of this interpreter: works installed and in an assembled Space alike."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on `host` that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _prctl(option: int, value: int) -> None:
+    """Linux's prctl(2); nothing elsewhere."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(option, value)
+
+
+def die_with_parent() -> None:
+    """In the child, before exec: ask Linux for SIGTERM when the parent thread exits."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def adopt_orphans() -> None:
+    """Become the parent of descendants whose own parent exits, so that reap_children waits for
+    them (instead of the machine's init)."""
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def reap_children(timeout: float) -> None:
+    """Wait, for at most `timeout` seconds, until this process has no child left, adopted orphans
+    included. Call it only once every subprocess.Popen of this process has been waited for."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            time.sleep(0.05)
+
+
+def spawn(
+    command: list[str], log: Path | None, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """Start `command` in a process group of its own, its output appended to `log` (or ours)."""
+    output = log.open("ab") if log is not None else None
+    try:
+        return subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT if output is not None else None,
+            env={**os.environ, **(env or {})},
+            process_group=0,
+            preexec_fn=die_with_parent if sys.platform == "linux" else None,
+        )
+    finally:
+        if output is not None:
+            output.close()
+
+
+def log_tail(log: Path | None, chars: int = 3000) -> str:
+    """The end of a process's log, or where to find its output when it has none."""
+    if log is None or not log.is_file():
+        return "its output is above"
+    return log.read_text(errors="replace")[-chars:]
+
+
+def wait_for_url(
+    url: str, process: subprocess.Popen, log: Path | None, timeout: float, name: str = "process"
+) -> None:
+    """Wait until GET `url` answers 200; raise RuntimeError with the log if the process exits
+    first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"{name} exited with code {process.returncode} before {url} answered: "
+                f"{log_tail(log)}"
+            )
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s: {log_tail(log)}")
+
+
+def _signal_group(process: subprocess.Popen, signum: int) -> None:
+    """Send `signum` to the process group led by `process`, if there is still one."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signum)
+
+
+def kill_process(process: subprocess.Popen | None) -> None:
+    """SIGKILL a process and its group, and reap it."""
+    if process is None:
+        return
+    if process.poll() is None:
+        process.kill()
+    _signal_group(process, signal.SIGKILL)
+    process.wait()
+
+
+def stop_processes(processes: list[subprocess.Popen | None], timeout: float) -> None:
+    """SIGTERM processes all at once; SIGKILL those still running `timeout` seconds later.
+
+    Processes of their groups that outlive them (workers they did not stop) are killed as well.
+    """
+    started = [process for process in processes if process is not None]
+    for process in started:
+        if process.poll() is None:
+            process.terminate()
+    deadline = time.monotonic() + timeout
+    for process in started:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+    for process in started:
+        kill_process(process)
+
+
+def stop_process(process: subprocess.Popen | None, timeout: float = 30.0) -> None:
+    """SIGTERM a process; SIGKILL it and its group if it is still running `timeout` s later."""
+    stop_processes([process], timeout)
+
+
+@dataclass
+class LocalServer:
+    """`fhe-server serve` on a port of this machine, waited for until /healthz answers.
+
+    Development mode (no API tokens) unless `env` sets FHE_SERVER_TOKENS. Unset `models` and
+    `data_dir` come from the server's own settings (FHE_SERVER_* variables, then its defaults).
+    """
+
+    models: Path | None = None
+    data_dir: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    host: str = "127.0.0.1"
+    args: list[str] = field(default_factory=list)
+    log: Path | None = None
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        """The server's URL as seen from this machine (loopback when it listens everywhere)."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    def command(self) -> list[str]:
+        """The `fhe-server serve` command line."""
+        command = [*SERVER, "serve", "--host", self.host, "--port", str(self.port)]
+        if self.models is not None:
+            command += ["--models", str(self.models)]
+        if self.data_dir is not None:
+            command += ["--data-dir", str(self.data_dir)]
+        return [*command, *self.args]
+
+    def start(self, timeout: float = 120.0) -> LocalServer:
+        """Start the server and wait until it answers; raise RuntimeError with its log if not."""
+        env = {"FHE_SERVER_DEV_MODE": "false" if "FHE_SERVER_TOKENS" in self.env else "true"}
+        if self.data_dir is not None:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.process = spawn(self.command(), self.log, {**env, **self.env})
+        try:
+            wait_for_url(f"{self.url}/healthz", self.process, self.log, timeout, "fhe-server")
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def alive(self) -> bool:
+        """Whether the server process is running."""
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the server (SIGTERM); SIGKILL it and its workers if it takes over `timeout` s."""
+        stop_process(self.process, timeout)
+        self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL the server and its workers, as a crash or a lost machine would stop them."""
+        kill_process(self.process)
+        self.process = None
+
+
+@dataclass
+class LocalRedis:
+    """`redis-server` on a loopback port, without persistence (its owner decides its lifetime)."""
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        """The Redis URL of database 0."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def answers(self) -> bool:
+        """Whether it answers PING."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def start(self, timeout: float = 30.0) -> LocalRedis:
+        """Start redis-server and wait until it answers PING."""
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is missing: apt-get install redis-server")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        command = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        command += ["--appendonly", "no", "--dir", str(self.workdir)]
+        self.process = spawn(command, self.workdir / "redis.log")
+        deadline = time.monotonic() + timeout
+        while not self.answers():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                tail = log_tail(self.workdir / "redis.log")
+                raise RuntimeError(f"redis-server did not answer: {tail}")
+            time.sleep(0.1)
+        return self
+
+    def stop(self) -> None:
+        """Stop redis-server."""
+        stop_process(self.process)
+
+
+@dataclass
+class LocalWorker:
+    """`fhe-server worker` against a Redis URL, with its own key cache and log in `data_dir`."""
+
+    redis_url: str
+    models: Path
+    data_dir: Path
+    name: str
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen | None = None
+
+    @property
+    def log(self) -> Path:
+        """The worker's log file."""
+        return self.data_dir / f"{self.name}.log"
+
+    def start(self, timeout: float = 120.0) -> LocalWorker:
+        """Start the worker and wait until Celery logs that it is ready."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        command = [*SERVER, "worker", "--redis", self.redis_url, "--models", str(self.models)]
+        command += ["--data-dir", str(self.data_dir), "--name", f"{self.name}@localhost"]
+        self.process = spawn(command, self.log, self.env)
+        deadline = time.monotonic() + timeout
+        while " ready." not in self.log.read_text(errors="replace"):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"worker {self.name} not ready: {log_tail(self.log)}")
+            time.sleep(0.2)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool child, as a lost machine: its unacknowledged task goes
+        to another worker."""
+        kill_process(self.process)
+
+    def stop(self) -> None:
+        """Stop the worker (SIGTERM: Celery's warm shutdown)."""
+        stop_process(self.process)
+
+    def task_ids(self, event: str) -> list[str]:
+        """Ids of the run tasks this worker logged as `received` or `succeeded`."""
+        found = re.findall(
+            rf"fhe\.run_circuit\[([0-9a-f-]+)\] {event}", self.log.read_text(errors="replace")
+        )
+        return list(dict.fromkeys(found))
