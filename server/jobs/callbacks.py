@@ -397,15 +397,6 @@ class CallbackSender:
         self.timeout_seconds = timeout_seconds
         self.tls = tls or ssl.create_default_context(cafile=certifi.where())
 
-    @classmethod
-    def from_settings(cls, settings: ServerSettings) -> CallbackSender:
-        """The sender the server's settings describe."""
-        return cls(
-            AllowList.parse(settings.callback_allow),
-            signing_key(settings),
-            settings.callback_timeout_seconds,
-        )
-
     def signed(self, owner: str | None, payload: dict[str, Any]) -> tuple[bytes, str]:
         """The JSON body and its `X-FHE-Signature` under the owner's secret, signed now."""
         body = json.dumps(payload, separators=(",", ":")).encode()

@@ -4,7 +4,6 @@ checked reading of a prediction's body (encrypted or clear)."""
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 from fastapi import Request
@@ -43,8 +42,9 @@ class BodyTimeout:
     whole body within `total_seconds`.
 
     Only the body is timed; once it is complete, waits on the connection (for a disconnect
-    during a long response) are left alone. A body that stalls or trickles ends the request with
-    408, so a slow client cannot hold a connection and its buffered bytes for long.
+    during a long response) are left alone. A body that stalls or trickles raises BodyTimedOut
+    where the route reads it, which the error handlers answer with 408 and `Connection: close`,
+    so a slow client cannot hold a connection and its buffered bytes for long.
     """
 
     def __init__(self, app: Any, idle_seconds: float, total_seconds: float) -> None:
@@ -57,7 +57,6 @@ class BodyTimeout:
             await self.app(scope, receive, send)
             return
         body_done = False
-        started = False
         deadline = asyncio.get_running_loop().time() + self.total_seconds
 
         async def timed_receive() -> dict:
@@ -79,30 +78,7 @@ class BodyTimeout:
                 body_done = True
             return message
 
-        async def watched_send(message: dict) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, timed_receive, watched_send)
-        except BodyTimedOut as error:
-            if started:
-                raise
-            body = json.dumps({"error": str(error), "code": "body_timeout"}).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 408,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                        (b"connection", b"close"),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+        await self.app(scope, timed_receive, send)
 
 
 async def read_fhe_request(
