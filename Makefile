@@ -13,7 +13,7 @@ DEMO_PORT ?= 7860
 SYSTEM_PACKAGES := chromium redis-server docker-compose nginx
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-packages run test lint model clean
+.PHONY: install system-packages run test lint model tabular-models clean
 
 install: $(VENV)/.installed
 
@@ -48,6 +48,19 @@ model: install
 	$(BIN)/python -m fhe.recipe --out models/sentiment
 	$(BIN)/python -m fhe.recipe --out models/sentiment-linear --name sentiment-linear \
 		--model-type linear --n-bits 4,6,8
+
+# Rebuilds the shipped tabular examples and their clear twins from datasets scikit-learn ships
+# (no download): breast-cancer (classification) and diabetes (regression).
+tabular-models: install
+	$(BIN)/python -m fhe.tabular_recipe --out models/breast-cancer --name breast-cancer \
+		--data sklearn:breast_cancer --fhe-sample 114 --clear-twin models/breast-cancer-clear \
+		--description "Whether a breast mass is benign or malignant, from 30 measurements of a \
+	cell nucleus image (Wisconsin diagnostic data), predicted over an encrypted row."
+	$(BIN)/python -m fhe.tabular_recipe --out models/diabetes --name diabetes \
+		--data sklearn:diabetes --task regression --fhe-sample 89 --clear-twin models/diabetes-clear \
+		--description "Disease progression one year after baseline, from 10 measurements of a \
+	diabetes patient (age, sex, BMI, blood pressure, six blood serum values), predicted over an \
+	encrypted row."
 
 clean:
 	rm -rf $(VENV) .cache test-artifacts

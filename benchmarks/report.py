@@ -178,6 +178,44 @@ def goals_section(shipped: Any, latency: dict[str, Any], keys: dict[str, Any]) -
     ]
 
 
+def _scored(values: dict[str, float]) -> str:
+    """Accuracy and macro F1, or R² and MAE; `none` when there is no such model."""
+    if not values:
+        return "none"
+    if "accuracy" in values:
+        return f"{values['accuracy']:.2%} (F1 {values['macro_f1']:.3f})"
+    return f"R² {values['r2']:.3f}, MAE {values['mae']:.1f}"
+
+
+def tabular_section(path: Path) -> list[str]:
+    """The tabular bundles' table, from benchmarks.tabular's JSON (none when not measured)."""
+    if not path.is_file():
+        return []
+    lines = [
+        "## Tabular models (`benchmarks.tabular`)",
+        "",
+        "Every held-out row, one at a time, through a real `fhe-server` on loopback: the shipped "
+        "tabular bundles, and Concrete-ML's own breast-cancer deployment configuration "
+        "(XGBClassifier, 2 bits, 10 trees of depth 3) trained by the tabular recipe on the same "
+        "split as a reference point. End to end is the client's whole prediction: preprocessing, "
+        "encryption, HTTP, FHE, decryption.",
+        "",
+        "| model | circuit | PBS | under real FHE, held-out rows | unquantized (card) | keygen "
+        "| evaluation keys | ciphertext in / out | FHE median / p90 | end to end median |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in json.loads(path.read_text()):
+        lines.append(
+            f"| {row['model']} | {row['circuit']} | {row['pbs_count']} | "
+            f"{_scored(row['real_fhe_scores'])} of {row['rows']} | "
+            f"{_scored(row['card_unquantized_scores'] or {})} | {row['keygen_seconds']:.2f} s | "
+            f"{size(row['evaluation_key_bytes'])} | {size(row['ciphertext_in_bytes'])} / "
+            f"{size(row['ciphertext_out_bytes'])} | {row['fhe_seconds_median']:.3f} / "
+            f"{row['fhe_seconds_p90']:.3f} s | {row['end_to_end_seconds_median']:.3f} s |"
+        )
+    return [*lines, ""]
+
+
 def main(
     docs: Annotated[Path, typer.Option(help="where the JSON files are and the report goes")] = Path(
         "docs"
@@ -265,6 +303,7 @@ def main(
         "",
         "![accuracy against latency](pareto.png)",
         "",
+        *tabular_section(docs / "bench-tabular.json"),
         f"## Server throughput (`benchmarks.throughput`, model `{throughput['model']}`)",
         "",
         "| concurrent clients | predictions/s | round trip p50 | p99 | circuit run median | "

@@ -152,6 +152,10 @@ class FHEServerAPI:
         """The fine-tuned tensors of the model's embedder (only for fine-tuned bundles)."""
         return self._request("GET", f"/v1/models/{name}/embedder-delta").content
 
+    def preprocessing(self, name: str) -> bytes:
+        """The client-side preprocessing of a tabular model (skops)."""
+        return self._request("GET", f"/v1/models/{name}/preprocessing").content
+
     def upload_keys(self, serialized_keys: bytes, client_spec: str | None = None) -> dict[str, Any]:
         """Upload evaluation keys; returns {key_id, bytes, client_spec}."""
         headers = {"Content-Type": "application/octet-stream"}

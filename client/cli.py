@@ -25,10 +25,11 @@ from client.jobs import (
     fetch_prediction,
     job_status,
     poll_once,
-    submit_text,
-    submit_texts,
+    submit_item,
+    submit_items,
     wait_for,
 )
+from client.row_features import raw_row, read_raw_rows
 from client.settings import DEFAULT_SERVER_URL, ClientSettings
 from fhe.sizes import readable_size
 
@@ -50,7 +51,8 @@ ModelOption = Annotated[str, typer.Option("--model", "-m", help="model name on t
 
 
 def _fail(error: Exception) -> NoReturn:
-    err.print(f"[red]error:[/red] {error}")
+    """The error on stderr, never wrapped nor read as markup (it may quote brackets), exit 1."""
+    err.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
     raise typer.Exit(1)
 
 
@@ -71,10 +73,13 @@ def models(server: ServerOption = None) -> None:
             rows = api.models()
     except ClientError as error:
         _fail(error)
-    table = Table("name", "kind", "task", "labels", "status")
+    table = Table("name", "kind", "task", "input", "labels", "status")
     for row in rows:
         status = row["status"] if row["status"] == "ready" else f"{row['status']}: {row['reason']}"
-        table.add_row(row["name"], row["kind"], row["task"] or "", ", ".join(row["labels"]), status)
+        columns = row.get("columns")
+        shown = f"{len(columns)} columns" if columns else row.get("input") or ""
+        labels = ", ".join(row["labels"])
+        table.add_row(row["name"], row["kind"], row["task"] or "", shown, labels, status)
     Console().print(table)
 
 
@@ -109,8 +114,15 @@ def _read_texts(texts: list[str], input_file: Optional[Path], column: str) -> li
 
 
 def _print_human(prediction: Prediction, verbose: bool) -> None:
-    scores = "  ".join(f"{label} {score:.3f}" for label, score in prediction.scores.items())
-    typer.echo(f"{prediction.label:<10} {scores}  {prediction.text}")
+    if prediction.label is not None:
+        scores = "  ".join(f"{label} {score:.3f}" for label, score in prediction.scores.items())
+        result = f"{prediction.label:<10} {scores}"
+    elif prediction.value is not None:
+        result = f"{prediction.value:.4f}"
+    else:
+        result = json.dumps([round(value, 6) for value in prediction.output or []])
+    shown = prediction.text if len(prediction.text) <= 120 else prediction.text[:119] + "…"
+    typer.echo(f"{result}  {shown}")
     if verbose:
         seconds = ", ".join(f"{key} {value:.3f} s" for key, value in prediction.seconds.items())
         sizes = ", ".join(
@@ -151,7 +163,7 @@ def _predict_as_jobs(
     """Submit every text as a job, then (unless --no-wait) poll, decrypt and show each result."""
     with _progress(True) as bar:
         task = bar.add_task("encrypting and submitting", total=len(items))
-        entries = submit_texts(
+        entries = submit_items(
             remote, items, journal, callback_url, progress=lambda _: bar.advance(task)
         )
     if not wait:
@@ -208,7 +220,7 @@ def _predict_rows(remote: EncryptedModel, out: BatchOutput) -> None:
             out.write(next(numbers), prediction)
             bar.advance(task)
 
-        remote.predict([out.table.text(number) for number in todo], progress=report)
+        remote.predict([out.table.item(number) for number in todo], progress=report)
 
 
 def _earlier_jobs(
@@ -224,8 +236,8 @@ def _earlier_jobs(
     for number, entry in sorted(journal.batch(batch).items()):
         if number in out.done or not 1 <= number <= out.total or record is None:
             continue
-        if (entry.text, entry.model, entry.key_id) != (
-            out.table.text(number),
+        if (entry.item, entry.model, entry.key_id) != (
+            out.table.item(number),
             remote.name,
             record.key_id,
         ):
@@ -295,7 +307,7 @@ def _predict_rows_as_jobs(
         last_poll = time.monotonic()
         for number in to_submit:
             entry = submitting(
-                submit_text, remote, out.table.text(number), journal, callback_url, batch, number
+                submit_item, remote, out.table.item(number), journal, callback_url, batch, number
             )
             pending.append(entry)
             submitted.append(entry.job_id)
@@ -320,7 +332,7 @@ def _predict_to_csv(
     wait: bool,
 ) -> None:
     """Predict a batch into --output row by row, resuming what an earlier run wrote."""
-    out = BatchOutput(output, table, remote.name, remote.labels).open(overwrite)
+    out = BatchOutput(output, table, remote.name, remote.labels, remote.task).open(overwrite)
     if out.dropped_partial_line:
         _say(f"dropped the partly written last line of {output}; that row is predicted again")
     before = len(out.done)
@@ -369,11 +381,29 @@ def _predict_to_csv(
 
 @app.command()
 def predict(
-    texts: Annotated[Optional[list[str]], typer.Argument(help="texts to classify")] = None,
+    texts: Annotated[Optional[list[str]], typer.Argument(help="texts (text models)")] = None,
     model: ModelOption = "sentiment",
     input_file: Annotated[
-        Optional[Path], typer.Option("--input", help="CSV file of texts", exists=True)
+        Optional[Path],
+        typer.Option(
+            "--input",
+            help="CSV of texts (text models), of table rows with a header (tabular models), or "
+            "of numbers, or a .npy array (raw models)",
+            exists=True,
+        ),
     ] = None,
+    rows: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--row",
+            help='one table row as JSON, e.g. \'{"age": 41, "city": "Lyon"}\' (a JSON array of '
+            "numbers for raw models); repeatable",
+        ),
+    ] = None,
+    example: Annotated[
+        bool,
+        typer.Option("--example", help="predict the example row from the model's card (tabular)"),
+    ] = False,
     text_column: Annotated[str, typer.Option(help="column of --input holding text")] = "text",
     output: Annotated[
         Optional[Path],
@@ -411,24 +441,28 @@ def predict(
         Optional[str], typer.Option(help="with --async: URL the server notifies when a job ends")
     ] = None,
 ) -> None:
-    """Classify texts: embed and encrypt here, run on the server, decrypt here; --output resumes."""
+    """Predict over encrypted data: prepare and encrypt here, run on the server, decrypt here.
+
+    Text models take texts; tabular models take --row JSON or a CSV of rows (columns checked
+    first); raw models take numbers. --output writes row by row and resumes.
+    """
     settings = _settings(server, cache_dir)
     try:
-        if output is not None and texts and input_file is not None:
-            raise ClientError("with --output, give the texts as arguments or --input, not both")
-        table = None
-        if output is not None:
-            table = (
-                InputTable.from_csv(input_file, text_column)
-                if input_file is not None
-                else InputTable.from_texts(list(texts or []))
-            )
-        items = table.texts if table else _read_texts(list(texts or []), input_file, text_column)
-        if not items:
-            raise ClientError("give texts as arguments or --input FILE.csv")
         with FHEServerAPI(settings=settings) as api:
             root = settings.cache_dir
             remote = EncryptedModel(api, model, root, embedding_model)
+            if example:
+                rows = [*(rows or []), _example_row(remote)]
+            table, items = _inputs(
+                remote,
+                list(texts or []),
+                input_file,
+                list(rows or []),
+                text_column,
+                output is not None,
+            )
+            for warning in remote.column_warnings:
+                _say(f"warning: {warning}")
             if remote.cache.record() is None:
                 err.print("no keys for this model yet: generating and uploading them first")
             if output is not None and table is not None:
@@ -450,6 +484,94 @@ def predict(
                     remote.predict(items, progress=report)
     except ClientError as error:
         _fail(error)
+
+
+def _example_row(remote: EncryptedModel) -> str:
+    """The example row of a tabular model's card, as --row takes it."""
+    row = remote.input_info.get("example") if remote.input_kind == "tabular" else None
+    if not row:
+        raise ClientError(f"model {remote.name!r} has no example row in its card")
+    return json.dumps(row)
+
+
+def _parse_rows(rows: list[str]) -> list[object]:
+    """--row values: each a JSON object (a table row) or array (numbers for a raw model)."""
+    parsed = []
+    for text in rows:
+        try:
+            parsed.append(json.loads(text))
+        except ValueError as error:
+            raise ClientError(f"--row {text!r} is not JSON: {error}") from None
+    return parsed
+
+
+def _inputs(
+    remote: EncryptedModel,
+    texts: list[str],
+    input_file: Optional[Path],
+    rows: list[str],
+    text_column: str,
+    to_csv: bool,
+) -> tuple[InputTable | None, list]:
+    """What to predict, as the model's input kind takes it: refused with a message naming what
+    the model takes when given another kind; a tabular table's columns checked first."""
+    kind = remote.input_kind
+    if kind == "text":
+        if rows:
+            raise ClientError(
+                f"model {remote.name!r} takes text, not a row: give texts as arguments or "
+                "--input FILE.csv"
+            )
+        if to_csv and texts and input_file is not None:
+            raise ClientError("with --output, give the texts as arguments or --input, not both")
+        if to_csv:
+            table = (
+                InputTable.from_csv(input_file, text_column)
+                if input_file is not None
+                else InputTable.from_texts(texts)
+            )
+            items = table.texts
+        else:
+            table, items = None, _read_texts(texts, input_file, text_column)
+        if not items:
+            raise ClientError("give texts as arguments or --input FILE.csv")
+        return table, items
+    if texts:
+        wanted = (
+            "--input rows.csv or --row '{\"column\": value, ...}'"
+            if kind == "tabular"
+            else "--input FILE.npy|FILE.csv or --row '[numbers]'"
+        )
+        raise ClientError(
+            f"model {remote.name!r} takes {'table rows' if kind == 'tabular' else 'numbers'}, "
+            f"not text: give {wanted}"
+        )
+    if input_file is not None and rows:
+        raise ClientError("give rows with --input or --row, not both")
+    parsed = _parse_rows(rows)
+    if kind == "tabular":
+        if any(not isinstance(row, dict) for row in parsed):
+            raise ClientError("--row takes a JSON object of column: value for a tabular model")
+        table = (
+            InputTable.from_csv(input_file, None)
+            if input_file is not None
+            else InputTable.from_records("the rows given", parsed)
+        )
+        items = parsed if rows else table.items
+    else:
+        features = int(remote.input_info["features"])
+        numbers = (
+            read_raw_rows(input_file, features)
+            if input_file is not None
+            else [
+                raw_row(row, features, f"--row {n}")[0].tolist() for n, row in enumerate(parsed, 1)
+            ]
+        )
+        table = InputTable.from_numbers(str(input_file or "the rows given"), numbers)
+        items = numbers
+    if not items:
+        raise ClientError(f"model {remote.name!r} takes rows: give --input FILE or --row JSON")
+    return table, remote.checked_items(items)
 
 
 @app.command()
@@ -526,7 +648,12 @@ def demo(
     server: Annotated[
         Optional[str], typer.Option("--server", help="fhe-server URL (env FHE_SERVER_URL)")
     ] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="FHE model")] = None,
+    model: Annotated[
+        Optional[str], typer.Option("--model", "-m", help="FHE model of the text tab [sentiment]")
+    ] = None,
+    tabular_model: Annotated[
+        Optional[str], typer.Option(help="FHE model of the table row tab [breast-cancer]")
+    ] = None,
     host: Annotated[Optional[str], typer.Option(help="interface of the page [127.0.0.1]")] = None,
     port: Annotated[Optional[int], typer.Option(help="TCP port of the page [7860]")] = None,
     concurrency: Annotated[
@@ -556,6 +683,7 @@ def demo(
     given = {
         "server_url": server,
         "model": model,
+        "tabular_model": tabular_model,
         "host": host,
         "port": port,
         "concurrency": concurrency,

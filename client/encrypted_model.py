@@ -1,7 +1,8 @@
-"""A remote FHE model seen from the client: keys, embed, encrypt, send, decrypt.
+"""A remote FHE model seen from the client: keys, prepare, encrypt, send, decrypt.
 
-Text, embedding, private key and prediction stay on this machine; only evaluation keys and
-ciphertexts cross the network.
+The input (a text and its embedding, a table row and its preprocessed features, or a raw array),
+the private key and the prediction stay on this machine; only evaluation keys and ciphertexts
+cross the network.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 from client.api import FHEServerAPI, PredictAnswer
 from client.errors import ClientError, EmbedderMismatch, UnknownKey
 from client.keycache import KeyCache, KeyRecord
+from client.row_features import TabularRows, raw_row
 from fhe.digest import bytes_sha256, file_sha256
 from fhe.embedder import EmbeddingModelMismatch, TextEmbedder, shared_embedder
 
@@ -33,20 +35,45 @@ def top_class(scores: np.ndarray) -> int:
     return int(np.argmax(np.round(np.asarray(scores, dtype=np.float64), 9)))
 
 
+INPUT_NAMES = {"text": "text", "tabular": "row", "raw": "input"}
+"""The key an input is shown under, by the model's input kind."""
+
+
+@dataclass(frozen=True)
+class Decrypted:
+    """One decrypted result: a label and the score of every class, a value, or a raw array."""
+
+    label: str | None
+    scores: dict[str, float]
+    seconds: float
+    value: float | None = None
+    output: list[float] | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """What the prediction is, as the CLI prints it."""
+        if self.label is not None:
+            return {"label": self.label, "scores": self.scores}
+        if self.value is not None:
+            return {"value": self.value}
+        return {"output": self.output}
+
+
 @dataclass
 class Prediction:
-    """One decrypted prediction with what it cost."""
+    """One decrypted prediction with its input (text, row or array) and what it cost."""
 
-    text: str
-    label: str
+    input: Any
+    label: str | None
     scores: dict[str, float]
     seconds: dict[str, float] = field(default_factory=dict)
     bytes: dict[str, int] = field(default_factory=dict)
+    value: float | None = None
+    output: list[float] | None = None
 
     @classmethod
     def of(
         cls,
-        text: str,
+        item: Any,
         decrypted: Decrypted,
         seconds: dict[str, float],
         ciphertext_in: int,
@@ -54,16 +81,33 @@ class Prediction:
     ) -> Prediction:
         """A decrypted result with its timings and the sizes of the ciphertexts sent and got."""
         return cls(
-            text=text,
+            input=item,
             label=decrypted.label,
             scores=decrypted.scores,
             seconds=seconds,
             bytes={"ciphertext_in": ciphertext_in, "ciphertext_out": ciphertext_out},
+            value=decrypted.value,
+            output=decrypted.output,
         )
 
+    @property
+    def text(self) -> str:
+        """The input as one line: the text itself, or a row or array as JSON."""
+        import json
+
+        return self.input if isinstance(self.input, str) else json.dumps(self.input)
+
     def as_json(self, verbose: bool = False) -> dict[str, Any]:
-        """The JSON object the CLI prints per text."""
-        out: dict[str, Any] = {"text": self.text, "label": self.label, "scores": self.scores}
+        """The JSON object the CLI prints per input."""
+        kind = (
+            "text"
+            if isinstance(self.input, str)
+            else "row"
+            if isinstance(self.input, dict)
+            else "input"
+        )
+        result = Decrypted(self.label, self.scores, 0.0, self.value, self.output).as_json()
+        out: dict[str, Any] = {kind: self.input, **result}
         if verbose:
             out["seconds"] = self.seconds
             out["bytes"] = self.bytes
@@ -72,22 +116,14 @@ class Prediction:
 
 @dataclass(frozen=True)
 class Encrypted:
-    """One text on its way out: the clear embedding, its quantized integers and the ciphertext."""
+    """One input on its way out: its clear features (a text's embedding, a row's preprocessed
+    values, a raw array), their quantized integers and the ciphertext."""
 
-    embedding: np.ndarray
+    features: np.ndarray
     quantized: np.ndarray
     ciphertext: bytes
-    embed_seconds: float
+    prepare_seconds: float
     encrypt_seconds: float
-
-
-@dataclass(frozen=True)
-class Decrypted:
-    """One decrypted result: the label and the score of every class."""
-
-    label: str
-    scores: dict[str, float]
-    seconds: float
 
 
 @dataclass(frozen=True)
@@ -118,6 +154,7 @@ class EncryptedModel:
         self.cache_root = cache_root
         self.embedding_model = embedding_model
         self.embedder_cache = embedder_cache or cache_root / "embedders"
+        self.column_warnings: list[str] = []
 
     @cached_property
     def card(self) -> dict[str, Any]:
@@ -131,8 +168,23 @@ class EncryptedModel:
 
     @property
     def labels(self) -> list[str]:
-        """Class labels, in the order of the decrypted scores."""
+        """Class labels, in the order of the decrypted scores (none for regression and raw)."""
         return list(self.card["labels"])
+
+    @property
+    def task(self) -> str:
+        """What the output means: text- or tabular-classification, tabular-regression, raw."""
+        return self.card["task"]
+
+    @property
+    def input_info(self) -> dict[str, Any]:
+        """What the model takes, from the card: kind `text`, `tabular` or `raw`, and its details."""
+        return self.card["metadata"]["input"]
+
+    @property
+    def input_kind(self) -> str:
+        """`text`, `tabular` or `raw`."""
+        return self.input_info["kind"]
 
     @property
     def client_spec(self) -> str:
@@ -165,17 +217,46 @@ class EncryptedModel:
 
         return FHEModelClient(str(self.cache.dir), key_dir=str(self.cache.key_dir))
 
-    def _embedder_delta(self, sha256: str) -> Path:
-        """The bundle's fine-tuned embedder tensors, downloaded once and kept by their hash."""
-        path = self.embedder_cache / f"{sha256}.safetensors"
+    def _downloaded(
+        self, what: str, sha256: str, suffix: str, download: Callable[[], bytes]
+    ) -> Path:
+        """A file the bundle's clients need, downloaded once, checked and kept by its hash."""
+        path = self.embedder_cache / f"{sha256}{suffix}"
         if path.is_file() and file_sha256(path) == sha256:
             return path
-        data = self._checked("embedder delta", self.api.embedder_delta(self.name), sha256)
+        data = self._checked(what, download(), sha256)
         self.embedder_cache.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(f".{os.getpid()}.partial")
         partial.write_bytes(data)
         partial.replace(path)
         return path
+
+    def _embedder_delta(self, sha256: str) -> Path:
+        """The bundle's fine-tuned embedder tensors, downloaded once and kept by their hash."""
+        return self._downloaded(
+            "embedder delta", sha256, ".safetensors", lambda: self.api.embedder_delta(self.name)
+        )
+
+    @cached_property
+    def rows(self) -> TabularRows:
+        """The columns of a tabular model and its preprocessing, downloaded once (kept by hash)
+        and loaded through the same skops audit the server applies to clear models."""
+        from fhe.preprocessing import load_preprocessing
+        from fhe.sklearn_files import ModelLoadRefused
+
+        info = self.input_info
+        if info["kind"] != "tabular":
+            raise ClientError(f"model {self.name!r} takes {info['kind']}, not table rows")
+        step = info.get("preprocessing")
+        if not step:
+            return TabularRows(info)
+        path = self._downloaded(
+            "preprocessing", step["sha256"], ".skops", lambda: self.api.preprocessing(self.name)
+        )
+        try:
+            return TabularRows(info, load_preprocessing(path))
+        except ModelLoadRefused as error:
+            raise ClientError(f"the preprocessing of {self.name!r} was refused: {error}") from None
 
     @property
     def embedder(self) -> TextEmbedder:
@@ -183,7 +264,9 @@ class EncryptedModel:
 
         For a fine-tuned bundle, the changed tensors come from the server, checked by sha256.
         """
-        info = self.card["metadata"]["embedding"]
+        info = self.input_info.get("embedding")
+        if self.input_kind != "text" or info is None:
+            raise ClientError(f"model {self.name!r} takes {self.input_kind}, not text")
         delta_sha256 = info.get("delta_sha256")
         delta = self._embedder_delta(delta_sha256) if delta_sha256 else None
         try:
@@ -238,17 +321,38 @@ class EncryptedModel:
             return self.keys().key_id
         return record.key_id
 
-    def encrypt(self, text: str) -> Encrypted:
-        """Embed, quantize and encrypt one text on this machine."""
+    def features_kind_check(self, item: Any) -> None:
+        """ClientError unless `item` is a table row (column: value) for this tabular model."""
+        if not isinstance(item, dict):
+            shown = "text" if isinstance(item, str) else type(item).__name__
+            raise ClientError(f"model {self.name!r} takes table rows (column: value), not {shown}")
+
+    def features(self, item: Any) -> np.ndarray:
+        """The circuit's float input (1 x n) for one item: a text's embedding, a row's
+        preprocessed features or a raw row, checked against what the model takes."""
+        kind = self.input_kind
+        if kind == "text":
+            if not isinstance(item, str):
+                raise ClientError(f"model {self.name!r} takes text, not {type(item).__name__}")
+            return self.embedder.embed([item]).astype(np.float32)
+        if kind == "tabular":
+            self.features_kind_check(item)
+            return self.rows.encode(item)
+        if isinstance(item, str | dict):
+            raise ClientError(f"model {self.name!r} takes a bare array of numbers")
+        return raw_row(item, int(self.input_info["features"]))
+
+    def encrypt(self, item: Any) -> Encrypted:
+        """Prepare (embed, preprocess), quantize and encrypt one input on this machine."""
         started = time.perf_counter()
-        vector = self.embedder.embed([text]).astype(np.float32)
-        embedded = time.perf_counter()
+        vector = self.features(item)
+        prepared = time.perf_counter()
         client = self.fhe_client
         quantized = np.asarray(client.model.quantize_input(vector))
         ciphertext = client.quantize_encrypt_serialize(vector)
         encrypted = time.perf_counter()
         return Encrypted(
-            vector[0], quantized[0], ciphertext, embedded - started, encrypted - embedded
+            vector[0], quantized[0], ciphertext, prepared - started, encrypted - prepared
         )
 
     def _with_key(self, send: Callable[[str], T]) -> T:
@@ -287,31 +391,41 @@ class EncryptedModel:
         client.generate_private_and_evaluation_keys(force=False)
 
     def decrypt(self, ciphertext: bytes) -> Decrypted:
-        """Decrypt and dequantize an encrypted result into a label and class scores."""
+        """Decrypt and dequantize an encrypted result: a label and class scores, a value, or
+        (raw models) the output array."""
         self._load_private_key()
         started = time.perf_counter()
-        scores = np.asarray(self.fhe_client.deserialize_decrypt_dequantize(ciphertext))[0]
-        by_label = dict(zip(self.labels, scores.tolist(), strict=True))
-        label = self.labels[top_class(scores)]
-        return Decrypted(label, by_label, time.perf_counter() - started)
+        output = np.asarray(self.fhe_client.deserialize_decrypt_dequantize(ciphertext))[0]
+        took = time.perf_counter() - started
+        if self.task.endswith("classification"):
+            by_label = dict(zip(self.labels, output.tolist(), strict=True))
+            return Decrypted(self.labels[top_class(output)], by_label, took)
+        if self.task == "tabular-regression":
+            return Decrypted(None, {}, took, value=float(np.ravel(output)[0]))
+        return Decrypted(None, {}, took, output=np.ravel(output).tolist())
 
     def predict(
         self,
-        texts: Sequence[str],
+        items: Sequence[Any] | Any,
         progress: Callable[[Prediction], None] | None = None,
     ) -> list[Prediction]:
-        """Embed, encrypt, run on the server and decrypt each text; the server sees only bytes."""
+        """Prepare, encrypt, run on the server and decrypt each input; the server sees only bytes.
+
+        Items are texts, rows (a pandas DataFrame or dicts of column: value) or raw arrays, as
+        the model takes. Rows' columns are checked before anything is encrypted.
+        """
+        items = self.checked_items(items)
         self._key_id()
         results = []
-        for text in texts:
+        for item in items:
             started = time.perf_counter()
-            encrypted = self.encrypt(text)
+            encrypted = self.encrypt(item)
             sent = time.perf_counter()
             answer = self.run(encrypted.ciphertext)
             answered = time.perf_counter()
             decrypted = self.decrypt(answer.ciphertext)
             seconds = {
-                "embed": encrypted.embed_seconds,
+                "prepare": encrypted.prepare_seconds,
                 "encrypt": encrypted.encrypt_seconds,
                 "server": answer.server_seconds,
                 "fhe": answer.fhe_seconds,
@@ -320,9 +434,23 @@ class EncryptedModel:
                 "total": time.perf_counter() - started,
             }
             prediction = Prediction.of(
-                text, decrypted, seconds, len(encrypted.ciphertext), len(answer.ciphertext)
+                item, decrypted, seconds, len(encrypted.ciphertext), len(answer.ciphertext)
             )
             results.append(prediction)
             if progress is not None:
                 progress(prediction)
         return results
+
+    def checked_items(self, items: Sequence[Any] | Any) -> list[Any]:
+        """The items as a list (a DataFrame becomes its rows); rows' columns checked, warnings
+        for extra columns kept in `column_warnings`."""
+        if hasattr(items, "to_dict") and hasattr(items, "columns"):
+            items = items.to_dict(orient="records")
+        items = list(items)
+        self.column_warnings = []
+        if self.input_kind == "tabular" and items:
+            for item in items:
+                self.features_kind_check(item)
+            given = {column for item in items for column in item}
+            self.column_warnings = self.rows.check_columns(given)
+        return items

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from client.encrypted_model import EncryptedModel, Prediction
 from client.errors import JobFailed, ServerError
@@ -22,7 +23,8 @@ from client.errors import JobFailed, ServerError
 
 @dataclass(frozen=True)
 class JournalEntry:
-    """One submitted job: where, for which model, and the text it encrypts.
+    """One submitted job: where, for which model, and the input it encrypts (`text`: the text, or
+    a row or array as JSON, which `input` then holds as is).
 
     Jobs of a CSV batch (`predict --async --output`) also name the batch (the output file), the
     input row and the key they were encrypted under, so that a rerun resumes instead of
@@ -38,6 +40,12 @@ class JournalEntry:
     batch: str | None = None
     row: int | None = None
     key_id: str | None = None
+    input: Any = None
+
+    @property
+    def item(self) -> Any:
+        """The input as it was given: a text, a row or an array."""
+        return self.text if self.input is None else self.input
 
 
 class JobJournal:
@@ -88,45 +96,46 @@ class JobJournal:
 FINISHED = ("done", "failed")
 
 
-def submit_texts(
+def submit_items(
     remote: EncryptedModel,
-    texts: Sequence[str],
+    items: Sequence[Any],
     journal: JobJournal,
     callback_url: str | None = None,
     progress: Callable[[JournalEntry], None] | None = None,
 ) -> list[JournalEntry]:
-    """Encrypt each text here and queue it on the server; returns the journal entries."""
+    """Encrypt each input here and queue it on the server; returns the journal entries."""
     entries = []
-    for text in texts:
-        entry = submit_text(remote, text, journal, callback_url)
+    for item in items:
+        entry = submit_item(remote, item, journal, callback_url)
         entries.append(entry)
         if progress is not None:
             progress(entry)
     return entries
 
 
-def submit_text(
+def submit_item(
     remote: EncryptedModel,
-    text: str,
+    item: Any,
     journal: JobJournal,
     callback_url: str | None = None,
     batch: str | None = None,
     row: int | None = None,
 ) -> JournalEntry:
-    """Encrypt one text here, queue it on the server and journal it (with its batch row)."""
-    encrypted = remote.encrypt(text)
+    """Encrypt one input here, queue it on the server and journal it (with its batch row)."""
+    encrypted = remote.encrypt(item)
     job = remote.submit(encrypted.ciphertext, callback_url)
     record = remote.cache.record()
     entry = JournalEntry(
         job_id=job["job_id"],
         server=remote.api.base_url,
         model=remote.name,
-        text=text,
+        text=item if isinstance(item, str) else json.dumps(item),
         submitted=time.time(),
         ciphertext_in_bytes=len(encrypted.ciphertext),
         batch=batch,
         row=row,
         key_id=record.key_id if record is not None else None,
+        input=None if isinstance(item, str) else item,
     )
     journal.add(entry)
     return entry
@@ -207,5 +216,5 @@ def fetch_prediction(remote: EncryptedModel, entry: JournalEntry, status: dict) 
         "total": time.time() - entry.submitted,
     }
     return Prediction.of(
-        entry.text, decrypted, seconds, entry.ciphertext_in_bytes, len(answer.ciphertext)
+        entry.item, decrypted, seconds, entry.ciphertext_in_bytes, len(answer.ciphertext)
     )

@@ -1,4 +1,8 @@
-"""The FHE model bundle: Concrete-ML's client.zip and server.zip plus model.json describing them."""
+"""The FHE model bundle: Concrete-ML's client.zip and server.zip plus model.json describing them.
+
+Format 2 says what the input is (`text`, `tabular` or `raw`) and what the output means (the task).
+Format 1 bundles (text only, `embedding` at the top level) are read as format 2 text bundles.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +10,22 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from fhe.digest import file_sha256
 from fhe.versions import library_versions
 
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2
 CLIENT_ZIP = "client.zip"
 SERVER_ZIP = "server.zip"
 METADATA_FILE = "model.json"
 CARD_FILE = "README.md"
+PREPROCESSING_FILE = "preprocessing.skops"
+
+FHE_TASKS = ("text-classification", "tabular-classification", "tabular-regression", "raw")
+"""What an FHE bundle's output means: class scores of a text or a row, a value, or a bare array."""
 
 
 class EmbeddingInfo(BaseModel):
@@ -38,6 +46,60 @@ class EmbeddingInfo(BaseModel):
     fine_tuning: dict[str, Any] | None = None
 
 
+class TextInput(BaseModel):
+    """A text, embedded on the client by the bundle's embedder."""
+
+    kind: Literal["text"] = "text"
+    embedding: EmbeddingInfo
+
+
+class Column(BaseModel):
+    """One feature column of a tabular input, in the order the model takes them."""
+
+    name: str
+    dtype: str
+
+
+class Preprocessing(BaseModel):
+    """The client-side scikit-learn transformer (skops) from a row to the circuit's features.
+
+    `imputes` lists the columns it fills in when missing; `trusted_types` are the types outside
+    skops' defaults that the audit found in the file, which clients accept.
+    """
+
+    file: str = PREPROCESSING_FILE
+    sha256: str
+    bytes: int
+    steps: list[str]
+    imputes: list[str] = Field(default_factory=list)
+
+
+class TabularInput(BaseModel):
+    """A table row: named, typed columns, optionally transformed on the client before encrypting."""
+
+    kind: Literal["tabular"] = "tabular"
+    columns: list[Column]
+    categorical: list[str] = Field(default_factory=list)
+    preprocessing: Preprocessing | None = None
+    features: int
+    example: dict[str, Any] | None = None
+
+    @property
+    def names(self) -> list[str]:
+        """The column names, in order."""
+        return [column.name for column in self.columns]
+
+
+class RawInput(BaseModel):
+    """A bare numeric array of the circuit's input shape (one row of `features` numbers)."""
+
+    kind: Literal["raw"] = "raw"
+    features: int
+
+
+InputInfo = Annotated[TextInput | TabularInput | RawInput, Field(discriminator="kind")]
+
+
 class CircuitInfo(BaseModel):
     """The compiled model: its type, hyper-parameters and FHE cost."""
 
@@ -50,17 +112,13 @@ class CircuitInfo(BaseModel):
     p_error: float | None = None
 
 
-class TrainingInfo(BaseModel):
-    """The data and split the bundle was trained and measured on."""
+class SplitInfo(BaseModel):
+    """The data a bundle was trained and measured on, its held-out split and model selection."""
 
     data: str
     data_sha256: str
     data_license: str = ""
-    text_column: str
     label_column: str
-    rows_read: int
-    rows_kept: int
-    deduplicated_by: str | None
     train_rows: int
     test_rows: int
     test_size: float
@@ -71,16 +129,25 @@ class TrainingInfo(BaseModel):
     command: str = ""
 
 
-class Metrics(BaseModel):
-    """Measured numbers, written by the training recipe; none are typed by hand."""
+class TrainingInfo(SplitInfo):
+    """The texts a text bundle was trained on: their column and how rows were kept."""
 
-    clear_accuracy: float
-    clear_macro_f1: float
-    simulated_accuracy: float
-    simulated_macro_f1: float
+    text_column: str
+    rows_read: int
+    rows_kept: int
+    deduplicated_by: str | None
+
+
+class TabularTrainingInfo(SplitInfo):
+    """The table a tabular bundle was trained on."""
+
+    rows: int
+
+
+class Timings(BaseModel):
+    """What running the circuit costs, measured on real FHE."""
+
     fhe_sample_size: int
-    fhe_sample_accuracy: float
-    fhe_sample_agreement_with_simulation: float
     fhe_seconds_median: float
     fhe_seconds_p90: float
     keygen_seconds: float
@@ -91,6 +158,60 @@ class Metrics(BaseModel):
     machine: str = ""
 
 
+class Metrics(Timings):
+    """Measured numbers of a text bundle, written by the training recipe; none typed by hand."""
+
+    clear_accuracy: float
+    clear_macro_f1: float
+    simulated_accuracy: float
+    simulated_macro_f1: float
+    fhe_sample_accuracy: float
+    fhe_sample_agreement_with_simulation: float
+
+
+class TabularMetrics(Timings):
+    """Scores of a tabular bundle on held-out rows: accuracy and macro F1, or R² and MAE.
+
+    `unquantized` is the float model before quantization (None for trees the recipe trains:
+    Concrete-ML fits them on quantized inputs, so no float twin exists), `quantized` the clear
+    quantized one (which FHE reproduces), `simulated` FHE simulation and `fhe_sample` real FHE on
+    the first `fhe_sample_size` rows. How closely the encrypted model follows the unquantized one
+    (its clear twin): `agreement_with_unquantized`, the share of equal labels, or
+    `max_quantization_error`, the largest |quantized - unquantized| value, on the held-out rows.
+    """
+
+    rows: int
+    unquantized: dict[str, float] | None
+    quantized: dict[str, float]
+    simulated: dict[str, float]
+    fhe_sample: dict[str, float]
+    fhe_sample_agreement_with_simulation: float
+    agreement_with_unquantized: float | None = None
+    max_quantization_error: float | None = None
+
+
+class Conversion(BaseModel):
+    """Where a converted bundle came from, and how closely it follows that clear model.
+
+    Classification: `agreement` is the share of calibration rows whose encrypted label equals the
+    clear model's. Regression: the largest and mean |encrypted - clear| on those rows.
+    """
+
+    source: str
+    source_file: str
+    source_sha256: str
+    estimator: str
+    pipeline_steps: list[str]
+    calibration: str
+    calibration_sha256: str
+    calibration_rows: int
+    agreement: float | None = None
+    fhe_sample_agreement: float | None = None
+    max_abs_difference: float | None = None
+    mean_abs_difference: float | None = None
+    command: str = ""
+
+
 class BundleMetadata(BaseModel):
     """Everything model.json holds about one FHE model."""
 
@@ -98,15 +219,32 @@ class BundleMetadata(BaseModel):
     name: str
     kind: str = "fhe"
     task: str = "text-classification"
-    labels: list[str]
+    labels: list[str] = Field(default_factory=list)
     description: str = ""
-    embedding: EmbeddingInfo
+    input: InputInfo
     circuit: CircuitInfo
-    training: TrainingInfo
-    metrics: Metrics
+    training: TrainingInfo | TabularTrainingInfo | None = None
+    metrics: Metrics | TabularMetrics | None = None
+    conversion: Conversion | None = None
+    clear_twin: str | None = None
     versions: dict[str, str] = Field(default_factory=library_versions)
     client_spec_sha256: str = ""
     created: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _format_1(cls, data: Any) -> Any:
+        """A format 1 bundle: a text model with `embedding` at the top level."""
+        if isinstance(data, dict) and "input" not in data and "embedding" in data:
+            embedding = data["embedding"]
+            data = {key: value for key, value in data.items() if key != "embedding"}
+            data["input"] = {"kind": "text", "embedding": embedding}
+        return data
+
+    @property
+    def embedding(self) -> EmbeddingInfo | None:
+        """The embedder of a text bundle; None for other inputs."""
+        return self.input.embedding if isinstance(self.input, TextInput) else None
 
 
 def client_spec_hash(bundle_dir: Path) -> str:

@@ -6,10 +6,8 @@ Run `python -m fhe.recipe --help`; `make model` rebuilds the shipped models/sent
 from __future__ import annotations
 
 import itertools
-import platform
 import shlex
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -30,16 +28,17 @@ from fhe.bundle import (
     CircuitInfo,
     EmbeddingInfo,
     Metrics,
+    TextInput,
     TrainingInfo,
     export_circuit,
     write_metadata,
 )
 from fhe.card import render_card
+from fhe.circuit import circuit_cost, compile_model, measure_real_fhe
 from fhe.dataset import DEFAULT_DATA, TextSplit, load_split
 from fhe.digest import bytes_sha256
 from fhe.embedder import DEFAULT_EMBEDDING_MODEL, TextEmbedder
 from fhe.finetune import DELTA_FILE, FineTuneConfig, fine_tune
-from fhe.signals import ignore_sigpipe
 
 AIRLINE_LICENSE = (
     "CC BY-NC-SA 4.0 (Twitter US Airline Sentiment, CrowdFlower 'Data for Everyone', as listed on "
@@ -142,25 +141,6 @@ def fine_tuned_embedder(
     return tuned, info
 
 
-def compile_model(model: Any, inputset: np.ndarray, p_error: float | None = None) -> Any:
-    """Compile with key and input ciphertext compression on (smaller uploads, same results).
-
-    `p_error` is the error probability of one PBS; None keeps Concrete-ML's default (2**-40).
-    A larger one lets Concrete pick smaller, faster parameters; simulation then injects errors
-    at that rate, so the simulated accuracy shows what it costs.
-    """
-    from concrete.fhe import Configuration
-
-    configuration = Configuration(compress_evaluation_keys=True, compress_input_ciphertexts=True)
-    return model.compile(inputset, configuration=configuration, p_error=p_error)
-
-
-def circuit_cost(circuit: Any) -> tuple[int, int]:
-    """PBS count and maximum integer bit width of a compiled circuit."""
-    pbs = int(circuit.statistics.get("programmable_bootstrap_count", 0))
-    return pbs, int(circuit.graph.maximum_integer_bit_width())
-
-
 MODEL_TYPES = ("xgb", "linear")
 """Circuits the recipe trains: Concrete-ML's XGBClassifier, or its LogisticRegression."""
 
@@ -227,48 +207,6 @@ def search_grid(
     return best[1], best[2], rows
 
 
-def measure_real_fhe(
-    bundle_dir: Path, x_sample: np.ndarray
-) -> tuple[np.ndarray, list[float], float, int, int, int]:
-    """Run the exported bundle through Concrete-ML's deployment client and server for real.
-
-    Returns decrypted probabilities, per-text server run seconds, keygen seconds, and the byte
-    sizes of the evaluation keys, one input ciphertext and one output ciphertext.
-    """
-    from concrete import fhe
-    from concrete.ml.deployment import FHEModelClient, FHEModelServer
-
-    with tempfile.TemporaryDirectory() as key_dir:
-        client = FHEModelClient(str(bundle_dir), key_dir=key_dir)
-        started = time.perf_counter()
-        client.generate_private_and_evaluation_keys(force=True)
-        serialized_keys = client.get_serialized_evaluation_keys()
-        keygen_seconds = time.perf_counter() - started
-        server = FHEModelServer(str(bundle_dir))
-        keys = fhe.EvaluationKeys.deserialize(serialized_keys)
-        probabilities, seconds = [], []
-        size_in = size_out = 0
-        with Progress(console=console, transient=True) as progress:
-            task = progress.add_task("real FHE on the sample", total=len(x_sample))
-            for row in x_sample:
-                encrypted = client.quantize_encrypt_serialize(row[None, :])
-                started = time.perf_counter()
-                result = server.run(encrypted, keys)
-                seconds.append(time.perf_counter() - started)
-                ignore_sigpipe()
-                probabilities.append(client.deserialize_decrypt_dequantize(result)[0])
-                size_in, size_out = len(encrypted), len(result)
-                progress.advance(task)
-    return np.array(probabilities), seconds, keygen_seconds, len(serialized_keys), size_in, size_out
-
-
-def machine_description() -> str:
-    """A one-line description of the machine measurements were taken on."""
-    import os
-
-    return f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
-
-
 @dataclass(frozen=True)
 class TrainedBundle:
     """What a recipe run produced: the bundle's metadata, the compiled model and its embedder."""
@@ -325,10 +263,8 @@ def train(config: RecipeConfig) -> TrainedBundle:
     if embedder.delta is not None:
         shutil.copyfile(embedder.delta, config.out / DELTA_FILE)
     sample = min(config.fhe_sample, len(x_test))
-    proba, seconds, keygen_seconds, key_bytes, size_in, size_out = measure_real_fhe(
-        config.out, x_test[:sample]
-    )
-    fhe_predictions = proba.argmax(axis=1)
+    real = measure_real_fhe(config.out, x_test[:sample])
+    fhe_predictions = real.outputs.argmax(axis=1)
 
     metadata = BundleMetadata(
         name=config.name,
@@ -337,15 +273,17 @@ def train(config: RecipeConfig) -> TrainedBundle:
             "Sentiment of an English text (airline tweets) predicted over encrypted data: the "
             "server never sees the text, its embedding or the prediction."
         ),
-        embedding=EmbeddingInfo(
-            model_id=config.embedding_model,
-            max_length=config.max_length,
-            dimension=int(x_train.shape[1]),
-            weights_sha256=embedder.weights_sha256,
-            delta_file=DELTA_FILE if embedder.delta is not None else None,
-            delta_sha256=embedder.delta_sha256,
-            delta_bytes=embedder.delta.stat().st_size if embedder.delta is not None else None,
-            fine_tuning=fine_tuning,
+        input=TextInput(
+            embedding=EmbeddingInfo(
+                model_id=config.embedding_model,
+                max_length=config.max_length,
+                dimension=int(x_train.shape[1]),
+                weights_sha256=embedder.weights_sha256,
+                delta_file=DELTA_FILE if embedder.delta is not None else None,
+                delta_sha256=embedder.delta_sha256,
+                delta_bytes=embedder.delta.stat().st_size if embedder.delta is not None else None,
+                fine_tuning=fine_tuning,
+            )
         ),
         circuit=CircuitInfo(
             model_type=type(model).__name__,
@@ -386,19 +324,11 @@ def train(config: RecipeConfig) -> TrainedBundle:
             clear_macro_f1=float(f1_score(y_test, clear, average="macro")),
             simulated_accuracy=float(accuracy_score(y_test, simulated)),
             simulated_macro_f1=float(f1_score(y_test, simulated, average="macro")),
-            fhe_sample_size=sample,
             fhe_sample_accuracy=float(accuracy_score(y_test[:sample], fhe_predictions)),
             fhe_sample_agreement_with_simulation=float(
                 np.mean(fhe_predictions == simulated[:sample])
             ),
-            fhe_seconds_median=float(statistics.median(seconds)),
-            fhe_seconds_p90=float(np.percentile(seconds, 90)),
-            keygen_seconds=keygen_seconds,
-            evaluation_key_bytes=key_bytes,
-            ciphertext_in_bytes=size_in,
-            ciphertext_out_bytes=size_out,
-            compile_seconds=compile_seconds,
-            machine=machine_description(),
+            **real.timings(compile_seconds),
         ),
         client_spec_sha256=spec_hash,
         created=datetime.now(UTC).isoformat(timespec="seconds"),

@@ -135,6 +135,12 @@ class NoEmbedderDelta(ServiceError):
     status, code = 404, "no_embedder_delta"
 
 
+class NoPreprocessing(ServiceError):
+    """The bundle has no client-side preprocessing (not tabular, or its columns go in as is)."""
+
+    status, code = 404, "no_preprocessing"
+
+
 class ClientSpecMismatch(ServiceError):
     """The client encrypted for another client.zip."""
 

@@ -143,7 +143,9 @@ def test_listing_card_and_client_zip(tiny_server, remote) -> None:
             "name": "tiny",
             "kind": "fhe",
             "task": "text-classification",
+            "input": "text",
             "labels": ["negative", "neutral", "positive"],
+            "columns": None,
             "status": "ready",
             "reason": None,
         }

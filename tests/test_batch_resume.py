@@ -258,7 +258,7 @@ def test_async_batch_resumes_from_the_journal(
 def prediction(label: str) -> Prediction:
     """A made-up prediction, for the file tests that run no model."""
     scores = {name: 0.9 if name == label else 0.05 for name in LABELS}
-    return Prediction(text="", label=label, scores=scores, seconds={"total": 0.1})
+    return Prediction(input="", label=label, scores=scores, seconds={"total": 0.1})
 
 
 @pytest.fixture

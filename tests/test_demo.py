@@ -1,4 +1,4 @@
-"""The Gradio demo in headless Chromium against a real fhe-server serving the shipped model."""
+"""The Gradio demo in headless Chromium against a real fhe-server serving the shipped models."""
 
 from __future__ import annotations
 
@@ -7,10 +7,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from client.api import ServerError
 from client.demo.messages import explain
+from client.demo.rows import describe_row, example_lines, row_of
+from client.demo.steps import TABULAR, DemoTab
 from client.local_server import free_port
 from tests.conftest import REPO
 from tests.demo_process import DemoProcess, open_demo, text_of
@@ -19,6 +22,9 @@ from tests.server_process import ServerProcess
 ARTIFACTS = REPO / "test-artifacts"
 POSITIVE = "I love this airline, the crew was wonderful and the flight was perfect"
 NEGATIVE = "worst flight ever, they lost my bag and nobody helped"
+TABULAR_MODEL = "breast-cancer"
+"""The tabular tab's model by default (FHE_DEMO_TABULAR_MODEL)."""
+SIZE = r"[\d.]+ (?:B|kB|MB)"
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +65,44 @@ def key_id(info: str) -> str:
     return info.split("Key id ")[1].split(".")[0].strip()
 
 
+def card_of(server: ServerProcess, model: str) -> dict:
+    answer = httpx.get(f"{server.url}/v1/models/{model}", timeout=30)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def clear_twin_says(server: ServerProcess, card: dict, row: dict) -> object:
+    """What the model's clear twin on the server predicts for `row`."""
+    twin = card["metadata"]["clear_twin"]
+    inputs = {"data": {column: [value] for column, value in row.items()}}
+    answer = httpx.post(f"{server.url}/models/{twin}", json={"inputs": inputs}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    return answer.json()[0]
+
+
+def open_tabular_tab(page) -> str:
+    """Switch to the tabular tab once its model card has loaded; returns that card's text."""
+    page.click("button[role=tab]:has-text('Table row')")
+    page.wait_for_selector("#tabular-model-card p", timeout=60_000)
+    return page.inner_text("#tabular-model-card")
+
+
+def editor_cell(page, line: int, column: int):
+    return page.locator(f'#tabular-row .body-cell[data-row="{line}"][data-col="{column}"]')
+
+
+def edit_value(page, line: int, value: str) -> None:
+    """Type a new value into the row editor's value column, as a person does."""
+    cell = editor_cell(page, line, 2)
+    cell.dblclick()
+    cell.locator("textarea").fill(value)
+    cell.locator("textarea").press("Enter")
+    page.wait_for_function(
+        "([selector, value]) => document.querySelector(selector)?.innerText.trim() === value",
+        arg=[f'#tabular-row .body-cell[data-row="{line}"][data-col="2"]', value],
+    )
+
+
 def test_steps_show_each_stage_and_decrypt_the_right_label(browser, demo: str) -> None:
     page = open_demo(browser, demo)
     assert "Model sentiment" in page.inner_text("#model-card")
@@ -89,6 +133,94 @@ def test_two_sessions_at_once_have_their_own_keys(browser, demo: str) -> None:
     second.context.close()
 
 
+def test_tabular_tab_steps_through_an_edited_example_row(
+    browser, demo: str, shipped_server: ServerProcess
+) -> None:
+    card = card_of(shipped_server, TABULAR_MODEL)
+    info = card["metadata"]["input"]
+    example = info["example"]
+    page = open_demo(browser, demo)
+    assert f"Model {TABULAR_MODEL}" in open_tabular_tab(page)
+    for line, column in enumerate(info["columns"][:5]):
+        assert editor_cell(page, line, 0).inner_text().strip() == column["name"]
+        assert float(editor_cell(page, line, 2).inner_text()) == example[column["name"]]
+    first = info["columns"][0]["name"]
+    edited = f"{example[first] * 1.05:.2f}"
+    edit_value(page, 0, edited)
+    shown = f"the example row with {first} {edited}"
+
+    page.click("#tabular-keygen")
+    keys = text_of(page, "#tabular-key-info", "Keys ready")
+    assert re.search(rf"Evaluation keys: {SIZE},? .*generated in [\d.]+ s and uploaded in", keys)
+    page.click("#tabular-encrypt")
+    encrypted = text_of(page, "#tabular-encrypt-info", f"Encrypted {shown}")
+    took = r"in [\d.]+ s \(preprocessing [\d.]+ s, quantize and encrypt [\d.]+ s\)"
+    assert re.search(rf"{took}\. Ciphertext: {SIZE}", encrypted), encrypted
+    assert page.input_value("#tabular-features textarea").startswith("[")
+    assert f"({info['features']} values)" in page.input_value("#tabular-quantized textarea")
+    assert "more bytes" in page.input_value("#tabular-ciphertext textarea")
+    page.click("#tabular-run")
+    ran = text_of(page, "#tabular-run-info", f"Done for {shown}")
+    assert re.search(rf"Encrypted result: {SIZE}.*Server time [\d.]+ s \(FHE [\d.]+ s\)", ran)
+    page.click("#tabular-decrypt")
+    verdict = text_of(page, "#tabular-verdict", f"for {shown}")
+    label = page.inner_text("#tabular-label .output-class").strip()
+    assert label in card["labels"] and f"Prediction: {label}" in verdict, verdict
+    assert label == clear_twin_says(shipped_server, card, {**example, first: float(edited)})
+
+    page.click("#tabular-reset")
+    page.wait_for_function(
+        "([selector, value]) => document.querySelector(selector)?.innerText.trim() === value",
+        arg=['#tabular-row .body-cell[data-row="0"][data-col="2"]', str(example[first])],
+    )
+    page.click("#tabular-run-all")
+    text_of(page, "#tabular-verdict", "for the example row (")
+    label = page.inner_text("#tabular-label .output-class").strip()
+    assert label == clear_twin_says(shipped_server, card, example)
+    assert "Model sentiment" in page.inner_text("#model-card")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "demo-tabular-finished.png"), full_page=True)
+    assert "Traceback" not in page.content()
+    page.context.close()
+
+
+def test_tabular_steps_show_a_regression_value(
+    shipped_server: ServerProcess, tmp_path: Path
+) -> None:
+    """The tabular tab's handlers, without a browser, on the shipped regression model."""
+    tab = DemoTab(shipped_server.url, "diabetes", tmp_path, TABULAR)
+    card = tab.card()
+    info = card["metadata"]["input"]
+    session, keys = tab.keygen(None)
+    assert "Keys ready" in keys, keys
+    encrypted = tab.encrypt(session, example_lines(info))[-1]
+    assert "**Encrypted** the example row in" in encrypted, encrypted
+    ran = tab.run(session, progress=lambda *args, **kwargs: None)[1]
+    assert "**Done** for the example row." in ran, ran
+    value, verdict = tab.decrypt(session)
+    assert f"Predicted value: **{value}** for the example row" in verdict, verdict
+    twin = clear_twin_says(shipped_server, card, info["example"])
+    error = card["metadata"]["metrics"]["max_quantization_error"]
+    assert abs(float(value) - twin) <= error + abs(twin) * 1e-3
+    session.close()
+    text_model = DemoTab(shipped_server.url, "sentiment", tmp_path, TABULAR).describe_model()
+    assert "takes text, not table rows" in text_model and "FHE_DEMO_TABULAR_MODEL" in text_model
+
+
+def test_row_editor_lines_round_trip_and_name_the_edits() -> None:
+    info = {
+        "columns": [{"name": "a", "dtype": "float64"}, {"name": "b", "dtype": "string"}],
+        "example": {"a": 1.5, "b": None},
+    }
+    lines = example_lines(info)
+    assert lines == [["a", "float64", "1.5"], ["b", "string", ""]]
+    row = row_of(lines)
+    assert row == {"a": "1.5", "b": ""}
+    assert describe_row({**row, "a": "1.50"}, info["example"]) == "the example row"
+    assert describe_row({**row, "a": "2"}, info["example"]) == "the example row with a 2"
+    assert describe_row(row, None) == "your row"
+
+
 def test_steps_out_of_order_say_what_to_do_first(browser, demo: str) -> None:
     page = open_demo(browser, demo)
     page.fill("#message textarea", POSITIVE)
@@ -116,12 +248,18 @@ def test_server_down_shows_a_readable_error(browser, tmp_path: Path) -> None:
 
 
 def test_missing_model_is_named(browser, shipped_server: ServerProcess, tmp_path: Path) -> None:
-    process = DemoProcess(shipped_server.url, tmp_path / "demo.log", model="nosuch").start()
+    env = {"FHE_DEMO_TABULAR_MODEL": "nosuch-table"}
+    process = DemoProcess(shipped_server.url, tmp_path / "demo.log", model="nosuch", env=env)
+    process.start()
     try:
         page = open_demo(browser, process.url)
         assert "no model named 'nosuch'" in page.inner_text("#model-card")
         page.click("#keygen")
         assert "no model named 'nosuch'" in text_of(page, "#key-info", "nosuch")
+        assert "no model named 'nosuch-table'" in open_tabular_tab(page)
+        page.click("#tabular-run-all")
+        assert "no model named 'nosuch-table'" in text_of(page, "#tabular-key-info", "nosuch")
+        assert "Traceback" not in page.content()
         page.context.close()
     finally:
         process.stop()

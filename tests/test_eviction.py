@@ -12,7 +12,7 @@ import pytest
 
 from client.api import FHEServerAPI, ServerError
 from client.encrypted_model import EncryptedModel
-from client.jobs import JobJournal, submit_texts
+from client.jobs import JobJournal, submit_items
 from fhe.recipe import TrainedBundle
 from tests.conftest import SAMPLE_TEXTS, clear_labels, job_labels
 from tests.server_process import ServerProcess
@@ -36,7 +36,7 @@ def test_jobs_accepted_before_an_eviction_all_finish(
     try:
         with FHEServerAPI(server.url) as api:
             victim = EncryptedModel(api, "tiny", tmp_path / "victim")
-            entries = submit_texts(victim, texts, JobJournal(tmp_path / "victim"))
+            entries = submit_items(victim, texts, JobJournal(tmp_path / "victim"))
             victim_key = victim.keys(upload=False).key_id
             other = EncryptedModel(api, "tiny", tmp_path / "other")
             with pytest.raises(ServerError) as full:

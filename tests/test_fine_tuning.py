@@ -58,7 +58,7 @@ def test_delta_is_served_and_checked(
     shutil.copytree(tiny_bundle.path, models / "plain")
     meta = json.loads((models / "plain" / "model.json").read_text())
     meta["name"] = "plain"
-    meta["embedding"].update(delta_file=None, delta_sha256=None, delta_bytes=None)
+    meta["input"]["embedding"].update(delta_file=None, delta_sha256=None, delta_bytes=None)
     (models / "plain" / "model.json").write_text(json.dumps(meta))
     with (models / "tiny" / DELTA_FILE).open("ab") as handle:
         handle.write(b"\0")

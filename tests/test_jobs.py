@@ -14,7 +14,7 @@ import pytest
 
 from client.api import FHEServerAPI
 from client.encrypted_model import EncryptedModel
-from client.jobs import JobJournal, submit_texts
+from client.jobs import JobJournal, submit_items
 from client.local_server import free_port
 from fhe.recipe import TrainedBundle
 from server.storage.jobs import Job, JobStore, new_job_id
@@ -91,7 +91,7 @@ def test_encrypted_jobs_decrypt_to_the_clear_labels(
     with FHEServerAPI(server.url) as api:
         remote = EncryptedModel(api, "tiny", tmp_path / "client")
         journal = JobJournal(tmp_path / "client")
-        entries = submit_texts(remote, SAMPLE_TEXTS, journal)
+        entries = submit_items(remote, SAMPLE_TEXTS, journal)
         assert [e.job_id for e in journal.entries(server.url)] == [e.job_id for e in entries]
         labels = job_labels(remote, entries)
         status = api.job(entries[0].job_id)
@@ -216,7 +216,7 @@ def test_jobs_survive_a_killed_server(
     try:
         with FHEServerAPI(process.url) as api:
             remote = EncryptedModel(api, "tiny", tmp_path / "client")
-            entries = submit_texts(remote, texts, JobJournal(tmp_path / "client"))
+            entries = submit_items(remote, texts, JobJournal(tmp_path / "client"))
             statuses = {api.job(e.job_id)["status"] for e in entries}
         assert statuses & {"queued", "running"}, statuses
         process.kill()

@@ -19,7 +19,7 @@ import pytest
 
 from client.api import FHEServerAPI
 from client.encrypted_model import EncryptedModel
-from client.jobs import JobJournal, submit_texts
+from client.jobs import JobJournal, submit_items
 from tests.conftest import REPO, SAMPLE_TEXTS, job_labels
 from tests.server_process import ServerProcess
 
@@ -52,7 +52,7 @@ def test_poison_keys_are_refused_and_honest_work_in_flight_finishes(
         poison = attacker_keys(api, tmp_path / "attacker")
         spec = honest.client_spec
 
-        entries = submit_texts(honest, SAMPLE_TEXTS[:4], JobJournal(tmp_path / "honest"))
+        entries = submit_items(honest, SAMPLE_TEXTS[:4], JobJournal(tmp_path / "honest"))
         synchronous: dict[str, object] = {}
 
         def predict_now() -> None:

@@ -22,7 +22,7 @@ import pytest
 
 from client.api import FHEServerAPI, ServerError
 from client.encrypted_model import EncryptedModel
-from client.jobs import JobJournal, submit_texts
+from client.jobs import JobJournal, submit_items
 from client.local_server import LocalRedis, LocalWorker
 from fhe.recipe import TrainedBundle
 from server.compute.celery_app import DEAD_LETTER, KEY_PREFIX, TASK_RUN, make_celery
@@ -75,7 +75,7 @@ def test_fifty_jobs_finish_after_a_worker_is_killed_mid_run(
             remote = EncryptedModel(client, "tiny", tmp_path / "client")
             synchronous = remote.predict(SAMPLE_TEXTS[:2])
             assert [p.label for p in synchronous] == clear_labels(tiny_bundle, SAMPLE_TEXTS[:2])
-            entries = submit_texts(remote, texts, JobJournal(tmp_path / "client"))
+            entries = submit_items(remote, texts, JobJournal(tmp_path / "client"))
             deadline = time.monotonic() + 120
             while not set(first.task_ids("received")) - set(first.task_ids("succeeded")):
                 assert time.monotonic() < deadline, "the first worker never held a task"
@@ -101,7 +101,7 @@ def test_restarting_the_api_mid_queue_loses_nothing(
     try:
         with FHEServerAPI(api.url) as client:
             remote = EncryptedModel(client, "tiny", tmp_path / "client")
-            entries = submit_texts(remote, texts, JobJournal(tmp_path / "client"))
+            entries = submit_items(remote, texts, JobJournal(tmp_path / "client"))
             pending = [e for e in entries if client.job(e.job_id)["status"] != "done"]
         assert pending, "every job finished before the restart"
         api.kill()
@@ -160,7 +160,7 @@ def test_a_task_that_kills_workers_is_dead_lettered_and_both_workers_serve_on(
             assert all(w.process is not None and w.process.poll() is None for w in two_workers)
             before = [len(w.task_ids("succeeded")) for w in two_workers]
             texts = [SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)] for i in range(8)]
-            entries = submit_texts(remote, texts, JobJournal(tmp_path / "client"))
+            entries = submit_items(remote, texts, JobJournal(tmp_path / "client"))
             labels = job_labels(remote, entries)
             after = [len(w.task_ids("succeeded")) for w in two_workers]
     finally:

@@ -61,3 +61,58 @@ def test_readme_example_sentences(name: str, shipped_server: ServerProcess, tmp_
     assert result.returncode == 0, result.stderr
     labels = [json.loads(line)["label"] for line in result.stdout.splitlines()]
     assert labels == list(texts.values())
+
+
+TABULAR = {"breast-cancer": "tabular-classification", "diabetes": "tabular-regression"}
+
+
+@pytest.mark.parametrize("name", TABULAR)
+def test_tabular_card_is_rendered_from_model_json(name: str) -> None:
+    from fhe.bundle import TabularMetrics
+    from fhe.tabular_card import render_tabular_card
+
+    bundle = SHIPPED_MODELS_DIR / name
+    meta = read_metadata(bundle)
+    assert meta.task == TABULAR[name] and meta.input.kind == "tabular"
+    assert (bundle / "README.md").read_text() == render_tabular_card(meta)
+    assert meta.client_spec_sha256 == client_spec_hash(bundle)
+    assert meta.training.command.startswith("python -m fhe.tabular_recipe")
+    assert isinstance(meta.metrics, TabularMetrics)
+    assert meta.metrics.fhe_sample_size == meta.metrics.rows == meta.training.test_rows
+    assert meta.metrics.fhe_sample_agreement_with_simulation == 1.0
+    assert meta.clear_twin == f"{name}-clear"
+    twin = json.loads((SHIPPED_MODELS_DIR / meta.clear_twin / "config.json").read_text())
+    assert twin["sklearn"]["columns"] == meta.input.names
+
+
+def test_tabular_examples_and_their_clear_twins_agree(
+    shipped_server: ServerProcess, tmp_path: Path
+) -> None:
+    """The README's tabular example: the encrypted label equals the clear twin's, and the
+    encrypted regression value is within the card's quantization error of the twin's."""
+    import os
+
+    import httpx
+
+    env = {**os.environ, "FHE_CLIENT_CACHE": str(tmp_path / "cache")}
+    for name in TABULAR:
+        meta = read_metadata(SHIPPED_MODELS_DIR / name)
+        row = meta.input.example
+        result = run_client(
+            ["predict", "-m", name, "--server", shipped_server.url, "--row", json.dumps(row),
+             "--json"],
+            env,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        encrypted = json.loads(result.stdout)
+        clear = httpx.post(
+            f"{shipped_server.url}/models/{name}-clear",
+            json={"inputs": {"data": {key: [value] for key, value in row.items()}}},
+            timeout=30,
+        )
+        assert clear.status_code == 200, clear.text
+        if meta.task == "tabular-classification":
+            assert encrypted["label"] == clear.json()[0]
+        else:
+            error = meta.metrics.max_quantization_error
+            assert abs(encrypted["value"] - clear.json()[0]) <= error + 1e-6

@@ -83,6 +83,7 @@ def test_space_config_matches_the_project() -> None:
 def test_space_with_its_own_server_predicts(browser, tmp_path: Path, space_env) -> None:
     space = assemble(tmp_path / "space")
     assert (space / "models" / "sentiment" / "server.zip").is_file()
+    assert (space / "models" / "breast-cancer" / "preprocessing.skops").is_file()
     log = tmp_path / "space.log"
     for url in start_space(space, space_env, log):
         assert f"models from {space / 'models'}" in log.read_text()

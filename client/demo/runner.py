@@ -90,8 +90,8 @@ def _launch(settings: DemoSettings, sessions_root: Path) -> None:
     page = demo.build()
     page.queue(default_concurrency_limit=settings.concurrency)
     print(
-        f"demo of model {settings.model!r} on http://{settings.host}:{settings.port}, "
-        f"talking to {settings.server_url}",
+        f"demo of models {settings.model!r} and {settings.tabular_model!r} on "
+        f"http://{settings.host}:{settings.port}, talking to {settings.server_url}",
         flush=True,
     )
     page.launch(

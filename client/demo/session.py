@@ -1,7 +1,8 @@
-"""One browser session's client: its own private key, its ciphertexts, its results.
+"""One browser session's client for one model: its own private key, its ciphertexts, its results.
 
 Each session keeps its keys in a directory of its own, so two people on the demo at once never
-share or overwrite each other's keys; the directory is removed when the session ends.
+share or overwrite each other's keys; the directory is removed when the session ends. The input
+is whatever the model takes: a text, or a table row (column: value).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from client.api import FHEServerAPI, PredictAnswer
 from client.demo.messages import StepOrderError
@@ -29,14 +31,15 @@ class RunResult:
 
 
 class DemoSession:
-    """The client side of one browser session, step by step."""
+    """The client side of one browser session on one model, step by step."""
 
-    def __init__(self, server_url: str, model: str, root: Path) -> None:
+    def __init__(self, server_url: str, model: str, root: Path, noun: str = "message") -> None:
+        self.noun = noun
         self.dir = Path(tempfile.mkdtemp(prefix="session-", dir=root))
         self.api = FHEServerAPI(server_url)
         self.remote = EncryptedModel(self.api, model, self.dir, embedder_cache=root / "embedders")
         self.keys: KeyInfo | None = None
-        self.text: str | None = None
+        self.item: Any = None
         self.encrypted: Encrypted | None = None
         self.result: RunResult | None = None
         self._lock = threading.RLock()
@@ -46,18 +49,22 @@ class DemoSession:
         """Make a fresh key pair for this session and upload the evaluation keys."""
         with self._lock:
             self.keys = self.remote.keys(force=True)
-            self._forget_message()
+            self._forget_input()
             return self.keys
 
-    def encrypt(self, text: str) -> Encrypted:
-        """Embed, quantize and encrypt a message with this session's key."""
-        if not text or not text.strip():
+    def encrypt(self, item: str | dict[str, Any]) -> Encrypted:
+        """Prepare (embed a text, preprocess a row), quantize and encrypt it with this session's
+        key."""
+        if isinstance(item, str) and not item.strip():
             raise StepOrderError("Type a message first.")
+        if isinstance(item, dict) and not item:
+            raise StepOrderError("Fill in the row first.")
         with self._lock:
             if self.keys is None:
                 raise StepOrderError("Generate the keys first (step 1).")
-            self.encrypted = self.remote.encrypt(text)
-            self.text = text
+            self.remote.checked_items([item])
+            self.encrypted = self.remote.encrypt(item)
+            self.item = item
             self.result = None
             return self.encrypted
 
@@ -65,7 +72,7 @@ class DemoSession:
         """Send the ciphertext to the server; `waiting(seconds)` is called while FHE runs."""
         with self._lock:
             if self.encrypted is None:
-                raise StepOrderError("Encrypt a message first (step 2).")
+                raise StepOrderError(f"Encrypt a {self.noun} first (step 2).")
             ciphertext = self.encrypted.ciphertext
             started = time.perf_counter()
             with ThreadPoolExecutor(1) as pool:
@@ -85,10 +92,10 @@ class DemoSession:
                 raise StepOrderError("Run the model on the server first (step 3).")
             return self.remote.decrypt(self.result.answer.ciphertext)
 
-    def _forget_message(self) -> None:
-        """Drop the ciphertext and result of an earlier message (the text changed)."""
+    def _forget_input(self) -> None:
+        """Drop the input, ciphertext and result of an earlier step (new keys or input)."""
         with self._lock:
-            self.text = None
+            self.item = None
             self.encrypted = None
             self.result = None
 
@@ -97,6 +104,6 @@ class DemoSession:
         with self._lock:
             self.closed = True
             self.keys = None
-            self._forget_message()
+            self._forget_input()
             self.api.close()
             shutil.rmtree(self.dir, ignore_errors=True)

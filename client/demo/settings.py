@@ -22,7 +22,10 @@ class DemoSettings(BaseSettings):
         validation_alias=AliasChoices("server_url", "FHE_DEMO_SERVER_URL"),
         description="the fhe-server the demo talks to (default: the client's FHE_SERVER_URL)",
     )
-    model: str = Field("sentiment", description="FHE model on that server")
+    model: str = Field("sentiment", description="FHE model on that server (the text tab)")
+    tabular_model: str = Field(
+        "breast-cancer", description="tabular FHE model on that server (the table row tab)"
+    )
     host: str = Field("127.0.0.1", description="interface the demo page listens on")
     port: int = Field(7860, description="TCP port of the demo page")
     concurrency: int = Field(4, ge=1, description="browser requests handled at once")

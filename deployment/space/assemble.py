@@ -3,8 +3,9 @@
     python deployment/space/assemble.py OUT [--remote-server]
 
 OUT receives the Space's README.md (front matter), app.py and requirements.txt, and the project's
-client/ and fhe/ packages; unless --remote-server is given, also server/ and models/sentiment, so
-that the Space runs its own fhe-server. Push OUT to the Space's git repository.
+client/ and fhe/ packages; unless --remote-server is given, also server/ and the models the demo's
+two tabs use (models/sentiment and models/breast-cancer), so that the Space runs its own
+fhe-server. Push OUT to the Space's git repository.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 SPACE = Path(__file__).resolve().parent
 REPO = SPACE.parents[1]
 SPACE_FILES = ("README.md", "app.py", "requirements.txt")
+SPACE_MODELS = ("sentiment", "breast-cancer")
+"""The bundles of the demo's text and tabular tabs."""
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc")
 
 
@@ -28,7 +31,8 @@ def assemble(out: Path, remote_server: bool = False) -> list[str]:
     for package in packages:
         shutil.copytree(REPO / package, out / package, ignore=IGNORED)
     if not remote_server:
-        shutil.copytree(REPO / "models" / "sentiment", out / "models" / "sentiment")
+        for model in SPACE_MODELS:
+            shutil.copytree(REPO / "models" / model, out / "models" / model)
     return sorted(path.name for path in out.iterdir())
 
 

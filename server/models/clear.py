@@ -15,27 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fhe.sklearn_files import ModelLoadRefused, ModelPolicy, load_estimator
+
 TASKS = ("tabular-classification", "tabular-regression", "text-classification")
 DEFAULT_FILENAME = "sklearn_model.joblib"
 CONFIG_FILE = "config.json"
-
-DATA_TYPES = frozenset(
-    [
-        f"numpy.{name}"
-        for name in (
-            "bool_", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-            "float16", "float32", "float64", "str_",
-        )
-    ]
-    + [f"scipy.sparse._{kind}.{kind}_matrix" for kind in ("csr", "csc", "coo", "dia", "lil")]
-)  # fmt: skip
-"""Plain numpy scalars and scipy sparse matrices: data, not code. skops 0.5.0 does not trust them
-by default, yet a classifier trained on integer labels holds one (`classes_`) and an older
-TfidfVectorizer a sparse matrix, so they are trusted here."""
-
-
-class ModelLoadRefused(RuntimeError):
-    """The operator's policy forbids loading this file (pickle not allowed, untrusted types)."""
 
 
 class InvalidInputs(ValueError):
@@ -55,14 +39,6 @@ class PredictionFailed(ValueError):
     def __init__(self, message: str, warnings: list[str]) -> None:
         super().__init__(message)
         self.warnings = warnings
-
-
-@dataclass
-class ModelPolicy:
-    """What the operator allows for one model."""
-
-    allow_pickle: bool = False
-    trusted_types: list[str] = field(default_factory=list)
 
 
 def is_clear_model_dir(path: Path) -> bool:
@@ -128,7 +104,9 @@ class ClearModel:
             "name": self.name,
             "kind": self.kind,
             "task": self.task,
+            "input": None if self.task is None else self.task.split("-")[0],
             "labels": self.labels,
+            "columns": self.columns,
             "status": "ready" if self.ready else "unloadable",
             "reason": self.reason,
         }
@@ -211,38 +189,6 @@ def _tabular_data(inputs: Any) -> dict[str, list[Any]]:
     return data
 
 
-def _load_estimator(path: Path, model_format: str, policy: ModelPolicy) -> Any:
-    if model_format == "skops":
-        import skops.io as sio
-
-        if "*" in policy.trusted_types:
-            return sio.load(path, trusted=True)
-        try:
-            untrusted = sio.get_untrusted_types(file=path)
-        except Exception as error:  # skops 0.5.0 cannot audit some files (numpy Generators)
-            raise ModelLoadRefused(
-                f"skops could not audit the types in this file ({type(error).__name__}: {error}); "
-                'an operator who trusts it can set FHE_SERVER_TRUSTED_TYPES=\'{"<model>": ["*"]}\''
-            ) from None
-        refused = sorted(set(untrusted) - set(policy.trusted_types) - DATA_TYPES)
-        if refused:
-            raise ModelLoadRefused(
-                f"the skops file holds types that are not trusted: {refused}; an operator can "
-                "allow them for this model with FHE_SERVER_TRUSTED_TYPES"
-            )
-        return sio.load(path, trusted=untrusted or None)
-    if model_format == "pickle":
-        if not policy.allow_pickle:
-            raise ModelLoadRefused(
-                "pickle and joblib files run code when loaded, and pickle is not allowed for this "
-                "model; an operator can allow it with FHE_SERVER_ALLOW_PICKLE"
-            )
-        import joblib
-
-        return joblib.load(path)
-    raise ModelLoadRefused(f"unknown model_format {model_format!r} (skops or pickle)")
-
-
 def load_clear_model(
     path: Path, name: str | None = None, policy: ModelPolicy | None = None, task: str | None = None
 ) -> ClearModel:
@@ -277,7 +223,7 @@ def load_clear_model(
     with warnings.catch_warnings(record=True) as records:
         warnings.simplefilter("always")
         try:
-            model.estimator = _load_estimator(file, model.model_format, policy)
+            model.estimator = load_estimator(file, model.model_format, policy)
         except ModelLoadRefused as error:
             model.load_error = str(error)
         except (Exception, pickle.UnpicklingError) as error:  # any failure of a foreign file

@@ -10,12 +10,14 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from fhe.bare_bundle import describe_bare_bundle, is_bare_bundle
 from fhe.bundle import (
     CARD_FILE,
     CLIENT_ZIP,
     METADATA_FILE,
     SERVER_ZIP,
     BundleMetadata,
+    TabularInput,
     client_spec_hash,
     read_metadata,
 )
@@ -26,6 +28,7 @@ from fhe.keyset import (
     max_ciphertext_bytes,
     read_client_specs,
 )
+from fhe.tabular_card import render_raw_card
 from server.errors import ConfigurationError
 from server.models.clear import (
     TASKS,
@@ -47,6 +50,7 @@ class FHEModel:
     reason: str | None = None
     keyset: KeysetDescription | None = None
     max_ciphertext_bytes: int | None = None
+    generated_card: str | None = None
 
     kind = "fhe"
 
@@ -55,6 +59,12 @@ class FHEModel:
         """True when the bundle can serve predictions."""
         return self.reason is None
 
+    @property
+    def columns(self) -> list[str] | None:
+        """The feature columns of a tabular model, in order; None for other inputs."""
+        info = self.metadata.input if self.metadata else None
+        return info.names if isinstance(info, TabularInput) else None
+
     def summary(self) -> dict[str, Any]:
         """The row of the model listing."""
         meta = self.metadata
@@ -62,7 +72,9 @@ class FHEModel:
             "name": self.name,
             "kind": self.kind,
             "task": meta.task if meta else None,
+            "input": meta.input.kind if meta else None,
             "labels": meta.labels if meta else [],
+            "columns": self.columns,
             "status": "ready" if self.ready else "unloadable",
             "reason": self.reason,
         }
@@ -70,11 +82,12 @@ class FHEModel:
     def card(self) -> dict[str, Any]:
         """The model card as JSON: the listing row, model.json and the card text."""
         card_path = self.path / CARD_FILE
+        text = card_path.read_text() if card_path.is_file() else self.generated_card
         return {
             **self.summary(),
             "client_spec_sha256": self.client_spec,
             "metadata": self.metadata.model_dump(mode="json") if self.metadata else None,
-            "card": card_path.read_text() if card_path.is_file() else None,
+            "card": text,
         }
 
 
@@ -105,11 +118,41 @@ def version_mismatch(server_zip: Path) -> str | None:
     return None
 
 
+def _described(path: Path) -> tuple[BundleMetadata, str | None]:
+    """model.json, or for a bare Concrete-ML directory the one its files imply and its card."""
+    if (path / METADATA_FILE).is_file():
+        return read_metadata(path), None
+    metadata = describe_bare_bundle(path)
+    return metadata, render_raw_card(metadata)
+
+
+def _missing_client_file(path: Path, metadata: BundleMetadata) -> str | None:
+    """Why a file the client downloads (embedder delta, preprocessing) is unusable, or None."""
+    files = []
+    if metadata.embedding and metadata.embedding.delta_file:
+        info = metadata.embedding
+        files.append(("embedder delta", info.delta_file, info.delta_sha256))
+    if isinstance(metadata.input, TabularInput) and metadata.input.preprocessing:
+        step = metadata.input.preprocessing
+        files.append(("preprocessing", step.file, step.sha256))
+    for what, file, sha256 in files:
+        local = (path / file).resolve()
+        if not local.is_relative_to(path.resolve()) or not local.is_file():
+            return f"{file} ({what}) is missing"
+        if file_sha256(local) != sha256:
+            return f"{file} does not match the sha256 in model.json"
+    return None
+
+
 def load_fhe_model(path: Path) -> FHEModel:
-    """Inspect a bundle directory; never raises, a problem becomes the model's reason."""
+    """Inspect a bundle directory; never raises, a problem becomes the model's reason.
+
+    A directory with only client.zip and server.zip is served as a raw model, with a card
+    generated from what those files say.
+    """
     name = path.name
     try:
-        metadata = read_metadata(path)
+        metadata, generated_card = _described(path)
     except (OSError, ValueError) as error:
         return FHEModel(name, path, None, None, f"model.json unreadable: {error}")
     name = metadata.name or name
@@ -122,13 +165,9 @@ def load_fhe_model(path: Path) -> FHEModel:
             f"client.zip has sha256 {spec} but model.json records {metadata.client_spec_sha256}"
         )
         return FHEModel(name, path, metadata, spec, reason)
-    delta = metadata.embedding.delta_file
-    if delta:
-        if not (path / delta).is_file():
-            return FHEModel(name, path, metadata, spec, f"{delta} (embedder delta) is missing")
-        if file_sha256(path / delta) != metadata.embedding.delta_sha256:
-            reason = f"{delta} does not match the sha256 in model.json"
-            return FHEModel(name, path, metadata, spec, reason)
+    missing = _missing_client_file(path, metadata)
+    if missing:
+        return FHEModel(name, path, metadata, spec, missing)
     mismatch = version_mismatch(path / SERVER_ZIP)
     if mismatch:
         return FHEModel(name, path, metadata, spec, mismatch)
@@ -143,6 +182,7 @@ def load_fhe_model(path: Path) -> FHEModel:
         spec,
         keyset=client_spec_keyset(specs),
         max_ciphertext_bytes=max_ciphertext_bytes(specs),
+        generated_card=generated_card,
     )
 
 
@@ -159,13 +199,14 @@ class ModelRegistry:
     def scan(
         cls, models_dir: Path, policies: Callable[[str], ModelPolicy] | None = None
     ) -> ModelRegistry:
-        """A sub-directory with model.json is an FHE bundle; one with a scikit-learn config.json
-        or sklearn_model.joblib is a clear model, loaded under the operator's policy for it."""
+        """A sub-directory with model.json, or with only Concrete-ML's client.zip and server.zip,
+        is an FHE bundle; one with a scikit-learn config.json or sklearn_model.joblib is a clear
+        model, loaded under the operator's policy for it."""
         policies = policies or (lambda _: ModelPolicy())
         found: list[Model] = []
         if models_dir.is_dir():
             for path in sorted(models_dir.iterdir()):
-                if (path / METADATA_FILE).is_file():
+                if (path / METADATA_FILE).is_file() or is_bare_bundle(path):
                     found.append(load_fhe_model(path))
                 elif path.is_dir() and is_clear_model_dir(path):
                     found.append(load_clear_model(path, policy=policies(path.name)))

@@ -1,11 +1,12 @@
-"""Routes of the models: liveness, the listing, a model's card, its client spec and embedder."""
+"""Routes of the models: liveness, the listing, a model's card and the files its clients need:
+the client spec, the fine-tuned embedder tensors, the tabular preprocessing."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
-from fhe.bundle import CLIENT_ZIP
+from fhe.bundle import CLIENT_ZIP, TabularInput
 from server import errors
 from server.deps import InferenceService, Registry
 
@@ -54,4 +55,19 @@ async def embedder_delta(name: str, inference: InferenceService) -> FileResponse
         media_type="application/octet-stream",
         filename=f"{model.name}-{info.delta_file}",
         headers={"X-Content-SHA256": info.delta_sha256 or ""},
+    )
+
+
+@router.get("/v1/models/{name}/preprocessing", response_class=FileResponse)
+async def preprocessing(name: str, inference: InferenceService) -> FileResponse:
+    """The client-side preprocessing of a tabular model (skops), which clients load audited."""
+    model = inference.fhe_model(name)
+    info = model.metadata.input if model.metadata else None
+    if not isinstance(info, TabularInput) or info.preprocessing is None:
+        raise errors.NoPreprocessing(f"model {name!r} has no client-side preprocessing")
+    return FileResponse(
+        model.path / info.preprocessing.file,
+        media_type="application/octet-stream",
+        filename=f"{model.name}-{info.preprocessing.file}",
+        headers={"X-Content-SHA256": info.preprocessing.sha256},
     )

@@ -1,0 +1,152 @@
+"""Turning a table row into a circuit's features on this machine: check the columns with the
+clear models' wording, convert the values to the declared dtypes, and run the bundle's
+preprocessing (audited skops). Raw models take a bare row of numbers instead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from client.errors import ClientError
+
+MISSING = "The following columns were expected but not given: {}"
+EXTRA = "The following columns were given but not expected: {}"
+
+
+class ColumnsMismatch(ClientError):
+    """A row lacks columns the model needs and its preprocessing does not fill in."""
+
+
+class TabularRows:
+    """The columns a tabular model takes and the preprocessing that makes its features."""
+
+    def __init__(self, info: Mapping[str, Any], preprocessing: Any | None = None) -> None:
+        self.columns: list[dict[str, str]] = list(info["columns"])
+        self.names = [column["name"] for column in self.columns]
+        self.features = int(info["features"])
+        step = info.get("preprocessing") or {}
+        self.imputes = set(step.get("imputes") or [])
+        self.preprocessing = preprocessing
+
+    def check_columns(self, given: Iterable[str]) -> list[str]:
+        """Warnings for extra columns; ColumnsMismatch for missing ones not imputed.
+
+        The messages are the clear contract's (api-inference-community's sklearn image).
+        """
+        given = set(given)
+        expected = set(self.names)
+        missing = expected - given
+        if missing - self.imputes:
+            imputed = sorted(missing & self.imputes)
+            more = f" ({imputed} would be imputed)" if imputed else ""
+            raise ColumnsMismatch(MISSING.format(missing - self.imputes) + more)
+        found = []
+        if given - expected:
+            found.append(EXTRA.format(given - expected))
+        if missing:
+            found.append(MISSING.format(missing) + " (imputed by the model's preprocessing)")
+        return found
+
+    def _value(self, column: dict[str, str], value: Any, where: str) -> Any:
+        """One value as its column's dtype; missing (None, '' or NaN) only where imputed."""
+        name, dtype = column["name"], column["dtype"]
+        empty = value is None or value == "" or (isinstance(value, float) and math.isnan(value))
+        if empty:
+            if name not in self.imputes:
+                raise ClientError(f"{where}: column {name!r} is empty and the model needs it")
+            return np.nan if dtype != "string" else None
+        if dtype == "string":
+            return str(value)
+        if dtype == "bool" and isinstance(value, str):
+            lowered = value.strip().lower()
+            if lowered not in ("true", "false", "1", "0"):
+                raise ClientError(f"{where}: column {name!r} must be true or false, not {value!r}")
+            return lowered in ("true", "1")
+        if isinstance(value, bool | int | float | str):
+            try:
+                number = float(value)
+            except ValueError:
+                raise ClientError(
+                    f"{where}: column {name!r} must be a number, not {value!r}"
+                ) from None
+            if not math.isfinite(number):
+                raise ClientError(f"{where}: column {name!r} must be finite, not {value!r}")
+            return number
+        raise ClientError(f"{where}: column {name!r} must be a number, not {type(value).__name__}")
+
+    def frame(self, row: Mapping[str, Any], where: str = "the row") -> Any:
+        """The row as a one-line DataFrame of the model's columns, in order and typed."""
+        import pandas as pd
+
+        values = {
+            column["name"]: [self._value(column, row.get(column["name"]), where)]
+            for column in self.columns
+        }
+        frame = pd.DataFrame(values, columns=self.names)
+        for column in self.columns:
+            if column["dtype"] == "string":
+                frame[column["name"]] = frame[column["name"]].astype(object)
+        return frame
+
+    def encode(self, row: Mapping[str, Any], where: str = "the row") -> np.ndarray:
+        """The circuit's float input (1 x features) for one row."""
+        frame = self.frame(row, where)
+        if self.preprocessing is None:
+            features = frame.to_numpy(dtype=np.float64)
+        else:
+            features = np.asarray(self.preprocessing.transform(frame), dtype=np.float64)
+        if features.shape != (1, self.features):
+            raise ClientError(
+                f"the preprocessing made {features.shape[1]} features, the model takes "
+                f"{self.features}"
+            )
+        return features
+
+
+def raw_row(values: Any, features: int, where: str = "the input") -> np.ndarray:
+    """A bare row of `features` finite numbers as the circuit's float input (1 x features)."""
+    try:
+        array = np.asarray(values, dtype=np.float64).reshape(1, -1)
+    except (TypeError, ValueError):
+        raise ClientError(f"{where} must hold numbers only") from None
+    if array.shape[1] != features:
+        raise ClientError(f"{where} has {array.shape[1]} numbers, the model takes {features}")
+    if not np.isfinite(array).all():
+        raise ClientError(f"{where} holds NaN or infinity")
+    return array
+
+
+def read_raw_rows(path: Path, features: int) -> list[list[float]]:
+    """Rows of a `.npy` array (one row per line of a 2-D array) or of a CSV of numbers.
+
+    A CSV's first line is a header when it does not parse as numbers. The .npy file is read
+    without pickles.
+    """
+    if path.suffix == ".npy":
+        try:
+            array = np.load(path, allow_pickle=False)
+        except ValueError as error:
+            raise ClientError(f"{path} is not a numeric .npy array: {error}") from None
+        rows = np.atleast_2d(array)
+        if rows.ndim != 2:
+            raise ClientError(f"{path} holds a {array.ndim}-D array; one row per line is needed")
+        return [
+            raw_row(row, features, f"{path} row {n}")[0].tolist() for n, row in enumerate(rows, 1)
+        ]
+    import csv
+
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        lines = [line for line in csv.reader(handle) if line]
+    if lines:
+        try:
+            [float(value) for value in lines[0]]
+        except ValueError:
+            lines = lines[1:]
+    return [
+        raw_row(line, features, f"{path} row {n}")[0].tolist() for n, line in enumerate(lines, 1)
+    ]

@@ -1,0 +1,65 @@
+"""A directory holding only Concrete-ML's client.zip and server.zip (what `FHEModelDev.save()`
+writes), described from what those files say so that it can be served as a `raw` model."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+from fhe.bundle import (
+    CLIENT_ZIP,
+    SERVER_ZIP,
+    BundleMetadata,
+    CircuitInfo,
+    RawInput,
+    client_spec_hash,
+)
+
+PROCESSING_FILE = "serialized_processing.json"
+
+
+def is_bare_bundle(path: Path) -> bool:
+    """True for a directory with client.zip and server.zip and no model.json."""
+    return (path / CLIENT_ZIP).is_file() and (path / SERVER_ZIP).is_file()
+
+
+def _model_class(processing: dict) -> str:
+    """The Concrete-ML class name that skops recorded in `model_type` (a hex-encoded zip)."""
+    try:
+        archive = zipfile.ZipFile(
+            io.BytesIO(bytes.fromhex(processing["model_type"]["serialized_value"]))
+        )
+        return str(json.loads(archive.read("schema.json"))["__class__"])
+    except (KeyError, TypeError, ValueError, zipfile.BadZipFile):
+        return "unknown"
+
+
+def describe_bare_bundle(path: Path) -> BundleMetadata:
+    """model.json as it would be for the bare directory: a raw input of the circuit's width.
+
+    Raises ValueError when client.zip does not hold what Concrete-ML writes.
+    """
+    try:
+        with zipfile.ZipFile(path / CLIENT_ZIP) as archive:
+            processing = json.loads(archive.read(PROCESSING_FILE))
+            versions = json.loads(archive.read("versions.json"))
+    except (OSError, KeyError, zipfile.BadZipFile) as error:
+        raise ValueError(f"client.zip is not Concrete-ML's: {error}") from None
+    quantizers = processing.get("input_quantizers")
+    if not isinstance(quantizers, list) or not quantizers:
+        raise ValueError("client.zip names no input quantizers")
+    n_bits = sorted(
+        {q.get("serialized_value", {}).get("n_bits") for q in quantizers if isinstance(q, dict)}
+        - {None}
+    )
+    return BundleMetadata(
+        name=path.name,
+        task="raw",
+        description=f"A Concrete-ML model served from the bare directory `{path.name}`.",
+        input=RawInput(features=len(quantizers)),
+        circuit=CircuitInfo(model_type=_model_class(processing), params={"input_n_bits": n_bits}),
+        versions={str(key): str(value) for key, value in versions.items()},
+        client_spec_sha256=client_spec_hash(path),
+    )

@@ -1,0 +1,438 @@
+"""Encrypted tabular models end to end against a real fhe-server: bundles trained by the tabular
+recipe (classification and regression, from scikit-learn data and from a CSV), a bare
+FHEModelDev directory served as raw, and conversions of clear skops models; real keys, real
+encryption and real FHE."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from client.api import FHEServerAPI
+from client.encrypted_model import EncryptedModel
+from client.errors import ClientError
+from client.settings import ClientSettings
+from fhe.bundle import TabularMetrics, read_metadata
+from fhe.convert import ConversionRefused, convert
+from fhe.sklearn_files import ModelPolicy
+from fhe.tabular_bundle import Measured
+from fhe.tabular_data import load_tabular_split
+from fhe.tabular_recipe import TabularRecipeConfig, train_tabular
+from tests.conftest import SKLEARN_FIXTURES, run_client
+from tests.server_process import ServerProcess
+
+IRIS_LINEAR = SKLEARN_FIXTURES / "tabular-classification-linear-skops-sk1.5.0"
+HGB_PICKLE = SKLEARN_FIXTURES / "tabular-classification-hgb-pickle-sk1.5.0"
+UNTRUSTED = SKLEARN_FIXTURES / "tabular-classification-untrusted-skops-sk1.5.0"
+
+
+@dataclass
+class Built:
+    """What the module's models directory holds, with what their builds measured."""
+
+    root: Path
+    cancer: Measured
+    cancer_rows: pd.DataFrame
+    health: Measured
+    health_rows: pd.DataFrame
+    health_float: np.ndarray
+    iris_calibration: Path
+    iris_linear: Measured
+    iris_tree: Measured
+    tree_source: Path
+
+
+def _health_csv(path: Path) -> Path:
+    """The diabetes data as a CSV with a text column (sex) and a few missing values."""
+    from sklearn.datasets import load_diabetes
+
+    frame = load_diabetes(as_frame=True).frame
+    frame["sex"] = np.where(frame["sex"] > 0, "male", "female")
+    frame.loc[::37, "bmi"] = np.nan
+    frame.to_csv(path, index=False)
+    return path
+
+
+def _tree_model(path: Path) -> Path:
+    """A clear skops model directory: scaler + decision tree on iris, config.json written."""
+    import skops.io as sio
+    from sklearn.datasets import load_iris
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.tree import DecisionTreeClassifier
+
+    data = load_iris(as_frame=True)
+    tree = DecisionTreeClassifier(max_depth=3, random_state=0)
+    pipeline = Pipeline([("scaler", StandardScaler()), ("model", tree)])
+    pipeline.fit(data.data, np.asarray(data.target_names)[data.target])
+    path.mkdir()
+    sio.dump(pipeline, path / "model.skops")
+    config = {
+        "sklearn": {
+            "model": {"file": "model.skops"},
+            "model_format": "skops",
+            "task": "tabular-classification",
+            "columns": list(data.data.columns),
+        }
+    }
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def _bare_directory(path: Path) -> tuple[Path, object]:
+    """What FHEModelDev.save() writes for a small Concrete-ML tree, and the model."""
+    from concrete.ml.deployment import FHEModelDev
+    from concrete.ml.sklearn import DecisionTreeClassifier
+    from sklearn.datasets import load_iris
+
+    x, y = load_iris(return_X_y=True)
+    model = DecisionTreeClassifier(n_bits=3, max_depth=3, random_state=0).fit(x, y)
+    model.compile(x)
+    FHEModelDev(str(path), model).save()
+    return path, model
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """Train, convert and save the module's models (about a minute on 2 cores)."""
+    root = tmp_path_factory.mktemp("tabular-models")
+    work = tmp_path_factory.mktemp("tabular-work")
+    # Concrete-ML's own breast-cancer deployment configuration: 10 trees, depth 3, 2 bits.
+    cancer = train_tabular(
+        TabularRecipeConfig(
+            out=root / "cancer",
+            name="cancer",
+            data="sklearn:breast_cancer",
+            model_types=["xgb"],
+            n_bits=[2],
+            max_depth=[3],
+            n_estimators=[10],
+            cv_folds=2,
+            fhe_sample=2,
+        )
+    )
+    health_csv = _health_csv(work / "health.csv")
+    health = train_tabular(
+        TabularRecipeConfig(
+            out=root / "health",
+            name="health",
+            data=str(health_csv),
+            task="regression",
+            label_column="target",
+            model_types=["linear"],
+            linear_n_bits=[6],
+            cv_folds=2,
+            fhe_sample=3,
+            clear_twin=root / "health-clear",
+        )
+    )
+    health_split = load_tabular_split(str(health_csv), "regression", label_column="target")
+    twin = _load_twin(root / "health-clear")
+    calibration = work / "iris.csv"
+    from sklearn.datasets import load_iris
+
+    load_iris(as_frame=True).data.sample(40, random_state=1).to_csv(calibration, index=False)
+    iris_linear = convert(IRIS_LINEAR, calibration, root / "iris-linear", fhe_sample=3)
+    tree_source = _tree_model(work / "iris-tree-clear")
+    iris_tree = convert(tree_source, calibration, root / "iris-tree", n_bits=4, fhe_sample=3)
+    _bare_directory(root / "bare")
+    return Built(
+        root=root,
+        cancer=cancer,
+        cancer_rows=load_tabular_split("sklearn:breast_cancer", "classification").x_test,
+        health=health,
+        health_rows=health_split.x_test,
+        health_float=twin.predict(health_split.x_test),
+        iris_calibration=calibration,
+        iris_linear=iris_linear,
+        iris_tree=iris_tree,
+        tree_source=tree_source,
+    )
+
+
+def _load_twin(path: Path) -> object:
+    from fhe.sklearn_files import load_estimator
+
+    return load_estimator(path / "model.skops", "skops", ModelPolicy())
+
+
+@pytest.fixture(scope="module")
+def server(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One fhe-server over the module's models."""
+    process = ServerProcess(built.root, tmp_path_factory.mktemp("tabular-server") / "data")
+    yield process.start()
+    process.stop()
+
+
+def _remote(server: ServerProcess, name: str, cache: Path) -> Iterator[EncryptedModel]:
+    settings = ClientSettings(server_url=server.url, cache_dir=cache)
+    with FHEServerAPI(settings=settings) as api:
+        yield EncryptedModel(api, name, cache)
+
+
+def test_listing_and_cards_show_input_task_columns_and_origin(
+    built: Built, server: ServerProcess
+) -> None:
+    listing = {row["name"]: row for row in httpx.get(f"{server.url}/v1/models").json()["models"]}
+    assert listing["cancer"]["input"] == "tabular"
+    assert listing["cancer"]["task"] == "tabular-classification"
+    assert listing["cancer"]["labels"] == ["benign", "malignant"]
+    assert len(listing["cancer"]["columns"]) == 30
+    assert listing["health"]["task"] == "tabular-regression"
+    assert listing["health"]["columns"][:3] == ["age", "sex", "bmi"]
+    assert listing["health-clear"]["kind"] == "clear"
+    assert listing["health-clear"]["status"] == "ready", listing["health-clear"]
+    assert listing["bare"]["input"] == "raw" and listing["bare"]["task"] == "raw"
+    assert all(row["status"] == "ready" for row in listing.values()), listing
+
+    health = httpx.get(f"{server.url}/v1/models/health").json()
+    assert health["metadata"]["input"]["categorical"] == ["sex"]
+    assert "bmi" in health["metadata"]["input"]["preprocessing"]["imputes"]
+    assert health["metadata"]["clear_twin"] == "health-clear"
+    assert "clear twin, `health-clear`" in health["card"]
+
+    converted = httpx.get(f"{server.url}/v1/models/iris-tree").json()
+    conversion = converted["metadata"]["conversion"]
+    assert conversion["source"] == "iris-tree-clear"
+    assert conversion["estimator"] == "sklearn.tree._classes.DecisionTreeClassifier"
+    assert conversion["agreement"] == built.iris_tree.metadata.conversion.agreement
+    assert "Converted from `iris-tree-clear`" in converted["card"]
+
+    bare = httpx.get(f"{server.url}/v1/models/bare").json()
+    assert bare["metadata"]["input"] == {"kind": "raw", "features": 4}
+    assert "DecisionTreeClassifier" in bare["card"] and "FHEModelDev" in bare["card"]
+
+
+def test_classification_csv_labels_equal_the_clear_quantized_model(
+    built: Built, server: ServerProcess, client_env: dict[str, str], tmp_path: Path
+) -> None:
+    rows = built.cancer_rows.head(3)
+    rows.insert(0, "patient", ["a", "b", "c"])
+    source = tmp_path / "rows.csv"
+    rows.to_csv(source, index=False)
+    out = tmp_path / "out.csv"
+    args = ["predict", "-m", "cancer", "--server", server.url, "--input", str(source)]
+    result = run_client([*args, "--output", str(out)], client_env)
+    assert result.returncode == 0, result.stderr
+    assert "were given but not expected: {'patient'}" in result.stderr
+    written = list(csv.DictReader(out.open()))
+    labels = built.cancer.metadata.labels
+    assert [row["label"] for row in written] == [labels[i] for i in built.cancer.quantized[:3]]
+    assert [row["patient"] for row in written] == ["a", "b", "c"]
+    assert list(written[0])[-4:] == ["label", "score_benign", "score_malignant", "seconds"]
+    again = run_client([*args, "--output", str(out)], client_env)
+    assert again.returncode == 0 and "3 rows in" in again.stderr, again.stderr
+
+
+def test_one_row_as_json_and_a_dataframe_through_the_python_api(
+    built: Built, server: ServerProcess, client_env: dict[str, str], tmp_path: Path
+) -> None:
+    row = json.dumps(built.cancer.metadata.input.example)
+    result = run_client(
+        ["predict", "-m", "cancer", "--server", server.url, "--row", row, "--json"], client_env
+    )
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    labels = built.cancer.metadata.labels
+    assert answer["label"] == labels[built.cancer.quantized[0]]
+    assert answer["row"] == built.cancer.metadata.input.example
+
+    for remote in _remote(server, "health", tmp_path / "api"):
+        predictions = remote.predict(built.health_rows.head(4))
+        values = np.array([prediction.value for prediction in predictions])
+    assert np.allclose(values, built.health.quantized[:4], atol=1e-6)
+
+
+def test_regression_values_within_the_stated_quantization_error(
+    built: Built, server: ServerProcess, client_env: dict[str, str], tmp_path: Path
+) -> None:
+    metrics = built.health.metadata.metrics
+    assert isinstance(metrics, TabularMetrics) and metrics.max_quantization_error is not None
+    records = built.health_rows.head(5).to_dict(orient="records")
+    args = ["predict", "-m", "health", "--server", server.url, "--json"]
+    for record in records:
+        args += ["--row", json.dumps({k: (None if pd.isna(v) else v) for k, v in record.items()})]
+    result = run_client(args, client_env)
+    assert result.returncode == 0, result.stderr
+    values = np.array([json.loads(line)["value"] for line in result.stdout.splitlines()])
+    assert np.all(np.abs(values - built.health_float[:5]) <= metrics.max_quantization_error + 1e-6)
+    assert np.allclose(values, built.health.quantized[:5], atol=1e-6)
+
+
+def test_a_missing_imputed_column_is_a_warning_a_missing_needed_one_an_error(
+    built: Built, server: ServerProcess, client_env: dict[str, str], tmp_path: Path
+) -> None:
+    rows = built.health_rows.head(2)
+    base = ["predict", "-m", "health", "--server", server.url]
+    without_bmi = tmp_path / "no-bmi.csv"
+    rows.drop(columns=["bmi"]).to_csv(without_bmi, index=False)
+    imputed = run_client([*base, "--input", str(without_bmi)], client_env)
+    assert imputed.returncode == 0, imputed.stderr
+    assert "expected but not given: {'bmi'} (imputed" in imputed.stderr
+
+    cancer = built.cancer_rows.head(2).drop(columns=["mean radius", "worst area"])
+    source = tmp_path / "short.csv"
+    cancer.to_csv(source, index=False)
+    refused = run_client(
+        ["predict", "-m", "cancer", "--server", server.url, "--input", str(source)], client_env
+    )
+    assert refused.returncode == 1
+    assert "The following columns were expected but not given:" in refused.stderr
+    assert "'mean radius'" in refused.stderr and "'worst area'" in refused.stderr
+    assert not (Path(client_env["FHE_CLIENT_CACHE"]) / "cancer").exists()
+
+
+def test_input_kinds_are_refused_with_what_the_model_takes(
+    built: Built, server: ServerProcess, client_env: dict[str, str]
+) -> None:
+    text = run_client(["predict", "-m", "cancer", "--server", server.url, "a sentence"], client_env)
+    assert text.returncode == 1
+    assert "takes table rows, not text" in text.stderr and "--row" in text.stderr
+    row = json.dumps({**built.health.metadata.input.example, "age": "old"})
+    bad_value = run_client(
+        ["predict", "-m", "health", "--server", server.url, "--row", row], client_env
+    )
+    assert bad_value.returncode == 1 and "column 'age' must be a number" in bad_value.stderr
+    short = run_client(
+        ["predict", "-m", "bare", "--server", server.url, "--row", "[1, 2]"], client_env
+    )
+    assert short.returncode == 1 and "has 2 numbers, the model takes 4" in short.stderr
+
+
+def test_a_bare_fhemodeldev_directory_is_served_as_raw(
+    built: Built, server: ServerProcess, client_env: dict[str, str], tmp_path: Path
+) -> None:
+    from sklearn.datasets import load_iris
+
+    x, _ = load_iris(return_X_y=True)
+    np.save(tmp_path / "rows.npy", x[[0, 60, 120]])
+    result = run_client(
+        [
+            "predict", "-m", "bare", "--server", server.url, "--input",
+            str(tmp_path / "rows.npy"), "--json",
+        ],
+        client_env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    outputs = np.array([json.loads(line)["output"] for line in result.stdout.splitlines()])
+    _, model = _bare_directory(tmp_path / "again")
+    assert np.allclose(outputs, model.predict_proba(x[[0, 60, 120]]), atol=1e-6)
+    assert outputs.argmax(axis=1).tolist() == [0, 1, 2]
+
+
+def test_converted_models_agree_with_the_clear_model_as_their_cards_say(
+    built: Built, server: ServerProcess, tmp_path: Path
+) -> None:
+    from fhe.sklearn_files import load_estimator
+
+    rows = pd.read_csv(built.iris_calibration)
+    for name, measured, source in (
+        ("iris-linear", built.iris_linear, IRIS_LINEAR),
+        ("iris-tree", built.iris_tree, built.tree_source),
+    ):
+        clear = load_estimator(source / "model.skops", "skops", ModelPolicy())
+        clear_labels = [str(label) for label in clear.predict(rows)]
+        labels = measured.metadata.labels
+        simulated = [labels[i] for i in measured.simulated]
+        card = read_metadata(built.root / name).conversion
+        assert card is not None and card.calibration_rows == len(rows)
+        assert card.agreement == pytest.approx(
+            np.mean(np.array(simulated) == np.array(clear_labels))
+        )
+        assert card.agreement >= 0.9, (name, card.agreement)
+        for remote in _remote(server, name, tmp_path / name):
+            encrypted = [p.label for p in remote.predict(rows.head(4).to_dict(orient="records"))]
+        assert encrypted == simulated[:4], name
+
+
+def test_conversions_refused_with_the_reason(built: Built, tmp_path: Path) -> None:
+    with pytest.raises(ConversionRefused) as unsupported:
+        convert(
+            HGB_PICKLE,
+            built.iris_calibration,
+            tmp_path / "hgb",
+            policy=ModelPolicy(allow_pickle=True),
+        )
+    message = str(unsupported.value)
+    assert "HistGradientBoostingClassifier" in message
+    assert "LogisticRegression" in message and "XGBClassifier" in message
+
+    with pytest.raises(ConversionRefused) as pickled:
+        convert(HGB_PICKLE, built.iris_calibration, tmp_path / "pickle")
+    assert "pickle is not allowed" in str(pickled.value)
+
+    with pytest.raises(ConversionRefused) as unauditable:
+        convert(
+            UNTRUSTED,
+            built.iris_calibration,
+            tmp_path / "untrusted",
+            policy=ModelPolicy(trusted_types=["numpy.core._multiarray_umath.log1p"]),
+        )
+    assert "preprocessing cannot be audited by clients" in str(unauditable.value)
+    assert "log1p" in str(unauditable.value)
+
+    text_model = SKLEARN_FIXTURES / "text-classification-linear-skops-sk1.5.0"
+    with pytest.raises(ConversionRefused, match="vectorizer"):
+        convert(text_model, built.iris_calibration, tmp_path / "text")
+
+    missing = tmp_path / "missing.csv"
+    pd.read_csv(built.iris_calibration).drop(columns=["petal width (cm)"]).to_csv(missing)
+    with pytest.raises(ConversionRefused, match="expected but not given"):
+        convert(IRIS_LINEAR, missing, tmp_path / "missing")
+
+
+def test_the_command_line_converter_exits_2_with_the_refusal(
+    built: Built, client_env: dict[str, str], tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "fhe.convert", str(HGB_PICKLE), "--calibration",
+            str(built.iris_calibration), "--out", str(tmp_path / "out"),
+        ],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "pass --allow-pickle" in result.stdout + result.stderr
+
+
+def test_a_text_model_is_refused_a_row(
+    tiny_server: ServerProcess, client_env: dict[str, str]
+) -> None:
+    result = run_client(
+        ["predict", "-m", "tiny", "--server", tiny_server.url, "--row", '{"a": 1}'], client_env
+    )
+    assert result.returncode == 1
+    assert "takes text, not a row" in result.stderr
+
+
+def test_tabular_client_refuses_text_in_the_python_api(
+    built: Built, server: ServerProcess, tmp_path: Path
+) -> None:
+    for remote in _remote(server, "cancer", tmp_path):
+        with pytest.raises(ClientError, match="takes table rows"):
+            remote.predict(["a sentence"])
+
+
+def test_a_preprocessing_that_changed_on_disk_makes_the_bundle_unloadable(
+    built: Built, tmp_path: Path
+) -> None:
+    from server.models.registry import load_fhe_model
+
+    copy = tmp_path / "health"
+    shutil.copytree(built.root / "health", copy)
+    with (copy / "preprocessing.skops").open("ab") as handle:
+        handle.write(b"\0")
+    model = load_fhe_model(copy)
+    assert not model.ready and "preprocessing.skops does not match" in (model.reason or "")
