@@ -216,6 +216,72 @@ def tabular_section(path: Path) -> list[str]:
     return [*lines, ""]
 
 
+CLIENT_GOALS = {"sentiment-linear": 1.5, "sentiment": 2.3}
+"""Issue 14's one-shot wall-time goals, seconds (keys cached, server warm, 2 cores)."""
+BATCH_GOAL = 20.0
+"""Texts per second for a sentiment-linear CSV batch."""
+
+
+def client_section(before_path: Path, after_path: Path) -> list[str]:
+    """The client as the user waits for it, before and after, from benchmarks.client's JSON."""
+    if not after_path.is_file():
+        return []
+    runs = [("before", json.loads(before_path.read_text()))] if before_path.is_file() else []
+    runs.append(("now", json.loads(after_path.read_text())))
+    lines = [
+        "## The client (`benchmarks.client`)",
+        "",
+        "`fhe-client predict -m MODEL -v --json TEXT` run as a user runs it, keys cached and the "
+        "server warm, median of the runs; the parts are what the client reports, and "
+        '"outside" is the rest of the wall time (Python start-up, imports, the model card, '
+        'exit). "before" is the client as issue 13 left it.',
+        "",
+        "| client | model | wall (min-max) | embed | encrypt | FHE | decrypt | outside | "
+        "peak RSS |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, run in runs:
+        for row in run["one_shot"]:
+            lines.append(
+                f"| {label} | {row['model']} | {row['wall_seconds_median']:.2f} s "
+                f"({row['wall_seconds_min']:.2f}-{row['wall_seconds_max']:.2f}) | "
+                f"{row['prepare_seconds_median']:.2f} s | {row['encrypt_seconds_median']:.2f} s | "
+                f"{row['fhe_seconds_median']:.2f} s | {row['decrypt_seconds_median']:.3f} s | "
+                f"{row['outside_predict_seconds_median']:.2f} s | "
+                f"{size(row['peak_rss_bytes_median'])} |"
+            )
+    lines += [
+        "",
+        "| client | model | CSV batch | texts/s | per text | peak RSS |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, run in runs:
+        for row in run["batch"]:
+            lines.append(
+                f"| {label} | {row['model']} | {row['texts']} texts in {row['wall_seconds']:.1f} s "
+                f"| {row['texts_per_second']:.2f} | {row['seconds_per_text']:.3f} s | "
+                f"{size(row['peak_rss_bytes'])} |"
+            )
+    now = runs[-1][1]
+    lines += ["", "| goal | measured now | met |", "|---|---|---|"]
+    for row in now["one_shot"]:
+        goal = CLIENT_GOALS.get(row["model"])
+        if goal is not None:
+            met = row["wall_seconds_median"] <= goal
+            lines.append(
+                f"| one-shot `{row['model']}` at most {goal} s | "
+                f"{row['wall_seconds_median']:.2f} s | {'met' if met else 'not met'} |"
+            )
+    for row in now["batch"]:
+        if row["model"] == "sentiment-linear":
+            met = row["texts_per_second"] >= BATCH_GOAL
+            lines.append(
+                f"| CSV batch `sentiment-linear` at least {BATCH_GOAL:.0f} texts/s | "
+                f"{row['texts_per_second']:.2f} | {'met' if met else 'not met'} |"
+            )
+    return [*lines, ""]
+
+
 def main(
     docs: Annotated[Path, typer.Option(help="where the JSON files are and the report goes")] = Path(
         "docs"
@@ -304,6 +370,7 @@ def main(
         "![accuracy against latency](pareto.png)",
         "",
         *tabular_section(docs / "bench-tabular.json"),
+        *client_section(docs / "bench-client-before.json", docs / "bench-client.json"),
         f"## Server throughput (`benchmarks.throughput`, model `{throughput['model']}`)",
         "",
         "| concurrent clients | predictions/s | round trip p50 | p99 | circuit run median | "

@@ -1,6 +1,9 @@
-"""The text embedder: packaged weights checked by sha256, mean pooling equal to the reference."""
+"""The text embedder: packaged weights checked by sha256, mean pooling equal to the reference,
+and the client's ONNX export equal to torch."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +17,7 @@ from fhe.embedder import (
 )
 
 TEXTS = ["the crew was lovely", "my bag is lost", "a much longer tweet " * 20]
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -51,3 +55,25 @@ def test_local_path_and_hash_mismatch(embedder: TextEmbedder) -> None:
     assert local.weights_sha256 == embedder.weights_sha256
     with pytest.raises(EmbeddingModelMismatch, match="trained with"):
         TextEmbedder(str(embedder.model_dir), expected_sha256="0" * 64)
+
+
+def test_onnx_export_of_a_fine_tuned_embedder_equals_torch_and_is_cached(
+    tmp_path: Path,
+) -> None:
+    """The client's fast path: base plus the shipped delta, exported once, equal to torch."""
+    from fhe.onnx_embedder import cache_key, cached_onnx_embedder
+
+    delta = REPO / "models" / "sentiment" / "embedder-delta.safetensors"
+    tuned = TextEmbedder(delta=delta)
+    fast = cached_onnx_embedder(tuned, tmp_path)
+    assert fast is not None
+    export = tmp_path / f"{cache_key(tuned)}.onnx"
+    written = export.stat().st_mtime_ns
+    texts = [*TEXTS, "@united thanks!! ✈️", ""]
+    reference = tuned.embed(texts)
+    np.testing.assert_allclose(fast.embed(texts), reference, atol=1e-5)
+    np.testing.assert_allclose(tuned.embed(texts), reference, atol=0)  # still in eval mode
+    again = cached_onnx_embedder(TextEmbedder(delta=delta), tmp_path)
+    assert again is not None and export.stat().st_mtime_ns == written
+    assert cache_key(TextEmbedder()) != cache_key(tuned)
+    assert cache_key(TextEmbedder(delta=delta, max_length=64)) != cache_key(tuned)

@@ -1,0 +1,134 @@
+"""What the user waits for: `fhe-client predict` as a user runs it, timed from outside.
+
+With keys cached and the server warm, runs the one-shot command `fhe-client predict -m MODEL -v
+--json TEXT` several times per model and prints the wall time, its parts as the client reports
+them (prepare, encrypt, FHE on the server, decrypt) and the process's peak RSS; then a CSV batch
+(`--input ... --output ...`) end to end, in texts per second. Usage:
+
+    .venv/bin/python -m benchmarks.client --models models --runs 5 --batch 100 \
+        --json docs/bench-client.json
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import psutil
+import typer
+
+from benchmarks.latency import TEXTS, PeakRSS
+from client.local_server import LocalServer
+from fhe.dataset import DEFAULT_DATA, load_split
+
+CLIENT = Path(sys.executable).parent / "fhe-client"
+
+
+def run_once(args: list[str], env: dict[str, str]) -> tuple[float, int, str]:
+    """Wall seconds, peak RSS bytes and stdout of one fhe-client run."""
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [str(CLIENT), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    rss = PeakRSS(process.pid, every=0.02)
+    rss.start()
+    out, err = process.communicate(timeout=600)
+    wall = time.perf_counter() - started
+    peak = rss.stop()
+    if process.returncode != 0:
+        raise RuntimeError(f"fhe-client {' '.join(args)} failed: {err}")
+    return wall, peak, out
+
+
+def one_shot(model: str, runs: int, env: dict[str, str]) -> dict:
+    """The one-shot command `runs` times (after one warm-up): medians of the wall and parts."""
+    args = ["predict", "-m", model, "-v", "--json"]
+    run_once([*args, TEXTS[0]], env)
+    walls, peaks, parts = [], [], []
+    for index in range(runs):
+        wall, peak, out = run_once([*args, TEXTS[index % len(TEXTS)]], env)
+        walls.append(wall)
+        peaks.append(peak)
+        parts.append(json.loads(out)["seconds"])
+    keys = ("prepare", "encrypt", "fhe", "round_trip", "decrypt", "total")
+    return {
+        "model": model,
+        "runs": runs,
+        "wall_seconds_median": statistics.median(walls),
+        "wall_seconds_min": min(walls),
+        "wall_seconds_max": max(walls),
+        **{f"{key}_seconds_median": statistics.median(p[key] for p in parts) for key in keys},
+        "outside_predict_seconds_median": statistics.median(
+            wall - p["total"] for wall, p in zip(walls, parts, strict=True)
+        ),
+        "peak_rss_bytes_median": int(statistics.median(peaks)),
+    }
+
+
+def batch(model: str, texts: list[str], env: dict[str, str], scratch: Path) -> dict:
+    """One CSV of texts through `--input/--output`, end to end, as a user runs it."""
+    source = scratch / f"batch-{model}.csv"
+    with source.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text"])
+        writer.writerows([text] for text in texts)
+    out = scratch / f"out-{model}.csv"
+    wall, peak, _ = run_once(
+        ["predict", "-m", model, "--input", str(source), "--output", str(out), "--overwrite"],
+        env,
+    )
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == len(texts), f"{len(rows)} rows written of {len(texts)}"
+    return {
+        "model": model,
+        "texts": len(texts),
+        "wall_seconds": wall,
+        "texts_per_second": len(texts) / wall,
+        "seconds_per_text": wall / len(texts),
+        "peak_rss_bytes": peak,
+    }
+
+
+def main(
+    models: Annotated[Path, typer.Option(help="models directory to serve")] = Path("models"),
+    model: Annotated[str, typer.Option(help="text models, joined by commas")] = (
+        "sentiment-linear,sentiment"
+    ),
+    runs: Annotated[int, typer.Option(help="one-shot runs per model")] = 5,
+    batch_size: Annotated[int, typer.Option("--batch", help="texts in the CSV batch")] = 100,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="write results here")] = None,
+) -> None:
+    """Measure the client as a user sees it on this machine."""
+    texts = load_split(DEFAULT_DATA).test_texts[:batch_size]
+    results: dict = {"cores": psutil.cpu_count(), "one_shot": [], "batch": []}
+    with tempfile.TemporaryDirectory() as folder:
+        scratch = Path(folder)
+        server = LocalServer(models.resolve(), scratch / "data", log=scratch / "server.log").start()
+        env = {
+            **os.environ,
+            "FHE_SERVER_URL": server.url,
+            "FHE_CLIENT_CACHE": str(scratch / "client"),
+        }
+        try:
+            for name in model.split(","):
+                run_once(["keygen", "-m", name], env)
+                results["one_shot"].append(one_shot(name, runs, env))
+                typer.echo(json.dumps(results["one_shot"][-1]))
+                results["batch"].append(batch(name, texts, env, scratch))
+                typer.echo(json.dumps(results["batch"][-1]))
+        finally:
+            server.stop()
+    if json_out is not None:
+        json_out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(typer.run(main))
