@@ -135,15 +135,28 @@ def cached_onnx_embedder(embedder: TextEmbedder, cache_dir: Path) -> OnnxEmbedde
     return OnnxEmbedder(path, tokenizer, embedder.max_length)
 
 
+_exporting = threading.Lock()
+"""torch.onnx.export is not thread-safe: the demo's sessions may ask for the embedder at once."""
+
+
 @lru_cache(maxsize=4)
+def _shared(embedder: TextEmbedder, cache_dir: Path) -> OnnxEmbedder | None:
+    try:
+        return cached_onnx_embedder(embedder, cache_dir)
+    except Exception as error:  # any failure of the export leaves the exact torch path
+        warnings.warn(
+            f"using the torch embedder: no ONNX export ({type(error).__name__}: {error})",
+            stacklevel=3,
+        )
+        return None
+
+
 def shared_onnx_embedder(embedder: TextEmbedder, cache_dir: Path) -> OnnxEmbedder | None:
-    """One fast embedder per weights for the whole process (the demo's sessions share it).
+    """One fast embedder per weights for the whole process (the demo's sessions share it),
+    made by one thread at a time.
 
     None, with a warning, when the export fails or differs from torch: the torch embedder, which
     gives the same vectors more slowly, then serves.
     """
-    try:
-        return cached_onnx_embedder(embedder, cache_dir)
-    except (RuntimeError, OSError, ValueError, ImportError) as error:
-        warnings.warn(f"using the torch embedder: no ONNX export ({error})", stacklevel=2)
-        return None
+    with _exporting:
+        return _shared(embedder, cache_dir)

@@ -77,3 +77,23 @@ def test_onnx_export_of_a_fine_tuned_embedder_equals_torch_and_is_cached(
     assert again is not None and export.stat().st_mtime_ns == written
     assert cache_key(TextEmbedder()) != cache_key(tuned)
     assert cache_key(TextEmbedder(delta=delta, max_length=64)) != cache_key(tuned)
+
+
+def test_sessions_asking_at_once_share_one_export(tmp_path: Path) -> None:
+    """torch.onnx.export is not thread-safe; the demo's sessions may all ask at once."""
+    import threading
+
+    from fhe.onnx_embedder import OnnxEmbedder, shared_onnx_embedder
+
+    tuned = TextEmbedder(delta=REPO / "models" / "sentiment" / "embedder-delta.safetensors")
+    got: list[object] = []
+    threads = [
+        threading.Thread(target=lambda: got.append(shared_onnx_embedder(tuned, tmp_path)))
+        for _ in range(3)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(got) == 3 and all(isinstance(fast, OnnxEmbedder) for fast in got)
+    assert len({id(fast) for fast in got}) == 1
