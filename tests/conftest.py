@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,28 @@ from tests.demo_process import chromium
 from tests.server_process import BIN, ServerProcess
 
 REPO = Path(__file__).resolve().parents[1]
+
+_exit_status: list[int] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Keep the run's exit status for pytest_unconfigure."""
+    _exit_status.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Exit with the run's own status once pytest is done.
+
+    Concrete's runtime, once it has run a circuit in this process (the recipe's real-FHE sample
+    does), ends the process with status 0 from its exit handlers, which would turn a failed run
+    into a green one for make and CI. Output is flushed first; the handlers are skipped.
+    """
+    if _exit_status:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_exit_status[-1])
+
 
 SAMPLE_TEXTS = [
     "I love this airline, the crew was wonderful",
