@@ -207,6 +207,17 @@ def test_listing_and_cards_show_input_task_columns_and_origin(
     assert conversion["agreement"] == built.iris_tree.metadata.conversion.agreement
     assert "Converted from `iris-tree-clear`" in converted["card"]
 
+    served = httpx.get(f"{server.url}/v1/models/health/preprocessing")
+    assert served.status_code == 200
+    step = health["metadata"]["input"]["preprocessing"]
+    assert served.headers["x-content-sha256"] == step["sha256"]
+    assert len(served.content) == step["bytes"]
+    for name, code in (("bare", "no_preprocessing"), ("nosuch", "unknown_model")):
+        refused = httpx.get(f"{server.url}/v1/models/{name}/preprocessing")
+        assert refused.status_code == 404, refused.text
+        assert refused.json()["code"] == code and refused.json()["error"], refused.text
+    assert httpx.get(f"{server.url}/v1/models/../preprocessing").status_code == 404
+
     bare = httpx.get(f"{server.url}/v1/models/bare").json()
     assert bare["metadata"]["input"] == {"kind": "raw", "features": 4}
     assert "DecisionTreeClassifier" in bare["card"] and "FHEModelDev" in bare["card"]

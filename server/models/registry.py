@@ -59,6 +59,11 @@ class FHEModel:
         """True when the bundle can serve predictions."""
         return self.reason is None
 
+    def client_file(self, what: str) -> tuple[str, str] | None:
+        """(file name, sha256) of a file its clients download, `embedder delta` or
+        `preprocessing`; None when the bundle has none."""
+        return client_files(self.metadata).get(what) if self.metadata else None
+
     @property
     def columns(self) -> list[str] | None:
         """The feature columns of a tabular model, in order; None for other inputs."""
@@ -126,16 +131,21 @@ def _described(path: Path) -> tuple[BundleMetadata, str | None]:
     return metadata, render_raw_card(metadata)
 
 
-def _missing_client_file(path: Path, metadata: BundleMetadata) -> str | None:
-    """Why a file the client downloads (embedder delta, preprocessing) is unusable, or None."""
-    files = []
+def client_files(metadata: BundleMetadata) -> dict[str, tuple[str, str]]:
+    """The files of a bundle its clients download, by what they are: (file name, sha256)."""
+    files = {}
     if metadata.embedding and metadata.embedding.delta_file:
         info = metadata.embedding
-        files.append(("embedder delta", info.delta_file, info.delta_sha256))
+        files["embedder delta"] = (info.delta_file, info.delta_sha256 or "")
     if isinstance(metadata.input, TabularInput) and metadata.input.preprocessing:
         step = metadata.input.preprocessing
-        files.append(("preprocessing", step.file, step.sha256))
-    for what, file, sha256 in files:
+        files["preprocessing"] = (step.file, step.sha256)
+    return files
+
+
+def _missing_client_file(path: Path, metadata: BundleMetadata) -> str | None:
+    """Why a file the client downloads (embedder delta, preprocessing) is unusable, or None."""
+    for what, (file, sha256) in client_files(metadata).items():
         local = (path / file).resolve()
         if not local.is_relative_to(path.resolve()) or not local.is_file():
             return f"{file} ({what}) is missing"

@@ -6,9 +6,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
-from fhe.bundle import CLIENT_ZIP, TabularInput
+from fhe.bundle import CLIENT_ZIP
 from server import errors
 from server.deps import InferenceService, Registry
+from server.models.registry import FHEModel
 
 router = APIRouter()
 
@@ -43,31 +44,31 @@ async def client_spec(name: str, inference: InferenceService) -> FileResponse:
     )
 
 
+def _client_file(model: FHEModel, file: str, sha256: str) -> FileResponse:
+    """A bundle file its clients download, with its sha256 for them to check."""
+    return FileResponse(
+        model.path / file,
+        media_type="application/octet-stream",
+        filename=f"{model.name}-{file}",
+        headers={"X-Content-SHA256": sha256},
+    )
+
+
 @router.get("/v1/models/{name}/embedder-delta", response_class=FileResponse)
 async def embedder_delta(name: str, inference: InferenceService) -> FileResponse:
     """The fine-tuned tensors of the model's client-side embedder (safetensors)."""
     model = inference.fhe_model(name)
-    info = model.metadata.embedding if model.metadata else None
-    if info is None or not info.delta_file:
+    found = model.client_file("embedder delta")
+    if found is None:
         raise errors.NoEmbedderDelta(f"model {name!r} uses the base embedder, unchanged")
-    return FileResponse(
-        model.path / info.delta_file,
-        media_type="application/octet-stream",
-        filename=f"{model.name}-{info.delta_file}",
-        headers={"X-Content-SHA256": info.delta_sha256 or ""},
-    )
+    return _client_file(model, *found)
 
 
 @router.get("/v1/models/{name}/preprocessing", response_class=FileResponse)
 async def preprocessing(name: str, inference: InferenceService) -> FileResponse:
     """The client-side preprocessing of a tabular model (skops), which clients load audited."""
     model = inference.fhe_model(name)
-    info = model.metadata.input if model.metadata else None
-    if not isinstance(info, TabularInput) or info.preprocessing is None:
+    found = model.client_file("preprocessing")
+    if found is None:
         raise errors.NoPreprocessing(f"model {name!r} has no client-side preprocessing")
-    return FileResponse(
-        model.path / info.preprocessing.file,
-        media_type="application/octet-stream",
-        filename=f"{model.name}-{info.preprocessing.file}",
-        headers={"X-Content-SHA256": info.preprocessing.sha256},
-    )
+    return _client_file(model, *found)
