@@ -21,6 +21,7 @@ from client.api import FHEServerAPI, PredictAnswer
 from client.errors import ClientError, EmbedderMismatch, UnknownKey
 from client.keycache import KeyCache, KeyRecord
 from client.row_features import TabularRows, raw_row
+from client.settings import ClientSettings
 from fhe.digest import bytes_sha256, file_sha256
 from fhe.embedder import EmbeddingModelMismatch, TextEmbedder, shared_embedder
 from fhe.onnx_embedder import OnnxEmbedder, shared_onnx_embedder
@@ -157,7 +158,7 @@ class EncryptedModel:
         self.name = name
         self.cache_root = cache_root
         self.embedding_model = embedding_model
-        self.embedder_cache = embedder_cache or cache_root / "embedders"
+        self.embedder_cache = embedder_cache or ClientSettings(cache_dir=cache_root).embedders_dir()
         self.column_warnings: list[str] = []
 
     @cached_property

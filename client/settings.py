@@ -42,6 +42,11 @@ class ClientSettings(BaseSettings):
         validation_alias="FHE_CLIENT_CACHE",
         description="keys, client specs and the job journal are kept here",
     )
+    embedder_cache: Path | None = Field(
+        None,
+        description="fine-tuned embedder tensors and the ONNX exports of embedders, shared by "
+        "every key cache and demo session (default: `embedders` in the cache directory)",
+    )
     timeout_seconds: float = Field(
         600, gt=0, description="longest wait for the server's answer to one request"
     )
@@ -64,11 +69,15 @@ class ClientSettings(BaseSettings):
         "after each failure",
     )
 
-    @field_validator("cache_dir")
+    @field_validator("cache_dir", "embedder_cache")
     @classmethod
-    def _expand_user(cls, path: Path) -> Path:
-        """Allow `~` in the cache directory."""
-        return path.expanduser()
+    def _expand_user(cls, path: Path | None) -> Path | None:
+        """Allow `~` in the cache directories."""
+        return path.expanduser() if path is not None else None
+
+    def embedders_dir(self) -> Path:
+        """Where embedder files are kept: the embedder cache, else `embedders` in the cache."""
+        return self.embedder_cache or self.cache_dir / "embedders"
 
     def token(self) -> str | None:
         """The API token in clear, or None."""

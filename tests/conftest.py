@@ -20,6 +20,10 @@ from tests.server_process import BIN, ServerProcess
 
 REPO = Path(__file__).resolve().parents[1]
 
+# One embedder cache for the whole run, subprocesses included: each ONNX export of an embedder
+# is about 90 MB, and a fresh one per test's key cache filled a CI machine's disk.
+os.environ.setdefault("FHE_CLIENT_EMBEDDER_CACHE", str(REPO / ".cache" / "test-embedders"))
+
 _exit_status: list[int] = []
 
 

@@ -37,10 +37,10 @@ def test_client_embeds_with_the_bundles_delta(
     tiny_bundle: TrainedBundle, tiny_server: ServerProcess, tmp_path: Path
 ) -> None:
     with FHEServerAPI(tiny_server.url) as api:
-        remote = EncryptedModel(api, "tiny", tmp_path / "cache")
+        remote = EncryptedModel(api, "tiny", tmp_path / "cache", embedder_cache=tmp_path / "e")
         client_vectors = remote.embedder.embed(SAMPLE_TEXTS)
     sha = tiny_bundle.metadata.embedding.delta_sha256
-    assert file_sha256(tmp_path / "cache" / "embedders" / f"{sha}.safetensors") == sha
+    assert file_sha256(tmp_path / "e" / f"{sha}.safetensors") == sha
     np.testing.assert_allclose(client_vectors, tiny_bundle.embedder.embed(SAMPLE_TEXTS), atol=1e-5)
     base = TextEmbedder().embed(SAMPLE_TEXTS)
     assert np.abs(client_vectors - base).max() > 1e-2

@@ -20,6 +20,7 @@ from typing import Any
 from client.api import FHEServerAPI, PredictAnswer
 from client.demo.messages import StepOrderError
 from client.encrypted_model import Decrypted, Encrypted, EncryptedModel, KeyInfo
+from client.settings import ClientSettings
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,9 @@ class DemoSession:
         self.noun = noun
         self.dir = Path(tempfile.mkdtemp(prefix="session-", dir=root))
         self.api = FHEServerAPI(server_url)
-        self.remote = EncryptedModel(self.api, model, self.dir, embedder_cache=root / "embedders")
+        self.remote = EncryptedModel(
+            self.api, model, self.dir, embedder_cache=ClientSettings().embedders_dir()
+        )
         self.keys: KeyInfo | None = None
         self.item: Any = None
         self.encrypted: Encrypted | None = None

@@ -23,6 +23,7 @@ from client.demo.rows import describe_row, row_of
 from client.demo.session import DemoSession
 from client.encrypted_model import Decrypted, EncryptedModel
 from client.errors import ClientError
+from client.settings import ClientSettings
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class DemoTab:
                     api,
                     self.model,
                     self.sessions_root / "warm-up",
-                    embedder_cache=self.sessions_root / "embedders",
+                    embedder_cache=ClientSettings().embedders_dir(),
                 )
                 if remote.input_kind == "text":
                     remote.embedder.load()
