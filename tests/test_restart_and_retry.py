@@ -26,10 +26,10 @@ def test_keys_survive_restart(
             remote = EncryptedModel(api, "tiny", Path(client_env["FHE_CLIENT_CACHE"]))
             record = remote.cache.record()
             vector = remote.embedder.embed([SAMPLE_TEXTS[0]])
-            ciphertext = remote.fhe_client.quantize_encrypt_serialize(vector)
+            ciphertext = remote.circuit.encrypt(remote.circuit.quantize(vector))
             # Straight to the predict route: no upload can hide a lost key here.
             answer = api.predict("tiny", ciphertext, record.key_id, remote.client_spec)
-            scores = remote.fhe_client.deserialize_decrypt_dequantize(answer.ciphertext)
+            scores = remote.circuit.decrypt(answer.ciphertext)
         assert scores.shape == (1, 3)
     finally:
         server.stop()
