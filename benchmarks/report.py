@@ -236,7 +236,10 @@ def client_section(before_path: Path, after_path: Path) -> list[str]:
         "`fhe-client predict -m MODEL -v --json TEXT` run as a user runs it, keys cached and the "
         "server warm, median of the runs; the parts are what the client reports, and "
         '"outside" is the rest of the wall time (Python start-up, imports, the model card, '
-        'exit). "before" is the client as issue 13 left it.',
+        'exit). "before" is the client as issue 13 left it (commit a4a014f), measured on the '
+        'same machine just before "now". Compare rows within this table: machines differ, and '
+        "the one these ran on took about twice as long for the `sentiment` circuit as the one "
+        "of the latency table above (see the FHE column).",
         "",
         "| client | model | wall (min-max) | embed | encrypt | FHE | decrypt | outside | "
         "peak RSS |",

@@ -8,6 +8,7 @@ cross the network.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -169,6 +170,8 @@ class EncryptedModel:
         self.embedding_model = embedding_model
         self.embedder_cache = embedder_cache or ClientSettings(cache_dir=cache_root).embedders_dir()
         self.column_warnings: list[str] = []
+        self._reupload_lock = threading.Lock()
+        self._reuploads = 0
 
     @cached_property
     def card(self) -> dict[str, Any]:
@@ -399,12 +402,20 @@ class EncryptedModel:
                 yield vector[None, :], share
 
     def _with_key(self, send: Callable[[str], T]) -> T:
-        """`send(key_id)`; when the server has lost the key, upload it again and send once more."""
+        """`send(key_id)`; when the server has lost the key, upload it again and send once more.
+
+        Requests in flight together that all find the key lost upload it once: the others wait
+        for that upload and send again.
+        """
         key_id = self._key_id()
+        uploads_seen = self._reuploads
         try:
             return send(key_id)
         except UnknownKey:
-            self.keys(upload=True)
+            with self._reupload_lock:
+                if self._reuploads == uploads_seen:
+                    self.keys(upload=True)
+                    self._reuploads += 1
             return send(key_id)
 
     def run(self, ciphertext: bytes) -> PredictAnswer:

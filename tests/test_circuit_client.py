@@ -137,6 +137,26 @@ def test_unknown_model_classes_use_concrete_mls_client(tmp_path: Path) -> None:
     assert np.array_equal(fallback.quantize(row), light.quantize(row))
 
 
+def test_a_model_class_without_a_rule_runs_through_concrete_mls_client(tmp_path: Path) -> None:
+    from concrete.ml.deployment import FHEModelServer
+    from concrete.ml.sklearn import SGDClassifier
+    from sklearn.datasets import load_breast_cancer
+
+    x, y = load_breast_cancer(return_X_y=True)
+    x = ((x - x.mean(axis=0)) / x.std(axis=0))[:, :8].astype(np.float32)
+    model = SGDClassifier(n_bits=6, loss="log_loss", random_state=0)
+    bundle = _compiled_bundle(model, x, y, tmp_path / "bundle")
+    client = open_circuit_client(bundle, tmp_path / "keys")
+    assert isinstance(client, ConcreteMLClient)
+    evaluation_keys = client.generate_keys(force=False)
+    server = FHEModelServer(str(bundle))
+    server.load()
+    rows = x[::100]
+    for row, expected in zip(rows, model.predict_proba(rows), strict=True):
+        result = server.run(client.encrypt(client.quantize(row[None, :])), evaluation_keys)
+        np.testing.assert_allclose(client.decrypt(result)[0], expected, atol=1e-9)
+
+
 def test_forced_keys_are_new_and_kept(tmp_path: Path) -> None:
     bundle = REPO / "models" / "diabetes"
     first = CircuitClient(bundle / "client.zip", tmp_path / "keys")
