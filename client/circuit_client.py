@@ -62,6 +62,9 @@ class OutputRule:
     """Added at the end (XGBoost regression's base score of 0.5, cut from the circuit)."""
 
 
+MAX_SPEC_BYTES = 64 * 1024 * 1024
+"""Largest spec or processing file read from a client.zip (the server sends it)."""
+
 OUTPUTS: dict[str, OutputRule] = {
     "XGBClassifier": OutputRule(trees=True, scores=True),
     "DecisionTreeClassifier": OutputRule(trees=True),
@@ -117,7 +120,23 @@ class CircuitClient:
     """One built-in Concrete-ML model's client side, with `concrete.compiler` and numpy only."""
 
     def __init__(self, client_zip: Path, key_dir: Path) -> None:
+        try:
+            self._read(client_zip)
+        except UnsupportedProcessing:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, zipfile.BadZipFile) as error:
+            raise UnsupportedProcessing(f"unexpected client.zip ({error!r})") from None
+        self.key_dir = key_dir
+        self._keyset: Any = None
+        self._program: Any = None
+        self._lock = threading.RLock()
+        """One key set operation at a time: a batch encrypts ahead while it decrypts."""
+
+    def _read(self, client_zip: Path) -> None:
         with zipfile.ZipFile(client_zip) as archive:
+            for name in ("client.specs.json", "serialized_processing.json"):
+                if archive.getinfo(name).file_size > MAX_SPEC_BYTES:
+                    raise UnsupportedProcessing(f"{name} is over {MAX_SPEC_BYTES} bytes")
             specs = json.loads(archive.read("client.specs.json"))
             processing = json.loads(archive.read("serialized_processing.json"))
         self.model_class = model_class(processing)
@@ -142,15 +161,12 @@ class CircuitClient:
         self.input_shape = tuple(encrypted["abstractShape"]["dimensions"])
         encoding = encrypted["encoding"]["integer"]
         width = int(encoding["width"])
+        if not 1 <= width <= 64:
+            raise UnsupportedProcessing(f"input width {width}")
         low = -(2 ** (width - 1)) if encoding["isSigned"] else 0
         self.input_range = (low, low + 2**width - 1)
         specs.pop("tfhers_specs", None)
         self._specs = json.dumps(specs).encode()
-        self.key_dir = key_dir
-        self._keyset: Any = None
-        self._program: Any = None
-        self._lock = threading.RLock()
-        """One key set operation at a time: a batch encrypts ahead while it decrypts."""
 
     @property
     def keys_loaded(self) -> bool:
@@ -201,7 +217,8 @@ class CircuitClient:
         if values.shape != self.input_shape or values.min() < low or values.max() > high:
             raise ClientError(
                 f"the circuit takes integers of shape {self.input_shape} in [{low}, {high}], "
-                f"got shape {values.shape} in [{values.min()}, {values.max()}]"
+                f"got shape {values.shape}"
+                + (f" in [{values.min()}, {values.max()}]" if values.size else "")
             )
         with self._lock:
             return self._circuit().prepare_input(Value(values), 0).serialize()

@@ -316,6 +316,7 @@ class EncryptedModel:
         if record is not None:
             return record, self.cache.evaluation_keys.read_bytes(), False
         started = time.perf_counter()
+        self.cache.forget()
         serialized = self.circuit.generate_keys(force=force)
         record = KeyRecord(bytes_sha256(serialized), len(serialized), time.perf_counter() - started)
         self.cache.save(record, serialized)
@@ -413,10 +414,21 @@ class EncryptedModel:
             return send(key_id)
         except UnknownKey:
             with self._reupload_lock:
-                if self._reuploads == uploads_seen:
-                    self.keys(upload=True)
-                    self._reuploads += 1
+                uploaded = self._reuploads == uploads_seen
+                if uploaded:
+                    self._upload_again()
+        try:
             return send(key_id)
+        except UnknownKey:
+            if uploaded:
+                raise
+            with self._reupload_lock:  # lost again since another request's upload
+                self._upload_again()
+            return send(key_id)
+
+    def _upload_again(self) -> None:
+        self.keys(upload=True)
+        self._reuploads += 1
 
     def run(self, ciphertext: bytes) -> PredictAnswer:
         """Send a ciphertext to the server and get the encrypted result; re-uploads lost keys."""
@@ -495,14 +507,26 @@ class EncryptedModel:
             if progress is not None:
                 progress(prediction)
 
-        encrypting = ReadAhead(self._encrypted(items), depth=in_flight + 1)
-        with encrypting, ThreadPoolExecutor(in_flight, thread_name_prefix="predict") as sender:
-            for item, encrypted, share in encrypting:
-                pending.append((item, encrypted, share, sender.submit(self._timed_run, encrypted)))
-                if len(pending) >= in_flight:
+        in_flight = max(1, in_flight)
+        sender = ThreadPoolExecutor(in_flight, thread_name_prefix="predict")
+        try:
+            with ReadAhead(self._encrypted(items), depth=in_flight + 1) as encrypting:
+                try:
+                    for item, encrypted, share in encrypting:
+                        run = sender.submit(self._timed_run, encrypted)
+                        pending.append((item, encrypted, share, run))
+                        if len(pending) >= in_flight:
+                            finish()
+                except Exception:
+                    while pending:
+                        finish()  # what already reached the server is still reported
+                    raise
+                while pending:
                     finish()
-            while pending:
-                finish()
+        except BaseException:
+            sender.shutdown(wait=False, cancel_futures=True)
+            raise
+        sender.shutdown()
         return results
 
     def _encrypted(self, items: list[Any]) -> Iterator[tuple[Any, Encrypted, float]]:

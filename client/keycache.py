@@ -7,6 +7,7 @@ private key, which never leaves this directory), `evaluation_keys.bin` and `key.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -43,13 +44,23 @@ class KeyCache:
         return self.dir / "evaluation_keys.bin"
 
     def record(self) -> KeyRecord | None:
-        """The stored key record, or None when keys were never generated here."""
+        """The stored key record, or None when keys were never generated here, or when the key
+        set it describes is gone (new keys are then made rather than a record that lies kept)."""
         path = self.dir / "key.json"
-        if not path.is_file() or not self.evaluation_keys.is_file():
+        if not path.is_file() or not self.evaluation_keys.is_file() or not self.key_dir.is_dir():
             return None
         return KeyRecord(**json.loads(path.read_text()))
 
+    def forget(self) -> None:
+        """Drop the record before its key set is replaced: an interrupted replacement then
+        leaves no record naming keys that are gone, and the next run makes and uploads anew."""
+        (self.dir / "key.json").unlink(missing_ok=True)
+
     def save(self, record: KeyRecord, serialized_keys: bytes) -> None:
-        """Remember the evaluation keys and their id."""
-        self.evaluation_keys.write_bytes(serialized_keys)
-        (self.dir / "key.json").write_text(json.dumps(asdict(record)))
+        """Remember the evaluation keys and their id; the record is written last, whole."""
+        partial = self.dir / f"evaluation_keys.{os.getpid()}.partial"
+        partial.write_bytes(serialized_keys)
+        partial.replace(self.evaluation_keys)
+        record_partial = self.dir / f"key.{os.getpid()}.partial"
+        record_partial.write_text(json.dumps(asdict(record)))
+        record_partial.replace(self.dir / "key.json")

@@ -18,15 +18,31 @@ class UnsupportedProcessing(ValueError):
     """The serialized processing uses something this reader does not know."""
 
 
+NUMERIC_DTYPES = frozenset(
+    {
+        *("float16", "float32", "float64"),
+        *("int8", "int16", "int32", "int64"),
+        *("uint8", "uint16", "uint32", "uint64"),
+    }
+)
+"""The dtypes a quantizer's numbers may have (the bundle comes from a server: no others)."""
+
+
+def _dtype(name: Any) -> np.dtype:
+    if name not in NUMERIC_DTYPES:
+        raise UnsupportedProcessing(f"unexpected dtype {name!r}")
+    return np.dtype(name)
+
+
 def decoded(value: Any) -> Any:
     """A value of Concrete-ML's JSON: numpy scalars and arrays keep their dtype."""
     if not isinstance(value, dict):
         return value
     kind = value.get("type_name")
     if kind == "numpy_float" or kind == "numpy_integer":
-        return np.dtype(value["dtype"]).type(value["serialized_value"])
+        return _dtype(value.get("dtype")).type(value["serialized_value"])
     if kind == "numpy_array":
-        return np.asarray(value["serialized_value"], dtype=np.dtype(value["dtype"]))
+        return np.asarray(value["serialized_value"], dtype=_dtype(value.get("dtype")))
     raise UnsupportedProcessing(f"unknown serialized value {kind!r}")
 
 
@@ -49,8 +65,8 @@ class Quantizer:
         fields = serialized["serialized_value"]
         no_clipping = bool(fields.get("no_clipping", False))
         n_bits = fields.get("n_bits")
-        if not no_clipping and n_bits is None:
-            raise UnsupportedProcessing("a clipping quantizer without n_bits")
+        if not no_clipping and not (isinstance(n_bits, int) and 1 <= n_bits <= 64):
+            raise UnsupportedProcessing(f"a clipping quantizer with n_bits {n_bits!r}")
         return cls(
             scale=decoded(fields["scale"]),
             zero_point=decoded(fields["zero_point"]),

@@ -51,7 +51,7 @@ class ReadAhead(Generic[T]):
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
-        self._thread.join(timeout=60)
+        self._thread.join(timeout=5)  # a daemon: one item in the making is left behind at exit
 
     def __iter__(self) -> Iterator[T]:
         while True:

@@ -150,7 +150,9 @@ def cached_onnx_embedder(embedder: TextEmbedder, cache_dir: Path) -> OnnxEmbedde
     return OnnxEmbedder(path, kept_tokenizer, embedder.max_length)
 
 
-@lru_cache(maxsize=4)
+_exported: dict[tuple[Path, str, int], OnnxEmbedder] = {}
+
+
 def exported_embedder(cache_dir: Path, identity: str, max_length: int) -> OnnxEmbedder | None:
     """The export made earlier for the weights this identity names, loaded once per process;
     None when there is none yet.
@@ -159,11 +161,17 @@ def exported_embedder(cache_dir: Path, identity: str, max_length: int) -> OnnxEm
     those exists (it was checked against torch on those weights, verified by hash, when it was
     made), a one-shot client needs neither the weights nor their 90 MB of hashing.
     """
+    found = _exported.get((cache_dir, identity, max_length))
+    if found is not None:
+        return found
     key = identity_key(identity)
     path, tokenizer = cache_dir / f"{key}.onnx", cache_dir / f"{key}.tokenizer.json"
     if not path.is_file() or not tokenizer.is_file():
         return None
-    return OnnxEmbedder(path, tokenizer, max_length)
+    with _exporting:
+        return _exported.setdefault(
+            (cache_dir, identity, max_length), OnnxEmbedder(path, tokenizer, max_length)
+        )
 
 
 _exporting = threading.Lock()

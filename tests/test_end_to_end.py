@@ -55,12 +55,35 @@ def test_keygen_is_cached_and_key_id_is_content_hash(
     import hashlib
 
     assert hashlib.sha256(stored).hexdigest() == key_id
-    server = ["--server", tiny_server.url]
-    forced = run_client(["keygen", "-m", "tiny", "--force", *server], client_env)
+    server = ["--server", tiny_server.url, "--json"]
+    before = run_client(["predict", "-m", "tiny", *server, SAMPLE_TEXTS[1]], client_env)
+    forced = run_client(["keygen", "-m", "tiny", "--force", *server[:2]], client_env)
     assert forced.returncode == 0, forced.stderr
     assert forced.stdout.split("key id: ")[1].split()[0] != key_id, "--force kept the old keys"
-    predicted = run_client(["predict", "-m", "tiny", *server, "hi"], client_env)
-    assert predicted.returncode == 0, predicted.stderr
+    after = run_client(["predict", "-m", "tiny", *server, SAMPLE_TEXTS[1]], client_env)
+    assert before.returncode == 0 and after.returncode == 0, before.stderr + after.stderr
+    assert json.loads(after.stdout) == json.loads(before.stdout), "new keys decrypt differently"
+
+
+def test_a_one_shot_predict_imports_neither_torch_nor_concrete_ml(
+    tiny_server: ServerProcess, client_env: dict[str, str]
+) -> None:
+    """After the first run has exported the embedder, a one-shot run needs Concrete's runtime,
+    ONNX Runtime and tokenizers only (python -X importtime lists every import)."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-X", "importtime", "-m", "client.cli", "predict", "-m", "tiny"]
+    command += ["--server", tiny_server.url, SAMPLE_TEXTS[0]]
+    runs = [
+        subprocess.run(command, env=client_env, capture_output=True, text=True, timeout=600)
+        for _ in range(2)
+    ]
+    assert all(run.returncode == 0 for run in runs), runs[-1].stderr[-2000:]
+    imported = {line.split("|")[-1].strip() for line in runs[1].stderr.splitlines() if "|" in line}
+    assert {"concrete.compiler", "onnxruntime", "tokenizers"} <= imported
+    heavy = {"torch", "transformers", "concrete.fhe", "concrete.ml", "sklearn"} & imported
+    assert not heavy, f"a one-shot predict imported {sorted(heavy)}"
 
 
 def test_predict_csv_in_and_out(
