@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional
+from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -17,7 +18,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception
 
 from client.api import FHEServerAPI
 from client.batch_csv import BatchOutput, InputTable
-from client.encrypted_model import EncryptedModel, Prediction
+from client.encrypted_model import ColumnWarning, EncryptedModel, Prediction
 from client.errors import ClientError, JobFailed, ServerError
 from client.jobs import (
     JobJournal,
@@ -73,14 +74,30 @@ def models(server: ServerOption = None) -> None:
             rows = api.models()
     except ClientError as error:
         _fail(error)
-    table = Table("name", "kind", "task", "input", "labels", "status")
+    table = Table("name", "kind", "task", "input", "labels", "from", "status")
     for row in rows:
         status = row["status"] if row["status"] == "ready" else f"{row['status']}: {row['reason']}"
         columns = row.get("columns")
-        shown = f"{len(columns)} columns" if columns else row.get("input") or ""
+        shown = row.get("input") or ""
+        if columns:
+            shown = f"{shown}, {len(columns)} columns" if shown else f"{len(columns)} columns"
         labels = ", ".join(row["labels"])
-        table.add_row(row["name"], row["kind"], row["task"] or "", shown, labels, status)
+        origin = _origin_shown(row.get("origin"))
+        table.add_row(row["name"], row["kind"], row["task"] or "", shown, labels, origin, status)
     Console().print(table)
+
+
+def _origin_shown(origin: dict[str, Any] | None) -> str:
+    """The listing's "from" cell: the clear model an encrypted one follows, and how closely."""
+    if not origin:
+        return ""
+    source = origin.get("converted_from") or origin.get("clear_twin") or ""
+    how = "converted" if origin.get("converted_from") else "twin"
+    if origin.get("agreement") is not None:
+        return f"{source} ({how}, {origin['agreement']:.1%} agree)"
+    if origin.get("max_abs_difference") is not None:
+        return f"{source} ({how}, max diff {origin['max_abs_difference']:.4g})"
+    return f"{source} ({how})"
 
 
 @app.command()
@@ -446,6 +463,7 @@ def predict(
     Text models take texts; tabular models take --row JSON or a CSV of rows (columns checked
     first); raw models take numbers. --output writes row by row and resumes.
     """
+    warnings.simplefilter("ignore", ColumnWarning)  # shown below as "warning: ..."
     settings = _settings(server, cache_dir)
     try:
         with FHEServerAPI(settings=settings) as api:

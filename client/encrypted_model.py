@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -52,6 +53,10 @@ def top_class(scores: np.ndarray) -> int:
 
 INPUT_NAMES = {"text": "text", "tabular": "row", "raw": "input"}
 """The key an input is shown under, by the model's input kind."""
+
+
+class ColumnWarning(UserWarning):
+    """A row has columns the model does not take, or lacks ones its preprocessing imputes."""
 
 
 @dataclass(frozen=True)
@@ -366,7 +371,9 @@ class EncryptedModel:
             return self.rows.encode(item)
         if isinstance(item, str | dict):
             raise ClientError(f"model {self.name!r} takes a bare array of numbers")
-        return raw_row(item, int(self.input_info["features"]))
+        return raw_row(
+            item, int(self.input_info["features"]), shape=self.input_info.get("shape") or None
+        )
 
     def encrypt(self, item: Any, prepared: tuple[np.ndarray, float] | None = None) -> Encrypted:
         """Prepare (embed, preprocess), quantize and encrypt one input on this machine.
@@ -541,15 +548,20 @@ class EncryptedModel:
         return answer, time.perf_counter() - started
 
     def checked_items(self, items: Sequence[Any] | Any) -> list[Any]:
-        """The items as a list (a DataFrame becomes its rows); rows' columns checked, warnings
-        for extra columns kept in `column_warnings`."""
+        """The items as a list (a DataFrame becomes its rows); each row's columns checked.
+
+        Extra (or imputed missing) columns are warnings: kept in `column_warnings` and issued as
+        `ColumnWarning`s, which the command line shows in its own words.
+        """
         if hasattr(items, "to_dict") and hasattr(items, "columns"):
             items = items.to_dict(orient="records")
         items = list(items)
-        self.column_warnings = []
-        if self.input_kind == "tabular" and items:
+        found: list[str] = []
+        if self.input_kind == "tabular":
             for item in items:
                 self.features_kind_check(item)
-            given = {column for item in items for column in item}
-            self.column_warnings = self.rows.check_columns(given)
+                found += [w for w in self.rows.check_columns(item) if w not in found]
+        self.column_warnings = found
+        for warning in found:
+            warnings.warn(warning, ColumnWarning, stacklevel=3)
         return items

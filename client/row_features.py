@@ -108,8 +108,11 @@ class TabularRows:
         return features
 
 
-def raw_row(values: Any, features: int, where: str = "the input") -> np.ndarray:
-    """A bare row of `features` finite numbers as the circuit's float input (1 x features)."""
+def raw_row(
+    values: Any, features: int, where: str = "the input", shape: list[int] | None = None
+) -> np.ndarray:
+    """`features` finite numbers (flat, or already in `shape`) as the circuit's float input:
+    1 x features, or 1 x shape when the model takes an array of another shape."""
     try:
         array = np.asarray(values, dtype=np.float64).reshape(1, -1)
     except (TypeError, ValueError):
@@ -118,11 +121,11 @@ def raw_row(values: Any, features: int, where: str = "the input") -> np.ndarray:
         raise ClientError(f"{where} has {array.shape[1]} numbers, the model takes {features}")
     if not np.isfinite(array).all():
         raise ClientError(f"{where} holds NaN or infinity")
-    return array
+    return array.reshape(1, *shape) if shape else array
 
 
 def read_raw_rows(path: Path, features: int) -> list[list[float]]:
-    """Rows of a `.npy` array (one row per line of a 2-D array) or of a CSV of numbers.
+    """Flat rows of a `.npy` array (its first dimension indexes the inputs) or of a CSV of numbers.
 
     A CSV's first line is a header when it does not parse as numbers. The .npy file is read
     without pickles.
@@ -133,8 +136,7 @@ def read_raw_rows(path: Path, features: int) -> list[list[float]]:
         except ValueError as error:
             raise ClientError(f"{path} is not a numeric .npy array: {error}") from None
         rows = np.atleast_2d(array)
-        if rows.ndim != 2:
-            raise ClientError(f"{path} holds a {array.ndim}-D array; one row per line is needed")
+        rows = rows.reshape(len(rows), -1)
         return [
             raw_row(row, features, f"{path} row {n}")[0].tolist() for n, row in enumerate(rows, 1)
         ]

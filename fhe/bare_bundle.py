@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import zipfile
 from pathlib import Path
 
@@ -36,8 +37,27 @@ def _model_class(processing: dict) -> str:
         return "unknown"
 
 
+def _input_shape(specs: dict) -> list[int]:
+    """The shape of one input, from the circuit's encrypted input in `client.specs.json`, without
+    its leading batch dimension (Concrete-ML compiles for one input at a time).
+
+    A built-in model's circuit takes (1, features); a torch model's whatever its input tensor is.
+    """
+    try:
+        (circuit,) = specs["circuits"]
+        (gate,) = circuit["inputs"]
+        shape = gate["typeInfo"]["lweCiphertext"]["abstractShape"]["dimensions"]
+        dimensions = [int(d) for d in shape]
+    except (KeyError, TypeError, ValueError):
+        raise ValueError("client.zip's circuit does not take one encrypted input") from None
+    shape = dimensions[1:] if len(dimensions) > 1 else dimensions
+    if not shape or any(d < 1 for d in shape) or math.prod(shape) > 1_000_000:
+        raise ValueError(f"client.zip's circuit input has an unusable shape {dimensions}")
+    return shape
+
+
 def describe_bare_bundle(path: Path) -> BundleMetadata:
-    """model.json as it would be for the bare directory: a raw input of the circuit's width.
+    """model.json as it would be for the bare directory: a raw input of the circuit's shape.
 
     Raises ValueError when client.zip does not hold what Concrete-ML writes.
     """
@@ -45,11 +65,13 @@ def describe_bare_bundle(path: Path) -> BundleMetadata:
         with zipfile.ZipFile(path / CLIENT_ZIP) as archive:
             processing = json.loads(archive.read(PROCESSING_FILE))
             versions = json.loads(archive.read("versions.json"))
+            specs = json.loads(archive.read("client.specs.json"))
     except (OSError, KeyError, zipfile.BadZipFile) as error:
         raise ValueError(f"client.zip is not Concrete-ML's: {error}") from None
     quantizers = processing.get("input_quantizers")
     if not isinstance(quantizers, list) or not quantizers:
         raise ValueError("client.zip names no input quantizers")
+    shape = _input_shape(specs)
     n_bits = sorted(
         {q.get("serialized_value", {}).get("n_bits") for q in quantizers if isinstance(q, dict)}
         - {None}
@@ -58,7 +80,7 @@ def describe_bare_bundle(path: Path) -> BundleMetadata:
         name=path.name,
         task="raw",
         description=f"A Concrete-ML model served from the bare directory `{path.name}`.",
-        input=RawInput(features=len(quantizers)),
+        input=RawInput(features=math.prod(shape), shape=shape),
         circuit=CircuitInfo(model_type=_model_class(processing), params={"input_n_bits": n_bits}),
         versions={str(key): str(value) for key, value in versions.items()},
         client_spec_sha256=client_spec_hash(path),

@@ -63,8 +63,8 @@ class Column(BaseModel):
 class Preprocessing(BaseModel):
     """The client-side scikit-learn transformer (skops) from a row to the circuit's features.
 
-    `imputes` lists the columns it fills in when missing; `trusted_types` are the types outside
-    skops' defaults that the audit found in the file, which clients accept.
+    `imputes` lists the columns it fills in when missing. Clients load the file with the same
+    skops audit the server uses for clear models, after checking its sha256.
     """
 
     file: str = PREPROCESSING_FILE
@@ -91,10 +91,12 @@ class TabularInput(BaseModel):
 
 
 class RawInput(BaseModel):
-    """A bare numeric array of the circuit's input shape (one row of `features` numbers)."""
+    """A bare numeric array of the circuit's input shape: `features` numbers, arranged as `shape`
+    (one input without its batch dimension; None for a flat row)."""
 
     kind: Literal["raw"] = "raw"
     features: int
+    shape: list[int] | None = None
 
 
 InputInfo = Annotated[TextInput | TabularInput | RawInput, Field(discriminator="kind")]

@@ -131,10 +131,17 @@ def _check_preprocessing(preprocessing: Any) -> None:
     from fhe.preprocessing import load_preprocessing
 
     steps = getattr(preprocessing, "steps", [(None, preprocessing)])
-    if any(isinstance(step, CountVectorizer | HashingVectorizer) for _, step in steps):
+    vectorizers = [
+        type(step).__name__
+        for _, step in steps
+        if isinstance(step, CountVectorizer | HashingVectorizer)
+    ]
+    if vectorizers:
         raise ConversionRefused(
-            "the pipeline feeds text through a vectorizer: encrypted bundles converted from "
-            "clear models take table rows; train a text model with `python -m fhe.recipe` instead"
+            f"the pipeline feeds text through a vectorizer ({', '.join(vectorizers)}): encrypted "
+            "bundles converted from clear models take table rows, through supported estimators "
+            f"({supported_list()}) after tabular preprocessing; train a text model with "
+            "`python -m fhe.recipe` instead"
         )
     if not hasattr(preprocessing, "transform"):
         raise ConversionRefused(

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
+from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import KFold, StratifiedKFold, cross_val_score
 
 from fhe.bundle import TabularTrainingInfo
@@ -50,7 +51,7 @@ class TabularRecipeConfig:
     max_depth: list[int] = field(default_factory=lambda: [2, 3])
     n_estimators: list[int] = field(default_factory=lambda: [5, 10, 20])
     max_pbs: int = 300
-    p_error: float | None = 1e-6
+    p_errors: list[float | None] = field(default_factory=lambda: [1e-6])
     cv_folds: int = 3
     test_size: float = 0.2
     seed: int = 42
@@ -90,48 +91,82 @@ def make_model(task: str, model_type: str, params: dict[str, int], seed: int) ->
     return cml.XGBRegressor(**params, random_state=seed, n_jobs=2)
 
 
+def cv_score(
+    config: TabularRecipeConfig,
+    model_type: str,
+    params: dict[str, int],
+    p_error: float | None,
+    folds: KFold | StratifiedKFold,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+) -> float:
+    """Mean cross-validated accuracy or R² of one setting.
+
+    With one p_error searched this is the clear quantized model's score (which FHE reproduces up
+    to that error rate, the same for every setting); with several, each fold's model is compiled
+    at `p_error` and scored under FHE simulation, so a larger error rate costs what it costs.
+    """
+    classify = config.task == "classification"
+    if len(config.p_errors) < 2:
+        model = make_model(config.task, model_type, params, config.seed)
+        scoring = "accuracy" if classify else "r2"
+        return float(cross_val_score(model, x_train, y_train, cv=folds, scoring=scoring).mean())
+    scores = []
+    for fit_rows, scored_rows in folds.split(x_train, y_train):
+        model = make_model(config.task, model_type, params, config.seed)
+        model.fit(x_train[fit_rows], y_train[fit_rows])
+        compile_model(model, x_train[fit_rows], p_error)
+        predicted = model.predict(x_train[scored_rows], fhe="simulate")
+        metric = accuracy_score if classify else r2_score
+        scores.append(metric(y_train[scored_rows], predicted))
+    return float(np.mean(scores))
+
+
 def search_grid(
     config: TabularRecipeConfig, x_train: np.ndarray, y_train: np.ndarray
-) -> tuple[Any, str, dict[str, int], list[dict[str, Any]]]:
-    """Cross-validate each setting (accuracy or R²), compile it for its PBS count, keep the best
-    within the budget."""
+) -> tuple[Any, str, dict[str, int], float | None, list[dict[str, Any]]]:
+    """Cross-validate each setting and error rate (accuracy or R²), compile it for its PBS count,
+    keep the best within the budget: (model, type, parameters, p_error, every row).
+
+    Error rates are tried from the largest (the fastest circuit), so a tie keeps the faster one;
+    a linear circuit has no PBS, so only the first error rate is tried for it.
+    """
     classify = config.task == "classification"
     folds = (
         StratifiedKFold(config.cv_folds, shuffle=True, random_state=config.seed)
         if classify
         else KFold(config.cv_folds, shuffle=True, random_state=config.seed)
     )
+    p_errors = sorted(config.p_errors, key=lambda p: -1.0 if p is None else p, reverse=True)
     rows: list[dict[str, Any]] = []
-    best: tuple[float, Any, str, dict[str, int]] | None = None
+    best: tuple[float, Any, str, dict[str, int], float | None] | None = None
     for model_type, params in grid_points(config):
-        started = time.perf_counter()
-        model = make_model(config.task, model_type, params, config.seed)
-        score = float(
-            cross_val_score(
-                model, x_train, y_train, cv=folds, scoring="accuracy" if classify else "r2"
-            ).mean()
-        )
-        model.fit(x_train, y_train)
-        pbs, bits = circuit_cost(compile_model(model, x_train, config.p_error))
-        rows.append(
-            {
-                "model_type": model_type,
-                "params": params,
-                "cv_score": score,
-                "pbs_count": pbs,
-                "max_bit_width": bits,
-            }
-        )
-        console.log(
-            f"{model_type} {params}: CV {'accuracy' if classify else 'R²'} {score:.4f}, "
-            f"{pbs} PBS, {bits} bits ({time.perf_counter() - started:.1f} s)"
-        )
-        if pbs <= config.max_pbs and (best is None or score > best[0]):
-            best = (score, model, model_type, params)
+        for p_error in p_errors[:1] if model_type == "linear" else p_errors:
+            started = time.perf_counter()
+            score = cv_score(config, model_type, params, p_error, folds, x_train, y_train)
+            model = make_model(config.task, model_type, params, config.seed)
+            model.fit(x_train, y_train)
+            pbs, bits = circuit_cost(compile_model(model, x_train, p_error))
+            rows.append(
+                {
+                    "model_type": model_type,
+                    "params": params,
+                    "p_error": p_error,
+                    "cv_score": score,
+                    "pbs_count": pbs,
+                    "max_bit_width": bits,
+                }
+            )
+            console.log(
+                f"{model_type} {params} p_error {p_error}: CV {'accuracy' if classify else 'R²'} "
+                f"{score:.4f}, {pbs} PBS, {bits} bits ({time.perf_counter() - started:.1f} s)"
+            )
+            if pbs <= config.max_pbs and (best is None or score > best[0]):
+                best = (score, model, model_type, params, p_error)
     if best is None:
         cheapest = min(row["pbs_count"] for row in rows)
         raise ValueError(f"no setting fits max_pbs={config.max_pbs}; the cheapest has {cheapest}")
-    return best[1], best[2], best[3], rows
+    return best[1], best[2], best[3], best[4], rows
 
 
 def train_tabular(config: TabularRecipeConfig) -> Measured:
@@ -153,7 +188,12 @@ def train_tabular(config: TabularRecipeConfig) -> Measured:
     sparse = [name for name in split.names if split.x_train[name].isna().any()]
     preprocessing = build_preprocessing(numeric, split.categorical, sparse).fit(split.x_train)
     x_train = np.asarray(preprocessing.transform(split.x_train), dtype=np.float64)
-    model, model_type, params, rows = search_grid(config, x_train, split.y_train)
+    if config.clear_twin is not None and "linear" not in config.model_types:
+        raise ValueError(
+            "a clear twin needs a linear model (trees are fit on quantized inputs and have no "
+            "unquantized counterpart): add linear to --model-types"
+        )
+    model, model_type, params, p_error, rows = search_grid(config, x_train, split.y_train)
     task = f"tabular-{config.task}"
     tabular = TabularModel(
         model=model,
@@ -163,7 +203,7 @@ def train_tabular(config: TabularRecipeConfig) -> Measured:
         task=task,
         labels=split.labels,
         params={"model": model_type, **params},
-        p_error=config.p_error,
+        p_error=p_error,
         float_twin=model_type == "linear",
     )
     data_license = config.data_license or (
@@ -187,15 +227,16 @@ def train_tabular(config: TabularRecipeConfig) -> Measured:
             "n_estimators": config.n_estimators,
             "linear n_bits": config.linear_n_bits,
             "max_pbs": [config.max_pbs],
+            "p_error": config.p_errors,
         },
         cv_results=rows,
         command=config.command,
     )
     twin = config.clear_twin if tabular.float_twin else None
     if config.clear_twin is not None and twin is None:
-        console.log(
-            f"no clear twin written: the chosen {model_type} model was fit on quantized inputs, "
-            "so it has no unquantized counterpart"
+        raise ValueError(
+            f"no clear twin can be written: the chosen {model_type} model was fit on quantized "
+            "inputs, so it has no unquantized counterpart (limit --model-types to linear)"
         )
     twin_name = twin.name if twin else None
     description = config.description or (
@@ -247,39 +288,44 @@ def main(argv: list[str] | None = None) -> None:
         max_depth: str = typer.Option("2,3", help="grid: tree depth"),
         n_estimators: str = typer.Option("5,10,20", help="grid: number of trees"),
         max_pbs: int = typer.Option(300, help="circuit budget in programmable bootstraps"),
-        p_error: float = typer.Option(1e-6, help="error probability of one PBS (0: default)"),
+        p_error: str = typer.Option(
+            "1e-6", help="grid: error probability of one PBS (0: Concrete's default)"
+        ),
         cv_folds: int = typer.Option(3, help="cross-validation folds"),
         test_size: float = typer.Option(0.2, help="share of rows held out"),
         seed: int = typer.Option(42),
         fhe_sample: int = typer.Option(50, help="held-out rows run under real FHE"),
         clear_twin: str = typer.Option("", help="also write the unquantized model here (skops)"),
     ) -> None:
-        train_tabular(
-            TabularRecipeConfig(
-                out=out,
-                name=name,
-                data=data,
-                task=task,
-                label_column=label_column or None,
-                feature_columns=_list(feature_columns) or None,
-                categorical=_list(categorical) or None,
-                data_license=data_license,
-                description=description,
-                model_types=_list(model_types),
-                n_bits=[int(bits) for bits in _list(n_bits)],
-                linear_n_bits=[int(bits) for bits in _list(linear_n_bits)],
-                max_depth=[int(depth) for depth in _list(max_depth)],
-                n_estimators=[int(trees) for trees in _list(n_estimators)],
-                max_pbs=max_pbs,
-                p_error=p_error or None,
-                cv_folds=cv_folds,
-                test_size=test_size,
-                seed=seed,
-                fhe_sample=fhe_sample,
-                clear_twin=Path(clear_twin) if clear_twin else None,
-                command="python -m fhe.tabular_recipe " + shlex.join(argv or sys.argv[1:]),
-            )
+        config = TabularRecipeConfig(
+            out=out,
+            name=name,
+            data=data,
+            task=task,
+            label_column=label_column or None,
+            feature_columns=_list(feature_columns) or None,
+            categorical=_list(categorical) or None,
+            data_license=data_license,
+            description=description,
+            model_types=_list(model_types),
+            n_bits=[int(bits) for bits in _list(n_bits)],
+            linear_n_bits=[int(bits) for bits in _list(linear_n_bits)],
+            max_depth=[int(depth) for depth in _list(max_depth)],
+            n_estimators=[int(trees) for trees in _list(n_estimators)],
+            max_pbs=max_pbs,
+            p_errors=[float(value) or None for value in _list(p_error)],
+            cv_folds=cv_folds,
+            test_size=test_size,
+            seed=seed,
+            fhe_sample=fhe_sample,
+            clear_twin=Path(clear_twin) if clear_twin else None,
+            command="python -m fhe.tabular_recipe " + shlex.join(argv or sys.argv[1:]),
         )
+        try:
+            train_tabular(config)
+        except ValueError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(2) from None
 
     app(argv)
 

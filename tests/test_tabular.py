@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from client.api import FHEServerAPI
-from client.encrypted_model import EncryptedModel
+from client.encrypted_model import ColumnWarning, EncryptedModel
 from client.errors import ClientError
 from client.settings import ClientSettings
 from fhe.bundle import TabularMetrics, read_metadata
@@ -49,6 +49,7 @@ class Built:
     iris_linear: Measured
     iris_tree: Measured
     tree_source: Path
+    torch_module: object
 
 
 def _health_csv(path: Path) -> Path:
@@ -101,6 +102,21 @@ def _bare_directory(path: Path) -> tuple[Path, object]:
     return path, model
 
 
+def _torch_bare_directory(path: Path) -> object:
+    """What FHEModelDev.save() writes for a small torch model taking a 2 x 3 array; its
+    quantized module."""
+    import torch
+    from concrete.ml.deployment import FHEModelDev
+    from concrete.ml.torch.compile import compile_torch_model
+
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 3))
+    inputs = np.random.default_rng(0).uniform(-1, 1, (64, 2, 3)).astype(np.float32)
+    module = compile_torch_model(network, inputs, n_bits=6, rounding_threshold_bits=None)
+    FHEModelDev(str(path), module).save()
+    return module
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     """Train, convert and save the module's models (about a minute on 2 cores)."""
@@ -145,6 +161,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     tree_source = _tree_model(work / "iris-tree-clear")
     iris_tree = convert(tree_source, calibration, root / "iris-tree", n_bits=4, fhe_sample=3)
     _bare_directory(root / "bare")
+    torch_module = _torch_bare_directory(root / "bare-torch")
     return Built(
         root=root,
         cancer=cancer,
@@ -156,6 +173,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
         iris_linear=iris_linear,
         iris_tree=iris_tree,
         tree_source=tree_source,
+        torch_module=torch_module,
     )
 
 
@@ -180,7 +198,7 @@ def _remote(server: ServerProcess, name: str, cache: Path) -> Iterator[Encrypted
 
 
 def test_listing_and_cards_show_input_task_columns_and_origin(
-    built: Built, server: ServerProcess
+    built: Built, server: ServerProcess, client_env: dict[str, str]
 ) -> None:
     listing = {row["name"]: row for row in httpx.get(f"{server.url}/v1/models").json()["models"]}
     assert listing["cancer"]["input"] == "tabular"
@@ -193,6 +211,26 @@ def test_listing_and_cards_show_input_task_columns_and_origin(
     assert listing["health-clear"]["status"] == "ready", listing["health-clear"]
     assert listing["bare"]["input"] == "raw" and listing["bare"]["task"] == "raw"
     assert all(row["status"] == "ready" for row in listing.values()), listing
+    assert listing["iris-tree"]["origin"] == {
+        "converted_from": "iris-tree-clear",
+        "estimator": "sklearn.tree._classes.DecisionTreeClassifier",
+        "agreement": built.iris_tree.metadata.conversion.agreement,
+        "max_abs_difference": None,
+    }
+    health_metrics = built.health.metadata.metrics
+    assert listing["health"]["origin"]["clear_twin"] == "health-clear"
+    assert listing["health"]["origin"]["max_abs_difference"] == (
+        health_metrics.max_quantization_error
+    )
+    assert listing["bare"]["origin"] is None and listing["health-clear"]["origin"] is None
+    shown = run_client(["models", "--server", server.url], {**client_env, "COLUMNS": "300"})
+    assert shown.returncode == 0, shown.stderr
+    lines = {line.split()[1]: line for line in shown.stdout.splitlines() if "│" in line}
+    agreement = built.iris_tree.metadata.conversion.agreement
+    assert f"iris-tree-clear (converted, {agreement:.1%} agree)" in lines["iris-tree"]
+    assert "tabular, 30 columns" in lines["cancer"]
+    assert "health-clear (twin, max diff" in lines["health"]
+    assert "raw" in lines["bare"]
 
     health = httpx.get(f"{server.url}/v1/models/health").json()
     assert health["metadata"]["input"]["categorical"] == ["sex"]
@@ -219,7 +257,7 @@ def test_listing_and_cards_show_input_task_columns_and_origin(
     assert httpx.get(f"{server.url}/v1/models/../preprocessing").status_code == 404
 
     bare = httpx.get(f"{server.url}/v1/models/bare").json()
-    assert bare["metadata"]["input"] == {"kind": "raw", "features": 4}
+    assert bare["metadata"]["input"] == {"kind": "raw", "features": 4, "shape": [4]}
     assert "DecisionTreeClassifier" in bare["card"] and "FHEModelDev" in bare["card"]
 
 
@@ -260,7 +298,10 @@ def test_one_row_as_json_and_a_dataframe_through_the_python_api(
     for remote in _remote(server, "health", tmp_path / "api"):
         predictions = remote.predict(built.health_rows.head(4))
         values = np.array([prediction.value for prediction in predictions])
+        with pytest.warns(ColumnWarning, match="given but not expected: {'patient'}"):
+            extra = remote.predict([{**built.health_rows.iloc[0].to_dict(), "patient": "p1"}])
     assert np.allclose(values, built.health.quantized[:4], atol=1e-6)
+    assert extra[0].value == predictions[0].value
 
 
 def test_regression_values_within_the_stated_quantization_error(
@@ -301,6 +342,15 @@ def test_a_missing_imputed_column_is_a_warning_a_missing_needed_one_an_error(
     assert "'mean radius'" in refused.stderr and "'worst area'" in refused.stderr
     assert not (Path(client_env["FHE_CLIENT_CACHE"]) / "cancer").exists()
 
+    whole = built.cancer_rows.iloc[0].to_dict()
+    short = {key: value for key, value in whole.items() if key != "mean texture"}
+    rows_given = ["predict", "-m", "cancer", "--server", server.url]
+    second_short = run_client(
+        [*rows_given, "--row", json.dumps(whole), "--row", json.dumps(short)], client_env
+    )
+    assert second_short.returncode == 1
+    assert "expected but not given: {'mean texture'}" in second_short.stderr
+
 
 def test_input_kinds_are_refused_with_what_the_model_takes(
     built: Built, server: ServerProcess, client_env: dict[str, str]
@@ -338,6 +388,31 @@ def test_a_bare_fhemodeldev_directory_is_served_as_raw(
     _, model = _bare_directory(tmp_path / "again")
     assert np.allclose(outputs, model.predict_proba(x[[0, 60, 120]]), atol=1e-6)
     assert outputs.argmax(axis=1).tolist() == [0, 1, 2]
+
+
+def test_a_bare_torch_model_takes_an_array_of_its_input_shape(
+    built: Built, server: ServerProcess, client_env: dict[str, str], tmp_path: Path
+) -> None:
+    info = httpx.get(f"{server.url}/v1/models/bare-torch").json()["metadata"]["input"]
+    assert info == {"kind": "raw", "features": 6, "shape": [2, 3]}
+    arrays = np.random.default_rng(1).uniform(-1, 1, (3, 2, 3))
+    np.save(tmp_path / "arrays.npy", arrays)
+    flat = [
+        "predict", "-m", "bare-torch", "--server", server.url, "--json",
+        "--row", json.dumps(arrays[0].ravel().tolist()),
+    ]  # fmt: skip
+    numbers = tmp_path / "arrays.csv"
+    numbers.write_text("a,b,c,d,e,f\n" + "\n".join(",".join(map(str, a.ravel())) for a in arrays))
+    whole = ["predict", "-m", "bare-torch", "--server", server.url, "--json", "--input"]
+    outputs = []
+    for args in (flat, [*whole, str(tmp_path / "arrays.npy")], [*whole, str(numbers)]):
+        result = run_client(args, client_env)
+        assert result.returncode == 0, result.stderr
+        outputs += [json.loads(line)["output"] for line in result.stdout.splitlines()]
+    expected = built.torch_module.forward(arrays.astype(np.float32), fhe="simulate")
+    assert np.allclose(outputs, [expected[0], *expected, *expected], atol=1e-6)
+    short = run_client([*flat[:-1], "[1, 2, 3]"], client_env)
+    assert short.returncode == 1 and "has 3 numbers, the model takes 6" in short.stderr
 
 
 def test_converted_models_agree_with_the_clear_model_as_their_cards_say(
@@ -392,8 +467,11 @@ def test_conversions_refused_with_the_reason(built: Built, tmp_path: Path) -> No
     assert "log1p" in str(unauditable.value)
 
     text_model = SKLEARN_FIXTURES / "text-classification-linear-skops-sk1.5.0"
-    with pytest.raises(ConversionRefused, match="vectorizer"):
+    with pytest.raises(ConversionRefused, match="vectorizer") as vectorized:
         convert(text_model, built.iris_calibration, tmp_path / "text")
+    assert "TfidfVectorizer" in str(vectorized.value)
+    assert "LogisticRegression" in str(vectorized.value)
+    assert "XGBClassifier" in str(vectorized.value)
 
     missing = tmp_path / "missing.csv"
     pd.read_csv(built.iris_calibration).drop(columns=["petal width (cm)"]).to_csv(missing)
@@ -416,6 +494,49 @@ def test_the_command_line_converter_exits_2_with_the_refusal(
     )  # fmt: skip
     assert result.returncode == 2
     assert "pass --allow-pickle" in result.stdout + result.stderr
+
+
+def test_the_grid_searches_the_pbs_error_rate_under_fhe_simulation() -> None:
+    from sklearn.datasets import load_breast_cancer
+
+    from fhe.tabular_recipe import search_grid
+
+    x, y = load_breast_cancer(return_X_y=True)
+    config = TabularRecipeConfig(
+        out=Path("unused"),
+        name="grid",
+        data="sklearn:breast_cancer",
+        model_types=["xgb", "linear"],
+        n_bits=[2],
+        max_depth=[2],
+        n_estimators=[3],
+        linear_n_bits=[4],
+        p_errors=[1e-6, 0.1],
+        cv_folds=2,
+    )
+    model, model_type, params, p_error, rows = search_grid(config, x[:200], y[:200])
+    tried = [(row["model_type"], row["p_error"]) for row in rows]
+    assert tried == [("xgb", 0.1), ("xgb", 1e-6), ("linear", 0.1)]
+    best = max(rows, key=lambda row: row["cv_score"])
+    assert (model_type, p_error) == (best["model_type"], best["p_error"])
+    assert params == best["params"] and model is not None
+
+
+def test_a_clear_twin_of_trees_is_refused_before_training(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "fhe.tabular_recipe", "--out", str(tmp_path / "b"),
+            "--name", "b", "--data", "sklearn:breast_cancer", "--model-types", "xgb",
+            "--clear-twin", str(tmp_path / "twin"),
+        ],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "a clear twin needs a linear model" in result.stderr
+    assert not (tmp_path / "b").exists()
 
 
 def test_a_text_model_is_refused_a_row(

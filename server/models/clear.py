@@ -107,6 +107,7 @@ class ClearModel:
             "input": None if self.task is None else self.task.split("-")[0],
             "labels": self.labels,
             "columns": self.columns,
+            "origin": None,
             "status": "ready" if self.ready else "unloadable",
             "reason": self.reason,
         }

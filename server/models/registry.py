@@ -18,6 +18,7 @@ from fhe.bundle import (
     SERVER_ZIP,
     BundleMetadata,
     TabularInput,
+    TabularMetrics,
     client_spec_hash,
     read_metadata,
 )
@@ -70,6 +71,30 @@ class FHEModel:
         info = self.metadata.input if self.metadata else None
         return info.names if isinstance(info, TabularInput) else None
 
+    @property
+    def origin(self) -> dict[str, Any] | None:
+        """Which clear model this one came from and how closely it follows it: the converted
+        model and the agreement on its calibration rows, or the clear twin and the agreement (or
+        largest difference) on held-out rows; None for other bundles."""
+        meta = self.metadata
+        if meta is None:
+            return None
+        if meta.conversion is not None:
+            conversion = meta.conversion
+            return {
+                "converted_from": conversion.source,
+                "estimator": conversion.estimator,
+                "agreement": conversion.agreement,
+                "max_abs_difference": conversion.max_abs_difference,
+            }
+        if meta.clear_twin and isinstance(meta.metrics, TabularMetrics):
+            return {
+                "clear_twin": meta.clear_twin,
+                "agreement": meta.metrics.agreement_with_unquantized,
+                "max_abs_difference": meta.metrics.max_quantization_error,
+            }
+        return None
+
     def summary(self) -> dict[str, Any]:
         """The row of the model listing."""
         meta = self.metadata
@@ -80,6 +105,7 @@ class FHEModel:
             "input": meta.input.kind if meta else None,
             "labels": meta.labels if meta else [],
             "columns": self.columns,
+            "origin": self.origin,
             "status": "ready" if self.ready else "unloadable",
             "reason": self.reason,
         }
