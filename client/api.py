@@ -152,6 +152,10 @@ class FHEServerAPI:
         """The fine-tuned tensors of the model's embedder (only for fine-tuned bundles)."""
         return self._request("GET", f"/v1/models/{name}/embedder-delta").content
 
+    def projection(self, name: str) -> bytes:
+        """The client-side reduction of a text model's embedding (only where the card has one)."""
+        return self._request("GET", f"/v1/models/{name}/projection").content
+
     def preprocessing(self, name: str) -> bytes:
         """The client-side preprocessing of a tabular model (skops)."""
         return self._request("GET", f"/v1/models/{name}/preprocessing").content

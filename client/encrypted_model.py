@@ -36,6 +36,7 @@ from fhe.embedder import (
     shared_embedder,
 )
 from fhe.onnx_embedder import OnnxEmbedder, exported_embedder, shared_onnx_embedder
+from fhe.projection import Projection, UnusableProjection
 
 T = TypeVar("T")
 
@@ -259,6 +260,28 @@ class EncryptedModel:
         )
 
     @cached_property
+    def projection(self) -> Projection | None:
+        """The bundle's client-side reduction of the embedding (downloaded once, checked by
+        sha256 and shape), or None when the circuit takes the whole embedding."""
+        embedding = self.input_info.get("embedding") or {}
+        info = embedding.get("projection")
+        if not info:
+            return None
+        path = self._downloaded(
+            "projection", info["sha256"], ".npz", lambda: self.api.projection(self.name)
+        )
+        try:
+            return Projection.load(path, int(embedding["dimension"]))
+        except UnusableProjection as error:
+            raise ClientError(f"the projection of {self.name!r} is unusable: {error}") from None
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """The circuit's float inputs for texts: their embeddings, reduced by the bundle's
+        projection when it has one."""
+        vectors = self.embedder.embed(texts).astype(np.float32)
+        return vectors if self.projection is None else self.projection.apply(vectors)
+
+    @cached_property
     def rows(self) -> TabularRows:
         """The columns of a tabular model and its preprocessing, downloaded once (kept by hash)
         and loaded through the same skops audit the server applies to clear models."""
@@ -365,7 +388,7 @@ class EncryptedModel:
         if kind == "text":
             if not isinstance(item, str):
                 raise ClientError(f"model {self.name!r} takes text, not {type(item).__name__}")
-            return self.embedder.embed([item]).astype(np.float32)
+            return self.embed([item])
         if kind == "tabular":
             self.features_kind_check(item)
             return self.rows.encode(item)
@@ -404,7 +427,7 @@ class EncryptedModel:
                 if not isinstance(item, str):
                     raise ClientError(f"model {self.name!r} takes text, not {type(item).__name__}")
             started = time.perf_counter()
-            vectors = self.embedder.embed(chunk).astype(np.float32)
+            vectors = self.embed(chunk)
             share = (time.perf_counter() - started) / len(chunk)
             for vector in vectors:
                 yield vector[None, :], share

@@ -28,6 +28,18 @@ FHE_TASKS = ("text-classification", "tabular-classification", "tabular-regressio
 """What an FHE bundle's output means: class scores of a text or a row, a value, or a bare array."""
 
 
+class ProjectionInfo(BaseModel):
+    """A client-side reduction of the embedding (fhe.projection): its file in the bundle, served
+    to clients at /v1/models/{name}/projection and checked by sha256, and what it keeps."""
+
+    file: str
+    sha256: str
+    bytes: int
+    method: str = "pca"
+    width: int
+    explained_variance: float
+
+
 class EmbeddingInfo(BaseModel):
     """The client-side embedder a bundle expects; the client checks its weights against the hash.
 
@@ -44,6 +56,7 @@ class EmbeddingInfo(BaseModel):
     delta_sha256: str | None = None
     delta_bytes: int | None = None
     fine_tuning: dict[str, Any] | None = None
+    projection: ProjectionInfo | None = None
 
 
 class TextInput(BaseModel):

@@ -38,12 +38,25 @@ def render_card(meta: BundleMetadata) -> str:
     tuned = ""
     if e.delta_sha256:
         ft = e.fine_tuning or {}
+        smoothing = (
+            f", label smoothing {ft['label_smoothing']}" if ft.get("label_smoothing") else ""
+        )
         tuned = (
             f"\n\nThe embedder was fine-tuned on the training split ({ft.get('epochs')} epochs, "
-            f"learning rate {ft.get('learning_rate')}, batch {ft.get('batch_size')}, seed "
-            f"{ft.get('seed')}): the changed tensors ship in `{e.delta_file}` "
+            f"learning rate {ft.get('learning_rate')}, batch {ft.get('batch_size')}{smoothing}, "
+            f"seed {ft.get('seed')}): the changed tensors ship in `{e.delta_file}` "
             f"({_megabytes(e.delta_bytes or 0)}, sha256 `{e.delta_sha256}`), which the server "
             "hands to clients and they apply over the base weights."
+        )
+    reduced = ""
+    if e.projection is not None:
+        r = e.projection
+        reduced = (
+            f"\n\nBefore quantizing, the client reduces the embedding to its {r.width} leading "
+            f"principal components (PCA fitted on the training split's embeddings, "
+            f"{_percent(r.explained_variance)} of their variance): `{r.file}` "
+            f"({_megabytes(r.bytes)}, sha256 `{r.sha256}`), which the server hands to clients. "
+            f"The server computes on {r.width} encrypted numbers instead of {e.dimension}."
         )
     return f"""# {meta.name}: encrypted {meta.task.replace("-", " ")}
 
@@ -52,7 +65,7 @@ def render_card(meta: BundleMetadata) -> str:
 The client embeds text with `{e.model_id}` ({e.pooling} pooling, max {e.max_length} tokens,
 {e.dimension} dimensions, weights sha256 `{e.weights_sha256}`), quantizes and encrypts the vector,
 and the server runs a Concrete-ML `{c.model_type}` ({params}) over the ciphertext. Labels:
-{", ".join(f"`{label}`" for label in meta.labels)}.{tuned}
+{", ".join(f"`{label}`" for label in meta.labels)}.{tuned}{reduced}
 
 ## Measured (by the training recipe, not typed by hand)
 

@@ -31,6 +31,7 @@ class FineTuneConfig:
     seed: int = 42
     max_steps: int | None = None
     top_layers: int | None = None
+    label_smoothing: float = 0.0
 
 
 def trainable_names(model: object, top_layers: int | None = None) -> list[str]:
@@ -99,7 +100,9 @@ def fine_tune(
             hidden = model(**encoded).last_hidden_state
             mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-            loss = torch.nn.functional.cross_entropy(head(pooled), targets[batch])
+            loss = torch.nn.functional.cross_entropy(
+                head(pooled), targets[batch], label_smoothing=config.label_smoothing
+            )
             loss.backward()
             torch.nn.utils.clip_grad_norm_(parameters, 1.0)
             optimizer.step()

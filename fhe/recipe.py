@@ -28,6 +28,7 @@ from fhe.bundle import (
     CircuitInfo,
     EmbeddingInfo,
     Metrics,
+    ProjectionInfo,
     TextInput,
     TrainingInfo,
     export_circuit,
@@ -36,9 +37,10 @@ from fhe.bundle import (
 from fhe.card import render_card
 from fhe.circuit import circuit_cost, compile_model, measure_real_fhe
 from fhe.dataset import DEFAULT_DATA, TextSplit, load_split
-from fhe.digest import bytes_sha256
+from fhe.digest import bytes_sha256, file_sha256
 from fhe.embedder import DEFAULT_EMBEDDING_MODEL, TextEmbedder
 from fhe.finetune import DELTA_FILE, FineTuneConfig, fine_tune
+from fhe.projection import PROJECTION_FILE, Projection
 
 AIRLINE_LICENSE = (
     "CC BY-NC-SA 4.0 (Twitter US Airline Sentiment, CrowdFlower 'Data for Everyone', as listed on "
@@ -65,6 +67,8 @@ class RecipeConfig:
     fine_tune_learning_rate: float = 5e-5
     fine_tune_max_steps: int | None = None
     fine_tune_layers: int | None = None
+    fine_tune_label_smoothing: float = 0.0
+    reduce_to: int | None = None
     model_type: str = "xgb"
     n_bits: list[int] = field(default_factory=lambda: [3, 4])
     max_depth: list[int] = field(default_factory=lambda: [1])
@@ -110,6 +114,7 @@ def fine_tuned_embedder(
         seed=config.seed,
         max_steps=config.fine_tune_max_steps,
         top_layers=config.fine_tune_layers,
+        label_smoothing=config.fine_tune_label_smoothing,
     )
     key = bytes_sha256(
         "\x00".join([base.identity, repr(settings), *texts, *map(str, labels.tolist())]).encode()
@@ -135,6 +140,7 @@ def fine_tuned_embedder(
         "batch_size": settings.batch_size,
         "max_steps": settings.max_steps,
         "top_layers": settings.top_layers,
+        **({"label_smoothing": settings.label_smoothing} if settings.label_smoothing else {}),
         "seed": settings.seed,
         "trained_on": "the training split only",
     }
@@ -215,6 +221,12 @@ class TrainedBundle:
     metadata: BundleMetadata
     model: Any
     embedder: TextEmbedder
+    projection: Projection | None = None
+
+    def features(self, texts: list[str]) -> np.ndarray:
+        """The circuit's float inputs for texts, as a client makes them."""
+        vectors = self.embedder.embed(texts)
+        return vectors if self.projection is None else self.projection.apply(vectors)
 
 
 def train(config: RecipeConfig) -> TrainedBundle:
@@ -243,6 +255,15 @@ def train(config: RecipeConfig) -> TrainedBundle:
         embedder, fine_tuning = fine_tuned_embedder(config, embedder, train_texts, y_train, scratch)
     x_train = embed_cached(embedder, train_texts, config.cache_dir, "train")
     x_test = embed_cached(embedder, split.test_texts, config.cache_dir, "test")
+    dimension = int(x_train.shape[1])
+    projection = None
+    if config.reduce_to:
+        projection = Projection.fit(x_train, config.reduce_to, config.seed)
+        x_train, x_test = projection.apply(x_train), projection.apply(x_test)
+        console.log(
+            f"projected {dimension} -> {projection.width} numbers per text "
+            f"({projection.explained_variance:.1%} of the variance)"
+        )
 
     model, chosen, cv_rows = search_grid(config, x_train, y_train)
     started = time.perf_counter()
@@ -262,6 +283,17 @@ def train(config: RecipeConfig) -> TrainedBundle:
     (config.out / DELTA_FILE).unlink(missing_ok=True)
     if embedder.delta is not None:
         shutil.copyfile(embedder.delta, config.out / DELTA_FILE)
+    (config.out / PROJECTION_FILE).unlink(missing_ok=True)
+    projection_info = None
+    if projection is not None:
+        written = projection.save(config.out / PROJECTION_FILE)
+        projection_info = ProjectionInfo(
+            file=PROJECTION_FILE,
+            sha256=file_sha256(written),
+            bytes=written.stat().st_size,
+            width=projection.width,
+            explained_variance=projection.explained_variance,
+        )
     sample = min(config.fhe_sample, len(x_test))
     real = measure_real_fhe(config.out, x_test[:sample])
     fhe_predictions = real.outputs.argmax(axis=1)
@@ -277,12 +309,13 @@ def train(config: RecipeConfig) -> TrainedBundle:
             embedding=EmbeddingInfo(
                 model_id=config.embedding_model,
                 max_length=config.max_length,
-                dimension=int(x_train.shape[1]),
+                dimension=dimension,
                 weights_sha256=embedder.weights_sha256,
                 delta_file=DELTA_FILE if embedder.delta is not None else None,
                 delta_sha256=embedder.delta_sha256,
                 delta_bytes=embedder.delta.stat().st_size if embedder.delta is not None else None,
                 fine_tuning=fine_tuning,
+                projection=projection_info,
             )
         ),
         circuit=CircuitInfo(
@@ -337,7 +370,7 @@ def train(config: RecipeConfig) -> TrainedBundle:
     (config.out / CARD_FILE).write_text(render_card(metadata))
     shutil.rmtree(scratch, ignore_errors=True)
     console.log(f"bundle written to {config.out}")
-    return TrainedBundle(config.out, metadata, model, embedder)
+    return TrainedBundle(config.out, metadata, model, embedder, projection)
 
 
 def _int_list(text: str) -> list[int]:
@@ -365,6 +398,10 @@ def main(argv: list[str] | None = None) -> None:
         fine_tune_learning_rate: float = typer.Option(5e-5, help="fine-tuning learning rate"),
         fine_tune_max_steps: int = typer.Option(0, help="stop fine-tuning after N steps (0: all)"),
         fine_tune_layers: int = typer.Option(0, help="fine-tune only the top N layers (0: all)"),
+        fine_tune_label_smoothing: float = typer.Option(0.0, help="label smoothing (0: none)"),
+        reduce_to: int = typer.Option(
+            0, help="PCA of the embedding to N numbers on the client (0: the whole embedding)"
+        ),
         model_type: str = typer.Option("xgb", help=f"circuit: {' or '.join(MODEL_TYPES)}"),
         n_bits: str = typer.Option("3,4", help="grid: quantization bits"),
         max_depth: str = typer.Option("1", help="grid: tree depth"),
@@ -395,6 +432,8 @@ def main(argv: list[str] | None = None) -> None:
                 fine_tune_learning_rate=fine_tune_learning_rate,
                 fine_tune_max_steps=fine_tune_max_steps or None,
                 fine_tune_layers=fine_tune_layers or None,
+                fine_tune_label_smoothing=fine_tune_label_smoothing,
+                reduce_to=reduce_to or None,
                 model_type=model_type,
                 n_bits=_int_list(n_bits),
                 max_depth=_int_list(max_depth),

@@ -141,6 +141,12 @@ class NoPreprocessing(ServiceError):
     status, code = 404, "no_preprocessing"
 
 
+class NoProjection(ServiceError):
+    """The bundle's circuit takes the whole embedding: no client-side reduction to download."""
+
+    status, code = 404, "no_projection"
+
+
 class ClientSpecMismatch(ServiceError):
     """The client encrypted for another client.zip."""
 

@@ -107,7 +107,7 @@ def mixed_models(tiny_bundle: TrainedBundle, tmp_path_factory: pytest.TempPathFa
 
 def clear_labels(bundle: TrainedBundle, texts: list[str]) -> list[str]:
     """The labels the bundle's model gives in the clear, which FHE must reproduce."""
-    predicted = bundle.model.predict(bundle.embedder.embed(texts))
+    predicted = bundle.model.predict(bundle.features(texts))
     return [bundle.metadata.labels[i] for i in predicted]
 
 

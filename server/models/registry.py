@@ -163,6 +163,9 @@ def client_files(metadata: BundleMetadata) -> dict[str, tuple[str, str]]:
     if metadata.embedding and metadata.embedding.delta_file:
         info = metadata.embedding
         files["embedder delta"] = (info.delta_file, info.delta_sha256 or "")
+    if metadata.embedding and metadata.embedding.projection:
+        projection = metadata.embedding.projection
+        files["projection"] = (projection.file, projection.sha256)
     if isinstance(metadata.input, TabularInput) and metadata.input.preprocessing:
         step = metadata.input.preprocessing
         files["preprocessing"] = (step.file, step.sha256)

@@ -64,6 +64,16 @@ async def embedder_delta(name: str, inference: InferenceService) -> FileResponse
     return _client_file(model, *found)
 
 
+@router.get("/v1/models/{name}/projection", response_class=FileResponse)
+async def projection(name: str, inference: InferenceService) -> FileResponse:
+    """The client-side reduction of a text model's embedding (PCA, an .npz of float32 arrays)."""
+    model = inference.fhe_model(name)
+    found = model.client_file("projection")
+    if found is None:
+        raise errors.NoProjection(f"model {name!r} takes the whole embedding")
+    return _client_file(model, *found)
+
+
 @router.get("/v1/models/{name}/preprocessing", response_class=FileResponse)
 async def preprocessing(name: str, inference: InferenceService) -> FileResponse:
     """The client-side preprocessing of a tabular model (skops), which clients load audited."""
