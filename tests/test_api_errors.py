@@ -146,6 +146,7 @@ def test_listing_card_and_client_zip(tiny_server, remote) -> None:
             "input": "text",
             "labels": ["negative", "neutral", "positive"],
             "columns": None,
+            "origin": None,
             "status": "ready",
             "reason": None,
         }
