@@ -43,11 +43,12 @@ test: lint system-packages
 	$(BIN)/pytest
 
 # Rebuilds the shipped bundles from ../shared/data/twitter_airline_sentiment.csv: the default
-# XGBoost circuit, then the bootstrap-free linear one on the same fine-tuned embedder.
+# XGBoost circuit, then the bootstrap-free linear one on the same fine-tuned embedder, both over
+# a client-side PCA of the embedding to 32 numbers.
 model: install
-	$(BIN)/python -m fhe.recipe --out models/sentiment
+	$(BIN)/python -m fhe.recipe --out models/sentiment --reduce-to 32
 	$(BIN)/python -m fhe.recipe --out models/sentiment-linear --name sentiment-linear \
-		--model-type linear --n-bits 4,6,8
+		--model-type linear --n-bits 4,6,8 --reduce-to 32
 
 # Rebuilds the shipped tabular examples and their clear twins from datasets scikit-learn ships
 # (no download): breast-cancer (classification) and diabetes (regression).

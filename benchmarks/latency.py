@@ -76,7 +76,8 @@ def measure(api: FHEServerAPI, model: str, n: int, scratch: Path) -> dict:
     keys = remote.keys()
     keygen_and_upload = time.perf_counter() - started
     remote.predict([TEXTS[0]])  # warm-up: embedder load, worker key cache
-    predictions = remote.predict([TEXTS[i % len(TEXTS)] for i in range(n)])
+    # One request at the server at a time: a batch keeps two in flight, which share the cores.
+    predictions = remote.predict([TEXTS[i % len(TEXTS)] for i in range(n)], in_flight=1)
     fhe = [p.seconds["fhe"] for p in predictions]
     round_trip = [p.seconds["round_trip"] for p in predictions]
     return {

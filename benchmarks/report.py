@@ -144,7 +144,9 @@ def same_circuit(meta: Any, accuracy: list[dict[str, Any]]) -> str | None:
     return None
 
 
-def goals_section(shipped: Any, latency: dict[str, Any], keys: dict[str, Any]) -> list[str]:
+def goals_section(
+    shipped: Any, latency: dict[str, Any], keys: dict[str, Any], pbs: dict[str, Any]
+) -> list[str]:
     """Each goal of the shipped default beside what was measured, and the distance if missed."""
     m = shipped.metrics
     measured = latency[shipped.name]
@@ -166,7 +168,10 @@ def goals_section(shipped: Any, latency: dict[str, Any], keys: dict[str, Any]) -
         f"{real:.2%} of {sample}, {agreement:.0%} equal to simulation | "
         f"{verdict(real_met, 'see the card')} |",
         f"| server-side FHE run at most {LATENCY_GOAL:.1f} s (median, one request at a time) | "
-        f"{seconds:.3f} s (`benchmarks.latency`) | "
+        f"{seconds:.3f} s (`benchmarks.latency`); on this machine one PBS takes "
+        f"{pbs['single_pbs_seconds'] * 1000:.1f} ms, so the circuit's limit is "
+        f"{pbs['limit_seconds']:.3f} s and the run is {pbs['measured_over_limit']:.2f}x it "
+        "(`benchmarks.pbs`) | "
         f"{verdict(seconds <= LATENCY_GOAL, f'{seconds - LATENCY_GOAL:.3f} s over')} |",
         f"| end to end through HTTP at most {HTTP_RATIO_GOAL:.2f}x the FHE run | {ratio:.3f}x | "
         f"{verdict(ratio <= HTTP_RATIO_GOAL, f'{ratio - HTTP_RATIO_GOAL:.3f}x over')} |",
@@ -296,6 +301,79 @@ def client_section(before_path: Path, after_path: Path) -> list[str]:
     return [*lines, ""]
 
 
+ENCRYPTED_ACCURACY_GOAL = 0.870
+"""Issue 14: the shipped default under FHE simulation on the whole airline test split."""
+LINEAR_ACCURACY_GOAL = 0.865
+"""Issue 14: `sentiment-linear` under FHE simulation on the whole airline test split."""
+FAST_FHE_GOAL = 0.5
+"""Issue 14: the shipped default's server-side FHE run, median seconds."""
+REAL_SAMPLE_GOAL = 300
+"""Issue 14: real FHE on at least this many test tweets, agreeing with simulation."""
+
+
+def accuracy_section(models: Path, latency: dict[str, Any], search_path: Path) -> list[str]:
+    """Issue 14's accuracy goals beside the shipped cards, and the fine-tuning search's table."""
+    default = read_metadata(models / "sentiment")
+    linear = read_metadata(models / "sentiment-linear")
+    d, li = default.metrics, linear.metrics
+    seconds = latency["sentiment"]["fhe_seconds_median"]
+    pbs = default.circuit.pbs_count
+    goals = {default.name: ENCRYPTED_ACCURACY_GOAL, linear.name: LINEAR_ACCURACY_GOAL}
+
+    def short(meta: Any) -> str:
+        return f"{goals[meta.name] - meta.metrics.simulated_accuracy:.2%} short"
+
+    confirmed = (
+        d.fhe_sample_size >= REAL_SAMPLE_GOAL and d.fhe_sample_agreement_with_simulation == 1
+    )
+    lines = [
+        "## Encrypted accuracy (issue 14)",
+        "",
+        "| goal | measured | |",
+        "|---|---|---|",
+        f"| `sentiment` under FHE simulation, whole test split, at least "
+        f"{ENCRYPTED_ACCURACY_GOAL:.1%} | {d.simulated_accuracy:.2%} (card) | "
+        f"{verdict(d.simulated_accuracy >= ENCRYPTED_ACCURACY_GOAL, short(default))} |",
+        f"| confirmed by real FHE on at least {REAL_SAMPLE_GOAL} test tweets that agree | "
+        f"{d.fhe_sample_accuracy:.2%} of {d.fhe_sample_size}, "
+        f"{d.fhe_sample_agreement_with_simulation:.0%} equal to simulation | "
+        f"{verdict(confirmed, f'{d.fhe_sample_size} run')} |",
+        f"| `sentiment` server-side FHE at most {FAST_FHE_GOAL} s (median) | {seconds:.3f} s, "
+        f"{pbs} PBS (`benchmarks.latency`) | "
+        f"{verdict(seconds <= FAST_FHE_GOAL, f'{seconds - FAST_FHE_GOAL:.3f} s over')} |",
+        f"| `sentiment-linear` under FHE simulation at least {LINEAR_ACCURACY_GOAL:.1%} | "
+        f"{li.simulated_accuracy:.2%} (card) | "
+        f"{verdict(li.simulated_accuracy >= LINEAR_ACCURACY_GOAL, short(linear))} |",
+        "| no loss on general English tweets held back | not measured here: that set is not in "
+        "`../shared/data`; the shipped embedder delta is the one issue 6 trained | not measured |",
+        "",
+    ]
+    if not search_path.is_file():
+        return lines
+    rows = json.loads(search_path.read_text())
+    heads = list(rows[0]["test"]) if rows else []
+    lines += [
+        "### Fine-tuning schedules and client-side reductions (`benchmarks.finetune_search`)",
+        "",
+        "Each schedule fine-tunes the embedder on the training split less a stratified 10% "
+        "validation part, then fits the shipped circuits (XGBoost 3 bits, depth 1, 25 trees; "
+        "logistic regression 8 bits) on the whole embedding or on a PCA of it (`-pca32`, "
+        "`-pca64`), and their averaged scores. FHE-simulated accuracy, validation / test: choose "
+        "by the first, report the second.",
+        "",
+        "| schedule | fine-tuning | " + " | ".join(heads) + " |",
+        "|---|---|" + "---|" * len(heads),
+    ]
+    for row in rows:
+        cells = [f"{row['validation'][h]:.2%} / {row['test'][h]:.2%}" for h in heads]
+        lines.append(
+            f"| {row['schedule']['name']} | {row['fine_tuning_seconds']} s | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return [*lines, ""]
+
+
 def main(
     docs: Annotated[Path, typer.Option(help="where the JSON files are and the report goes")] = Path(
         "docs"
@@ -325,7 +403,7 @@ def main(
         "the scripts named beside it; `python -m benchmarks.report` turns their JSON into this "
         'page. The commands are in the README\'s "Measuring" section.',
         "",
-        *goals_section(default, latency, keys),
+        *goals_section(default, latency, keys, pbs),
         "## Accuracy by configuration (`benchmarks.sweep`)",
         "",
         '"tuned" configurations use the embedder fine-tuned on the training split, "frozen" '
@@ -385,6 +463,7 @@ def main(
         "",
         *tabular_section(docs / "bench-tabular.json"),
         *client_section(docs / "bench-client-before.json", docs / "bench-client.json"),
+        *accuracy_section(shipped.parent, latency, docs / "bench-finetune.json"),
         f"## Server throughput (`benchmarks.throughput`, model `{throughput['model']}`)",
         "",
         "| concurrent clients | predictions/s | round trip p50 | p99 | circuit run median | "

@@ -49,7 +49,7 @@ def step_through(page, text: str) -> str:
     encrypted = text_of(page, "#encrypt-info", f"Encrypted “{text[:30]}")
     assert "Encrypted" in encrypted and "Ciphertext" in encrypted, encrypted
     assert page.input_value("#embedding textarea").startswith("[")
-    assert "(384 values)" in page.input_value("#quantized textarea")
+    assert "(32 values)" in page.input_value("#quantized textarea")  # the shipped PCA width
     assert "more bytes" in page.input_value("#ciphertext textarea")
     page.click("#run")
     ran = text_of(page, "#run-info", f"Done for “{text[:30]}")

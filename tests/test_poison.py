@@ -163,8 +163,10 @@ def _serialized_keys(name: str, key_dir: Path) -> bytes:
 def _ciphertext(name: str, key_dir: Path) -> bytes:
     import numpy as np
 
-    vector = np.random.default_rng(0).normal(size=(1, 384)).astype("float32")
-    return _fhe_client(name, key_dir).quantize_encrypt_serialize(vector)
+    client = _fhe_client(name, key_dir)
+    width = len(client.model.input_quantizers)  # the circuit's input: 32 for the shipped PCA
+    vector = np.random.default_rng(0).normal(size=(1, width)).astype("float32")
+    return client.quantize_encrypt_serialize(vector)
 
 
 def _decrypts(name: str, key_dir: Path, result: bytes) -> bool:
