@@ -133,9 +133,11 @@ def same_circuit(meta: Any, accuracy: list[dict[str, Any]]) -> str | None:
     The PBS error probability is compared only for circuits that have bootstraps.
     """
     embedder = "fine-tuned" if meta.embedding.delta_sha256 else "frozen"
+    projection = meta.embedding.projection.width if meta.embedding.projection else None
     for row in accuracy:
         if (
             row["embedder"] == embedder
+            and row.get("projection_width") == projection
             and row["model_type"] == meta.circuit.model_type
             and row["params"] == meta.circuit.params
             and (row.get("p_error") == meta.circuit.p_error or not meta.circuit.pbs_count)
@@ -321,7 +323,7 @@ def accuracy_section(models: Path, latency: dict[str, Any], search_path: Path) -
     goals = {default.name: ENCRYPTED_ACCURACY_GOAL, linear.name: LINEAR_ACCURACY_GOAL}
 
     def short(meta: Any) -> str:
-        return f"{goals[meta.name] - meta.metrics.simulated_accuracy:.2%} short"
+        return f"{100 * (goals[meta.name] - meta.metrics.simulated_accuracy):.2f} points short"
 
     confirmed = (
         d.fhe_sample_size >= REAL_SAMPLE_GOAL and d.fhe_sample_agreement_with_simulation == 1
@@ -455,9 +457,12 @@ def main(
         "The rows after the sweep are the shipped bundles ("
         + ", ".join(f"`models/{row['name']}`" for row in shipped_rows)
         + f") served as shipped; `{default.name}` is the default. Their last column names the "
-        "sweep configuration each was trained as (`as ...` when that one is on the Pareto front). "
-        "Keygen time includes, for the first model a process measures, about 4 s of one-time "
-        "start-up.",
+        "sweep configuration each was trained as (`as ...` when that one is on the Pareto front; "
+        "empty when none was, as for circuits over a client-side PCA of the embedding). The sweep "
+        "rows were timed when the sweep ran and the shipped rows when they were last measured, "
+        "possibly on another machine: the limit section below gives the PBS time of the machine "
+        "that measured the shipped default. Keygen time includes, for the first model a process "
+        "measures, about 4 s of one-time start-up.",
         "",
         "![accuracy against latency](pareto.png)",
         "",

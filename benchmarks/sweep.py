@@ -82,6 +82,7 @@ def row_of(bundle: Path) -> dict[str, Any]:
     return {
         "name": meta.name,
         "embedder": "fine-tuned" if meta.embedding.delta_sha256 else "frozen",
+        "projection_width": meta.embedding.projection.width if meta.embedding.projection else None,
         "model_type": c.model_type,
         "params": c.params,
         "clear_accuracy": m.clear_accuracy,

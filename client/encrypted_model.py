@@ -271,9 +271,15 @@ class EncryptedModel:
             "projection", info["sha256"], ".npz", lambda: self.api.projection(self.name)
         )
         try:
-            return Projection.load(path, int(embedding["dimension"]))
+            projection = Projection.load(path, int(embedding["dimension"]))
         except UnusableProjection as error:
             raise ClientError(f"the projection of {self.name!r} is unusable: {error}") from None
+        if projection.width != info.get("width"):
+            raise ClientError(
+                f"the projection of {self.name!r} has width {projection.width}, its card says "
+                f"{info.get('width')}"
+            )
+        return projection
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """The circuit's float inputs for texts: their embeddings, reduced by the bundle's

@@ -136,7 +136,7 @@ def read_raw_rows(path: Path, features: int) -> list[list[float]]:
         except ValueError as error:
             raise ClientError(f"{path} is not a numeric .npy array: {error}") from None
         rows = np.atleast_2d(array)
-        rows = rows.reshape(len(rows), -1)
+        rows = rows.reshape(rows.shape[0], int(np.prod(rows.shape[1:])))
         return [
             raw_row(row, features, f"{path} row {n}")[0].tolist() for n, row in enumerate(rows, 1)
         ]

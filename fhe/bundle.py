@@ -7,6 +7,7 @@ Format 1 bundles (text only, `embedding` at the top level) are read as format 2 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -108,8 +109,16 @@ class RawInput(BaseModel):
     (one input without its batch dimension; None for a flat row)."""
 
     kind: Literal["raw"] = "raw"
-    features: int
+    features: int = Field(ge=1)
     shape: list[int] | None = None
+
+    @model_validator(mode="after")
+    def _shape_holds_the_features(self) -> RawInput:
+        if self.shape is not None and (
+            not self.shape or min(self.shape) < 1 or math.prod(self.shape) != self.features
+        ):
+            raise ValueError(f"shape {self.shape} does not hold {self.features} numbers")
+        return self
 
 
 InputInfo = Annotated[TextInput | TabularInput | RawInput, Field(discriminator="kind")]

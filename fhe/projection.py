@@ -7,6 +7,7 @@ sha256 the card holds; the server hands it to clients as it does the embedder de
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,18 +65,29 @@ class Projection:
     @classmethod
     def load(cls, path: Path, dimension: int) -> Projection:
         """Read and check a projection of `dimension`-wide embeddings; UnusableProjection
-        when the file is not plain arrays of the right shapes and finite values."""
+        when the file is not an .npz of plain arrays of the right shapes and finite values.
+
+        The members' sizes are bounded before any is read, so a hostile file cannot ask for an
+        allocation beyond what a projection of this width can need.
+        """
+        try:
+            with zipfile.ZipFile(path) as archive:
+                unpacked = sum(info.file_size for info in archive.infolist())
+        except (OSError, zipfile.BadZipFile) as error:
+            raise UnusableProjection(f"{path.name} is not a projection: {error}") from None
+        if unpacked > 4 * (dimension + 1) * (dimension + 2) + 4096:
+            raise UnusableProjection(f"{path.name} unpacks to {unpacked} bytes, too many")
         try:
             with np.load(path, allow_pickle=False) as archive:
                 if set(archive.files) != {"mean", "components", "explained_variance"}:
                     raise UnusableProjection(f"{path.name} holds {sorted(archive.files)}")
                 mean, components = archive["mean"], archive["components"]
-                explained = float(archive["explained_variance"])
-        except (OSError, ValueError) as error:
-            if isinstance(error, UnusableProjection):
-                raise
+                explained = archive["explained_variance"]
+        except UnusableProjection:
+            raise
+        except Exception as error:  # numpy raises many kinds on a malformed member
             raise UnusableProjection(f"{path.name} is not a projection: {error}") from None
-        if mean.dtype != np.float32 or components.dtype != np.float32:
+        if mean.dtype != np.float32 or components.dtype != np.float32 or explained.shape != ():
             raise UnusableProjection(f"{path.name} does not hold float32 arrays")
         if mean.shape != (dimension,) or components.ndim != 2:
             raise UnusableProjection(f"{path.name} does not project {dimension}-wide embeddings")
@@ -83,4 +95,4 @@ class Projection:
             raise UnusableProjection(f"{path.name} has components of shape {components.shape}")
         if not (np.isfinite(mean).all() and np.isfinite(components).all()):
             raise UnusableProjection(f"{path.name} holds NaN or infinity")
-        return cls(mean=mean, components=components, explained_variance=explained)
+        return cls(mean=mean, components=components, explained_variance=float(explained))

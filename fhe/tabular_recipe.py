@@ -7,6 +7,7 @@ Run `python -m fhe.tabular_recipe --help`; `make tabular-models` rebuilds the sh
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import shlex
 import sys
@@ -129,7 +130,7 @@ def search_grid(
     keep the best within the budget: (model, type, parameters, p_error, every row).
 
     Error rates are tried from the largest (the fastest circuit), so a tie keeps the faster one;
-    a linear circuit has no PBS, so only the first error rate is tried for it.
+    a linear circuit has no PBS, so it is tried once, at the first rate given.
     """
     classify = config.task == "classification"
     folds = (
@@ -141,7 +142,7 @@ def search_grid(
     rows: list[dict[str, Any]] = []
     best: tuple[float, Any, str, dict[str, int], float | None] | None = None
     for model_type, params in grid_points(config):
-        for p_error in p_errors[:1] if model_type == "linear" else p_errors:
+        for p_error in config.p_errors[:1] if model_type == "linear" else p_errors:
             started = time.perf_counter()
             score = cv_score(config, model_type, params, p_error, folds, x_train, y_train)
             model = make_model(config.task, model_type, params, config.seed)
@@ -188,11 +189,15 @@ def train_tabular(config: TabularRecipeConfig) -> Measured:
     sparse = [name for name in split.names if split.x_train[name].isna().any()]
     preprocessing = build_preprocessing(numeric, split.categorical, sparse).fit(split.x_train)
     x_train = np.asarray(preprocessing.transform(split.x_train), dtype=np.float64)
-    if config.clear_twin is not None and "linear" not in config.model_types:
-        raise ValueError(
-            "a clear twin needs a linear model (trees are fit on quantized inputs and have no "
-            "unquantized counterpart): add linear to --model-types"
-        )
+    if config.clear_twin is not None:
+        if "linear" not in config.model_types:
+            raise ValueError(
+                "a clear twin needs a linear model (trees are fit on quantized inputs and have no "
+                "unquantized counterpart): add linear to --model-types"
+            )
+        if config.model_types != ["linear"]:
+            console.log("a clear twin needs a linear model: searching the linear models only")
+            config = dataclasses.replace(config, model_types=["linear"])
     model, model_type, params, p_error, rows = search_grid(config, x_train, split.y_train)
     task = f"tabular-{config.task}"
     tabular = TabularModel(
@@ -233,11 +238,6 @@ def train_tabular(config: TabularRecipeConfig) -> Measured:
         command=config.command,
     )
     twin = config.clear_twin if tabular.float_twin else None
-    if config.clear_twin is not None and twin is None:
-        raise ValueError(
-            f"no clear twin can be written: the chosen {model_type} model was fit on quantized "
-            "inputs, so it has no unquantized counterpart (limit --model-types to linear)"
-        )
     twin_name = twin.name if twin else None
     description = config.description or (
         f"{task.replace('-', ' ').capitalize()} of `{split.label_column}` from {split.source}, "

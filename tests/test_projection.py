@@ -14,6 +14,9 @@ import httpx
 import numpy as np
 import pytest
 
+from client.api import FHEServerAPI
+from client.encrypted_model import EncryptedModel
+from client.settings import ClientSettings
 from fhe.projection import PROJECTION_FILE, Projection, UnusableProjection
 from fhe.recipe import RecipeConfig, TrainedBundle, train
 from server.models.registry import load_fhe_model
@@ -64,7 +67,7 @@ def test_the_circuit_takes_the_projection_and_the_card_says_so(projected: Traine
 
 
 def test_encrypted_labels_equal_the_clear_model_on_projected_embeddings(
-    projected: TrainedBundle, server: ServerProcess, client_env: dict[str, str]
+    projected: TrainedBundle, server: ServerProcess, client_env: dict[str, str], tmp_path: Path
 ) -> None:
     texts = SAMPLE_TEXTS[:3]
     result = run_client(
@@ -73,9 +76,12 @@ def test_encrypted_labels_equal_the_clear_model_on_projected_embeddings(
     assert result.returncode == 0, result.stderr
     labels = [json.loads(line)["label"] for line in result.stdout.splitlines()]
     assert labels == clear_labels(projected, texts)
-    vectors = projected.embedder.embed(texts)
-    reduced = projected.features(texts)
-    assert vectors.shape == (3, 384) and reduced.shape == (3, 8)
+    settings = ClientSettings(server_url=server.url, cache_dir=tmp_path / "api")
+    with FHEServerAPI(settings=settings) as api:
+        remote = EncryptedModel(api, "projected", tmp_path / "api", embedder_cache=tmp_path / "e")
+        client_features = remote.embed(texts)
+    assert client_features.shape == (3, 8)
+    np.testing.assert_allclose(client_features, projected.features(texts), atol=1e-4)
 
 
 def test_the_server_hands_out_the_projection_with_its_hash(
@@ -129,6 +135,14 @@ def test_a_bundle_whose_projection_changed_does_not_load(
         ),
         (
             {
+                "mean": np.zeros(384, np.float32),
+                "components": np.eye(8, 384, dtype=np.float32),
+                "explained_variance": np.zeros(2, np.float32),
+            },
+            "float32",
+        ),
+        (
+            {
                 "mean": np.zeros(100, np.float32),
                 "components": np.eye(8, 100, dtype=np.float32),
                 "explained_variance": np.float32(1),
@@ -153,6 +167,35 @@ def test_hostile_projection_files_are_refused(
         np.savez(handle, **arrays)
     with pytest.raises(UnusableProjection, match=reason):
         Projection.load(path, 384)
-    path.write_bytes(b"not a zip at all")
+    for junk in (b"not a zip at all", b"PK\x03\x04 truncated"):
+        path.write_bytes(junk)
+        with pytest.raises(UnusableProjection, match="not a projection"):
+            Projection.load(path, 384)
+    np.save(tmp_path / "plain.npy", np.zeros((8, 384), np.float32))
     with pytest.raises(UnusableProjection, match="not a projection"):
+        Projection.load(tmp_path / "plain.npy", 384)
+
+
+def test_a_projection_too_big_to_unpack_is_refused_before_reading(tmp_path: Path) -> None:
+    path = tmp_path / "big.npz"
+    with path.open("wb") as handle:
+        np.savez_compressed(
+            handle,
+            mean=np.zeros(384, np.float32),
+            components=np.zeros((4000, 384), np.float32),
+            explained_variance=np.float32(1),
+        )
+    assert path.stat().st_size < 100_000
+    with pytest.raises(UnusableProjection, match="too many"):
         Projection.load(path, 384)
+
+
+def test_a_projection_of_another_width_than_the_circuit_does_not_load(
+    projected: TrainedBundle, tmp_path: Path
+) -> None:
+    copy = tmp_path / "projected"
+    shutil.copytree(projected.path, copy)
+    meta = json.loads((copy / "model.json").read_text())
+    meta["input"]["embedding"]["projection"]["width"] = 7
+    (copy / "model.json").write_text(json.dumps(meta))
+    assert "the circuit takes 8" in (load_fhe_model(copy).reason or "")

@@ -496,10 +496,22 @@ def test_the_command_line_converter_exits_2_with_the_refusal(
     assert "pass --allow-pickle" in result.stdout + result.stderr
 
 
-def test_the_grid_searches_the_pbs_error_rate_under_fhe_simulation() -> None:
+def test_the_grid_searches_the_pbs_error_rate_under_fhe_simulation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from sklearn.datasets import load_breast_cancer
 
+    import fhe.tabular_recipe
     from fhe.tabular_recipe import search_grid
+
+    compiled_at: list[float | None] = []
+    real_compile = fhe.tabular_recipe.compile_model
+
+    def recording_compile(model, x, p_error):  # the real compiler, noting each error rate
+        compiled_at.append(p_error)
+        return real_compile(model, x, p_error)
+
+    monkeypatch.setattr(fhe.tabular_recipe, "compile_model", recording_compile)
 
     x, y = load_breast_cancer(return_X_y=True)
     config = TabularRecipeConfig(
@@ -516,10 +528,23 @@ def test_the_grid_searches_the_pbs_error_rate_under_fhe_simulation() -> None:
     )
     model, model_type, params, p_error, rows = search_grid(config, x[:200], y[:200])
     tried = [(row["model_type"], row["p_error"]) for row in rows]
-    assert tried == [("xgb", 0.1), ("xgb", 1e-6), ("linear", 0.1)]
+    assert tried == [("xgb", 0.1), ("xgb", 1e-6), ("linear", 1e-6)]
+    # each setting: one compile per CV fold (2) to simulate at its rate, then the final one
+    assert compiled_at == [0.1] * 3 + [1e-6] * 6
     best = max(rows, key=lambda row: row["cv_score"])
     assert (model_type, p_error) == (best["model_type"], best["p_error"])
     assert params == best["params"] and model is not None
+
+
+def test_a_raw_shape_must_hold_the_features() -> None:
+    from pydantic import ValidationError
+
+    from fhe.bundle import RawInput
+
+    assert RawInput(features=6, shape=[2, 3]).shape == [2, 3]
+    for shape in ([2, 2], [0, 6], []):
+        with pytest.raises(ValidationError, match="does not hold 6 numbers"):
+            RawInput(features=6, shape=shape)
 
 
 def test_a_clear_twin_of_trees_is_refused_before_training(tmp_path: Path) -> None:

@@ -183,6 +183,21 @@ def _missing_client_file(path: Path, metadata: BundleMetadata) -> str | None:
     return None
 
 
+def _projection_unfit(metadata: BundleMetadata, specs: dict[str, Any]) -> str | None:
+    """Why a text bundle's projection cannot feed its circuit (another width), or None."""
+    projection = metadata.embedding.projection if metadata.embedding else None
+    if projection is None:
+        return None
+    try:
+        gate = specs["circuits"][0]["inputs"][0]["typeInfo"]["lweCiphertext"]
+        width = int(gate["abstractShape"]["dimensions"][-1])
+    except (KeyError, IndexError, TypeError, ValueError):
+        return "client.zip's circuit does not take one encrypted input"
+    if width != projection.width:
+        return f"the projection makes {projection.width} numbers, the circuit takes {width}"
+    return None
+
+
 def load_fhe_model(path: Path) -> FHEModel:
     """Inspect a bundle directory; never raises, a problem becomes the model's reason.
 
@@ -214,6 +229,9 @@ def load_fhe_model(path: Path) -> FHEModel:
         specs = read_client_specs(path / CLIENT_ZIP)
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
         return FHEModel(name, path, metadata, spec, f"client.zip has no readable specs: {error}")
+    unfit = _projection_unfit(metadata, specs)
+    if unfit:
+        return FHEModel(name, path, metadata, spec, unfit)
     return FHEModel(
         name,
         path,
