@@ -25,6 +25,7 @@ import numpy as np
 
 from client.errors import ClientError
 from client.quantizer import Quantizer, UnsupportedProcessing
+from fhe.keyset import encrypted_input, encrypted_input_dimensions
 
 
 class CircuitCodec(Protocol):
@@ -150,15 +151,15 @@ class CircuitClient:
         self.rule = rule
         self.inputs = [Quantizer.from_json(entry) for entry in processing["input_quantizers"]]
         outputs = [Quantizer.from_json(entry) for entry in processing["output_quantizers"]]
-        circuits = specs.get("circuits") or []
-        if len(circuits) != 1 or len(circuits[0]["inputs"]) != 1 or len(outputs) != 1:
-            raise UnsupportedProcessing("not one circuit of one input and one output")
+        try:
+            encrypted = encrypted_input(specs)
+            self.input_shape = tuple(encrypted_input_dimensions(specs))
+        except ValueError as error:
+            raise UnsupportedProcessing(str(error)) from None
+        if len(outputs) != 1:
+            raise UnsupportedProcessing(f"{len(outputs)} outputs, not one")
         self.output = outputs[0]
-        self.function = circuits[0]["name"]
-        encrypted = circuits[0]["inputs"][0]["typeInfo"].get("lweCiphertext")
-        if encrypted is None:
-            raise UnsupportedProcessing("a clear input")
-        self.input_shape = tuple(encrypted["abstractShape"]["dimensions"])
+        self.function = specs["circuits"][0]["name"]
         encoding = encrypted["encoding"]["integer"]
         width = int(encoding["width"])
         if not 1 <= width <= 64:

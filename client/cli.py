@@ -111,7 +111,7 @@ def keygen(
     settings = _settings(server, cache_dir)
     try:
         with FHEServerAPI(settings=settings) as api:
-            remote = EncryptedModel(api, model, settings.cache_dir)
+            remote = EncryptedModel.from_settings(api, model, settings)
             with err.status("generating keys (the private key stays on this machine)..."):
                 info = remote.keys(force=force)
     except ClientError as error:
@@ -468,7 +468,7 @@ def predict(
     try:
         with FHEServerAPI(settings=settings) as api:
             root = settings.cache_dir
-            remote = EncryptedModel(api, model, root, embedding_model)
+            remote = EncryptedModel.from_settings(api, model, settings, embedding_model)
             if example:
                 rows = [*(rows or []), _example_row(remote)]
             table, items = _inputs(
@@ -652,7 +652,7 @@ def result(
                 entry = journal.find(job_id)
                 if entry is None:
                     raise ClientError(f"job {job_id} was not submitted from this client")
-                remote = EncryptedModel(api, entry.model, root)
+                remote = EncryptedModel.from_settings(api, entry.model, settings)
                 status = api.job(job_id)
                 if status["status"] not in ("done", "failed"):
                     raise ClientError(f"job {job_id} is still {status['status']}; try later")

@@ -36,7 +36,7 @@ from fhe.embedder import (
     shared_embedder,
 )
 from fhe.onnx_embedder import OnnxEmbedder, exported_embedder, shared_onnx_embedder
-from fhe.projection import Projection, UnusableProjection
+from fhe.projection import Projection, UnusableProjection, circuit_features
 
 T = TypeVar("T")
 
@@ -146,6 +146,11 @@ class Encrypted:
     prepare_seconds: float
     encrypt_seconds: float
 
+    @property
+    def seconds(self) -> float:
+        """The client's time on it: preparing, quantizing and encrypting."""
+        return self.prepare_seconds + self.encrypt_seconds
+
 
 @dataclass(frozen=True)
 class KeyInfo:
@@ -174,10 +179,21 @@ class EncryptedModel:
         self.name = name
         self.cache_root = cache_root
         self.embedding_model = embedding_model
-        self.embedder_cache = embedder_cache or ClientSettings(cache_dir=cache_root).embedders_dir()
+        self.embedder_cache = embedder_cache or cache_root / "embedders"
         self.column_warnings: list[str] = []
         self._reupload_lock = threading.Lock()
         self._reuploads = 0
+
+    @classmethod
+    def from_settings(
+        cls,
+        api: FHEServerAPI,
+        name: str,
+        settings: ClientSettings,
+        embedding_model: str | None = None,
+    ) -> EncryptedModel:
+        """The model with the settings' key cache and embedder cache."""
+        return cls(api, name, settings.cache_dir, embedding_model, settings.embedders_dir())
 
     @cached_property
     def card(self) -> dict[str, Any]:
@@ -284,8 +300,7 @@ class EncryptedModel:
     def embed(self, texts: list[str]) -> np.ndarray:
         """The circuit's float inputs for texts: their embeddings, reduced by the bundle's
         projection when it has one."""
-        vectors = self.embedder.embed(texts).astype(np.float32)
-        return vectors if self.projection is None else self.projection.apply(vectors)
+        return circuit_features(self.embedder.embed(texts), self.projection)
 
     @cached_property
     def rows(self) -> TabularRows:
@@ -521,10 +536,10 @@ class EncryptedModel:
         items = self.checked_items(items)
         self._key_id()
         results: list[Prediction] = []
-        pending: deque[tuple[Any, Encrypted, float, Future]] = deque()
+        pending: deque[tuple[Any, Encrypted, Future]] = deque()
 
         def finish() -> None:
-            item, encrypted, share, running = pending.popleft()
+            item, encrypted, running = pending.popleft()
             answer, round_trip = running.result()
             decrypted = self.decrypt(answer.ciphertext)
             seconds = {
@@ -534,7 +549,7 @@ class EncryptedModel:
                 "fhe": answer.fhe_seconds,
                 "round_trip": round_trip,
                 "decrypt": decrypted.seconds,
-                "total": share + encrypted.encrypt_seconds + round_trip + decrypted.seconds,
+                "total": encrypted.seconds + round_trip + decrypted.seconds,
             }
             prediction = Prediction.of(
                 item, decrypted, seconds, len(encrypted.ciphertext), len(answer.ciphertext)
@@ -548,9 +563,9 @@ class EncryptedModel:
         try:
             with ReadAhead(self._encrypted(items), depth=in_flight + 1) as encrypting:
                 try:
-                    for item, encrypted, share in encrypting:
+                    for item, encrypted in encrypting:
                         run = sender.submit(self._timed_run, encrypted)
-                        pending.append((item, encrypted, share, run))
+                        pending.append((item, encrypted, run))
                         if len(pending) >= in_flight:
                             finish()
                 except Exception:
@@ -565,11 +580,10 @@ class EncryptedModel:
         sender.shutdown()
         return results
 
-    def _encrypted(self, items: list[Any]) -> Iterator[tuple[Any, Encrypted, float]]:
-        """Each item with its encryption and the seconds its preparation took."""
+    def _encrypted(self, items: list[Any]) -> Iterator[tuple[Any, Encrypted]]:
+        """Each item with its encryption (which holds the seconds its preparation took)."""
         for item, prepared in zip(items, self.prepare_ahead(items), strict=True):
-            encrypted = self.encrypt(item, prepared)
-            yield item, encrypted, encrypted.prepare_seconds
+            yield item, self.encrypt(item, prepared)
 
     def _timed_run(self, encrypted: Encrypted) -> tuple[PredictAnswer, float]:
         started = time.perf_counter()

@@ -17,6 +17,7 @@ from fhe.bundle import (
     RawInput,
     client_spec_hash,
 )
+from fhe.keyset import encrypted_input_dimensions
 
 PROCESSING_FILE = "serialized_processing.json"
 
@@ -44,11 +45,8 @@ def _input_shape(specs: dict) -> list[int]:
     A built-in model's circuit takes (1, features); a torch model's whatever its input tensor is.
     """
     try:
-        (circuit,) = specs["circuits"]
-        (gate,) = circuit["inputs"]
-        shape = gate["typeInfo"]["lweCiphertext"]["abstractShape"]["dimensions"]
-        dimensions = [int(d) for d in shape]
-    except (KeyError, TypeError, ValueError):
+        dimensions = encrypted_input_dimensions(specs)
+    except ValueError:
         raise ValueError("client.zip's circuit does not take one encrypted input") from None
     shape = dimensions[1:] if len(dimensions) > 1 else dimensions
     if not shape or any(d < 1 for d in shape) or math.prod(shape) > 1_000_000:

@@ -172,6 +172,31 @@ def read_client_specs(client_zip: Path) -> dict[str, Any]:
         return json.loads(archive.read("client.specs.json"))
 
 
+def encrypted_input(specs: dict[str, Any]) -> dict[str, Any]:
+    """The type of the one encrypted input of a one-circuit program, from a parsed
+    `client.specs.json` (its `lweCiphertext`: shape and integer encoding).
+
+    Raises ValueError for another layout or a clear input.
+    """
+    try:
+        (circuit,) = specs["circuits"]
+        (gate,) = circuit["inputs"]
+        encrypted = gate["typeInfo"]["lweCiphertext"]
+    except (KeyError, TypeError, ValueError):
+        encrypted = None
+    if not isinstance(encrypted, dict):
+        raise ValueError("the circuit does not take one encrypted input")
+    return encrypted
+
+
+def encrypted_input_dimensions(specs: dict[str, Any]) -> list[int]:
+    """The shape of the circuit's encrypted input, batch dimension included (or ValueError)."""
+    try:
+        return [int(d) for d in encrypted_input(specs)["abstractShape"]["dimensions"]]
+    except (KeyError, TypeError, ValueError):
+        raise ValueError("the circuit does not take one encrypted input") from None
+
+
 @lru_cache(maxsize=1)
 def _schema() -> Any:
     import capnp

@@ -147,15 +147,15 @@ def cached_onnx_embedder(embedder: TextEmbedder, cache_dir: Path) -> OnnxEmbedde
         (cache_dir / f"{key}.json").write_text(
             json.dumps({"identity": embedder.identity, "model": embedder.model_name}) + "\n"
         )
-    return OnnxEmbedder(path, kept_tokenizer, embedder.max_length)
+    return exported_embedder(cache_dir, embedder.identity, embedder.max_length)
 
 
 _exported: dict[tuple[Path, str, int], OnnxEmbedder] = {}
 
 
 def exported_embedder(cache_dir: Path, identity: str, max_length: int) -> OnnxEmbedder | None:
-    """The export made earlier for the weights this identity names, loaded once per process;
-    None when there is none yet.
+    """The export made earlier for the weights this identity names, loaded once per process (the
+    one place that loads an export); None when there is none yet.
 
     A bundle's card gives the sha256 of its base weights and delta: when an export for exactly
     those exists (it was checked against torch on those weights, verified by hash, when it was
@@ -174,8 +174,9 @@ def exported_embedder(cache_dir: Path, identity: str, max_length: int) -> OnnxEm
         )
 
 
-_exporting = threading.Lock()
-"""torch.onnx.export is not thread-safe: the demo's sessions may ask for the embedder at once."""
+_exporting = threading.RLock()
+"""torch.onnx.export is not thread-safe: the demo's sessions may ask for the embedder at once.
+Reentrant, since an export ends by loading through `exported_embedder`, which takes it too."""
 
 
 @lru_cache(maxsize=4)

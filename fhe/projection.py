@@ -96,3 +96,10 @@ class Projection:
         if not (np.isfinite(mean).all() and np.isfinite(components).all()):
             raise UnusableProjection(f"{path.name} holds NaN or infinity")
         return cls(mean=mean, components=components, explained_variance=float(explained))
+
+
+def circuit_features(vectors: np.ndarray, projection: Projection | None) -> np.ndarray:
+    """A text circuit's float input from embeddings: float32, reduced by the bundle's projection
+    when it has one. The client and the recipe both call this, so they cannot drift apart."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    return vectors if projection is None else projection.apply(vectors)

@@ -40,7 +40,7 @@ from fhe.dataset import DEFAULT_DATA, TextSplit, load_split
 from fhe.digest import bytes_sha256, file_sha256
 from fhe.embedder import DEFAULT_EMBEDDING_MODEL, TextEmbedder
 from fhe.finetune import DELTA_FILE, FineTuneConfig, fine_tune
-from fhe.projection import PROJECTION_FILE, Projection
+from fhe.projection import PROJECTION_FILE, Projection, circuit_features
 
 AIRLINE_LICENSE = (
     "CC BY-NC-SA 4.0 (Twitter US Airline Sentiment, CrowdFlower 'Data for Everyone', as listed on "
@@ -226,8 +226,7 @@ class TrainedBundle:
 
     def features(self, texts: list[str]) -> np.ndarray:
         """The circuit's float inputs for texts, as a client makes them."""
-        vectors = self.embedder.embed(texts)
-        return vectors if self.projection is None else self.projection.apply(vectors)
+        return circuit_features(self.embedder.embed(texts), self.projection)
 
 
 def train(config: RecipeConfig) -> TrainedBundle:

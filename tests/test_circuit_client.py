@@ -12,6 +12,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from client.circuit_client import (
     open_circuit_client,
 )
 from client.errors import ClientError
+from client.quantizer import UnsupportedProcessing
 from tests.conftest import REPO
 
 SHIPPED = ["breast-cancer", "diabetes", "sentiment-linear", "sentiment"]
@@ -182,6 +184,63 @@ def test_inputs_out_of_the_circuits_range_are_refused(tmp_path: Path) -> None:
         light.encrypt(np.zeros((2, *light.input_shape[1:]), dtype=np.int64))
     with pytest.raises(ClientError, match="unreadable"):
         light.decrypt(b"not a ciphertext")
+
+
+def _client_zip_with(source: Path, target: Path, edit: Any) -> Path:
+    """A copy of a bundle's client.zip whose parsed client.specs.json `edit` changed in place."""
+    with zipfile.ZipFile(source) as original:
+        files = {item: original.read(item) for item in original.namelist()}
+    specs = json.loads(files["client.specs.json"])
+    edit(specs)
+    files["client.specs.json"] = json.dumps(specs).encode()
+    with zipfile.ZipFile(target, "w") as rewritten:
+        for item, data in files.items():
+            rewritten.writestr(item, data)
+    return target
+
+
+def _gate(specs: dict) -> dict:
+    return specs["circuits"][0]["inputs"][0]["typeInfo"]["lweCiphertext"]
+
+
+HOSTILE_SPECS = {
+    "two circuits": lambda specs: specs["circuits"].append(specs["circuits"][0]),
+    "two inputs": lambda specs: specs["circuits"][0]["inputs"].append(
+        specs["circuits"][0]["inputs"][0]
+    ),
+    "a clear input": lambda specs: specs["circuits"][0]["inputs"][0]["typeInfo"].pop(
+        "lweCiphertext"
+    ),
+    "a shape of text": lambda specs: _gate(specs)["abstractShape"].update(dimensions="1x32"),
+    "a 200-bit integer": lambda specs: _gate(specs)["encoding"]["integer"].update(width=200),
+    "no circuits": lambda specs: specs.update(circuits="none"),
+}
+
+
+@pytest.mark.parametrize("hostile", sorted(HOSTILE_SPECS))
+def test_a_hostile_client_zip_is_refused_before_concrete_reads_it(
+    hostile: str, tmp_path: Path
+) -> None:
+    """A server's client.zip is input too: a spec the light client cannot honour is refused
+    (UnsupportedProcessing) before any key or ciphertext is made from it."""
+    source = REPO / "models" / "sentiment-linear" / "client.zip"
+    changed = _client_zip_with(source, tmp_path / "client.zip", HOSTILE_SPECS[hostile])
+    with pytest.raises(UnsupportedProcessing):
+        CircuitClient(changed, tmp_path / "keys")
+    assert not (tmp_path / "keys").exists()
+
+
+def test_an_oversized_or_broken_client_zip_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = REPO / "models" / "sentiment-linear" / "client.zip"
+    truncated = tmp_path / "truncated.zip"
+    truncated.write_bytes(source.read_bytes()[:1000])
+    with pytest.raises(UnsupportedProcessing, match=r"unexpected client\.zip"):
+        CircuitClient(truncated, tmp_path / "keys")
+    monkeypatch.setattr("client.circuit_client.MAX_SPEC_BYTES", 64)
+    with pytest.raises(UnsupportedProcessing, match="is over 64 bytes"):
+        CircuitClient(source, tmp_path / "keys")
 
 
 def test_the_client_path_does_not_import_torch(tmp_path: Path) -> None:

@@ -79,7 +79,7 @@ TEXT_WORDS = TabWords(
     "embedding",
     "Embed, quantize and encrypt",
     "embedding",
-    "Embedding",
+    "Embedding (reduced on your machine when the model ships a projection)",
     "Sentiment",
 )
 TABULAR_WORDS = TabWords(

@@ -164,7 +164,7 @@ class DemoTab:
             encrypted = session.encrypt(item)
         except Exception as error:
             return "", "", "", self.error(error)
-        took = encrypted.prepare_seconds + encrypted.encrypt_seconds
+        took = encrypted.seconds
         return (
             number_preview(encrypted.features),
             number_preview(encrypted.quantized, shown=16, floats=False),

@@ -26,6 +26,7 @@ from fhe.digest import file_sha256
 from fhe.keyset import (
     KeysetDescription,
     client_spec_keyset,
+    encrypted_input_dimensions,
     max_ciphertext_bytes,
     read_client_specs,
 )
@@ -189,9 +190,8 @@ def _projection_unfit(metadata: BundleMetadata, specs: dict[str, Any]) -> str | 
     if projection is None:
         return None
     try:
-        gate = specs["circuits"][0]["inputs"][0]["typeInfo"]["lweCiphertext"]
-        width = int(gate["abstractShape"]["dimensions"][-1])
-    except (KeyError, IndexError, TypeError, ValueError):
+        width = encrypted_input_dimensions(specs)[-1]
+    except (ValueError, IndexError):
         return "client.zip's circuit does not take one encrypted input"
     if width != projection.width:
         return f"the projection makes {projection.width} numbers, the circuit takes {width}"

@@ -9,7 +9,6 @@ from fastapi.responses import FileResponse
 from fhe.bundle import CLIENT_ZIP
 from server import errors
 from server.deps import InferenceService, Registry
-from server.models.registry import FHEModel
 
 router = APIRouter()
 
@@ -44,8 +43,16 @@ async def client_spec(name: str, inference: InferenceService) -> FileResponse:
     )
 
 
-def _client_file(model: FHEModel, file: str, sha256: str) -> FileResponse:
-    """A bundle file its clients download, with its sha256 for them to check."""
+def _client_file(
+    inference: InferenceService, name: str, what: str, missing: errors.ServiceError
+) -> FileResponse:
+    """A bundle file its clients download (`what`, as the bundle names it), with its sha256 for
+    them to check; `missing` is raised when the model has none."""
+    model = inference.fhe_model(name)
+    found = model.client_file(what)
+    if found is None:
+        raise missing
+    file, sha256 = found
     return FileResponse(
         model.path / file,
         media_type="application/octet-stream",
@@ -57,28 +64,19 @@ def _client_file(model: FHEModel, file: str, sha256: str) -> FileResponse:
 @router.get("/v1/models/{name}/embedder-delta", response_class=FileResponse)
 async def embedder_delta(name: str, inference: InferenceService) -> FileResponse:
     """The fine-tuned tensors of the model's client-side embedder (safetensors)."""
-    model = inference.fhe_model(name)
-    found = model.client_file("embedder delta")
-    if found is None:
-        raise errors.NoEmbedderDelta(f"model {name!r} uses the base embedder, unchanged")
-    return _client_file(model, *found)
+    missing = errors.NoEmbedderDelta(f"model {name!r} uses the base embedder, unchanged")
+    return _client_file(inference, name, "embedder delta", missing)
 
 
 @router.get("/v1/models/{name}/projection", response_class=FileResponse)
 async def projection(name: str, inference: InferenceService) -> FileResponse:
     """The client-side reduction of a text model's embedding (PCA, an .npz of float32 arrays)."""
-    model = inference.fhe_model(name)
-    found = model.client_file("projection")
-    if found is None:
-        raise errors.NoProjection(f"model {name!r} takes the whole embedding")
-    return _client_file(model, *found)
+    missing = errors.NoProjection(f"model {name!r} takes the whole embedding")
+    return _client_file(inference, name, "projection", missing)
 
 
 @router.get("/v1/models/{name}/preprocessing", response_class=FileResponse)
 async def preprocessing(name: str, inference: InferenceService) -> FileResponse:
     """The client-side preprocessing of a tabular model (skops), which clients load audited."""
-    model = inference.fhe_model(name)
-    found = model.client_file("preprocessing")
-    if found is None:
-        raise errors.NoPreprocessing(f"model {name!r} has no client-side preprocessing")
-    return _client_file(model, *found)
+    missing = errors.NoPreprocessing(f"model {name!r} has no client-side preprocessing")
+    return _client_file(inference, name, "preprocessing", missing)
