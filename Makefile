@@ -44,11 +44,11 @@ test: lint system-packages
 
 # Rebuilds the shipped bundles from ../shared/data/twitter_airline_sentiment.csv: the default
 # XGBoost circuit, then the bootstrap-free linear one on the same fine-tuned embedder, both over
-# a client-side PCA of the embedding to 32 numbers.
+# a client-side PCA of the embedding to 32 numbers; 300 test tweets each under real FHE.
 model: install
-	$(BIN)/python -m fhe.recipe --out models/sentiment --reduce-to 32
+	$(BIN)/python -m fhe.recipe --out models/sentiment --reduce-to 32 --fhe-sample 300
 	$(BIN)/python -m fhe.recipe --out models/sentiment-linear --name sentiment-linear \
-		--model-type linear --n-bits 4,6,8 --reduce-to 32
+		--model-type linear --n-bits 4,6,8 --reduce-to 32 --fhe-sample 300
 
 # Rebuilds the shipped tabular examples and their clear twins from datasets scikit-learn ships
 # (no download): breast-cancer (classification) and diabetes (regression).

@@ -81,14 +81,27 @@ def circuits_accuracy(
     return result
 
 
-def run_schedule(
-    schedule: Schedule,
-    texts: list[str],
-    labels: np.ndarray,
-    scored_texts: dict[str, tuple[list[str], np.ndarray]],
-    cache: Path,
-) -> dict[str, Any]:
-    """Fine-tune with one schedule (or reuse its cached delta), embed, and score the circuits."""
+def split_texts(
+    validation: float,
+) -> tuple[list[str], np.ndarray, dict[str, tuple[list[str], np.ndarray]]]:
+    """The texts fine-tuning and circuits fit on, and the scored parts: validation (a stratified
+    part of the training split) and the test split."""
+    split = load_split(DEFAULT_DATA)
+    y_train = np.searchsorted(split.labels, split.train_labels)
+    y_test = np.searchsorted(split.labels, split.test_labels)
+    fit_texts, val_texts, y_fit, y_val = train_test_split(
+        split.train_texts, y_train, test_size=validation, stratify=y_train, random_state=42
+    )
+    scored = {"validation": (list(val_texts), y_val), "test": (split.test_texts, y_test)}
+    return list(fit_texts), np.asarray(y_fit), scored
+
+
+def schedule_embeddings(
+    schedule: Schedule, validation: float, cache: Path
+) -> tuple[np.ndarray, np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]], int]:
+    """A schedule's embeddings of the fit texts and of each scored part, fine-tuning first unless
+    its delta is cached; and the seconds fine-tuning took (0 when cached)."""
+    texts, labels, scored_texts = split_texts(validation)
     config = FineTuneConfig(
         epochs=schedule.epochs,
         learning_rate=schedule.learning_rate,
@@ -100,16 +113,22 @@ def run_schedule(
     if not delta.is_file():
         base = TextEmbedder(DEFAULT_EMBEDDING_MODEL, max_length=128).load()
         fine_tune(base, texts, labels, config, delta)
-    tuning_seconds = time.perf_counter() - started
+    tuning_seconds = round(time.perf_counter() - started)
     tuned = TextEmbedder(DEFAULT_EMBEDDING_MODEL, max_length=128, delta=delta).load()
     x_fit = embed_cached(tuned, texts, cache, f"search-{schedule.name}-fit")
     scored = {
         part: (embed_cached(tuned, part_texts, cache, f"search-{schedule.name}-{part}"), y)
         for part, (part_texts, y) in scored_texts.items()
     }
+    return x_fit, labels, scored, tuning_seconds
+
+
+def run_schedule(schedule: Schedule, validation: float, cache: Path) -> dict[str, Any]:
+    """Fine-tune with one schedule (or reuse its cached delta), embed, and score the circuits."""
+    x_fit, labels, scored, tuning_seconds = schedule_embeddings(schedule, validation, cache)
     row = {
         "schedule": asdict(schedule),
-        "fine_tuning_seconds": round(tuning_seconds),
+        "fine_tuning_seconds": tuning_seconds,
         **circuits_accuracy(x_fit, labels, scored),
     }
     typer.echo(json.dumps(row), err=True)
@@ -117,25 +136,27 @@ def run_schedule(
 
 
 def main(
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="write the rows here")] = None,
+    json_out: Annotated[
+        Optional[Path], typer.Option("--json", help="write the rows here, keeping other schedules'")
+    ] = None,
     only: Annotated[Optional[str], typer.Option(help="comma-separated schedule names")] = None,
     validation: Annotated[float, typer.Option(help="part of the training split held out")] = 0.1,
     cache: Annotated[Path, typer.Option(help="deltas and embeddings")] = Path(".cache/search"),
 ) -> None:
     """Fine-tune once per schedule and print validation and test accuracy of each circuit."""
-    split = load_split(DEFAULT_DATA)
-    y_train = np.searchsorted(split.labels, split.train_labels)
-    y_test = np.searchsorted(split.labels, split.test_labels)
-    fit_texts, val_texts, y_fit, y_val = train_test_split(
-        split.train_texts, y_train, test_size=validation, stratify=y_train, random_state=42
-    )
-    scored_texts = {"validation": (list(val_texts), y_val), "test": (split.test_texts, y_test)}
     wanted = set(only.split(",")) if only else None
     rows = [
-        run_schedule(schedule, list(fit_texts), np.asarray(y_fit), scored_texts, cache)
+        run_schedule(schedule, validation, cache)
         for schedule in SCHEDULES
         if wanted is None or schedule.name in wanted
     ]
+    if json_out is not None and json_out.is_file():  # rows of schedules not run now are kept
+        ran = {row["schedule"]["name"] for row in rows}
+        kept = [
+            row for row in json.loads(json_out.read_text()) if row["schedule"]["name"] not in ran
+        ]
+        order = [schedule.name for schedule in SCHEDULES]
+        rows = sorted([*kept, *rows], key=lambda row: order.index(row["schedule"]["name"]))
     heads = list(rows[0]["test"]) if rows else []
     typer.echo("| schedule | " + " | ".join(heads) + " |")
     typer.echo("|---" * (len(heads) + 1) + "|")

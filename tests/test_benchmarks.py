@@ -61,6 +61,23 @@ def test_single_pbs_time_is_measured() -> None:
     assert 0 < seconds < 1
 
 
+def test_a_circuit_lever_is_scored_and_timed_under_real_fhe() -> None:
+    """benchmarks.circuit_levers on a small real circuit: simulated accuracy on each part, the
+    cost estimate, and real runs compared with simulation."""
+    from sklearn.datasets import load_breast_cancer
+
+    from benchmarks.circuit_levers import Lever, measure
+
+    x, y = load_breast_cancer(return_X_y=True)
+    x = x[:, :4]
+    parts = {"validation": (x[400:], y[400:]), "test": (x[300:400], y[300:400])}
+    row = measure(Lever("tiny", trees=3, p_error=1e-3), x[:300], y[:300], parts, runs=2)
+    assert row["pbs_count"] > 0 and row["complexity"] > 0
+    assert 0.5 < row["validation"] <= 1 and 0.5 < row["test"] <= 1
+    assert row["fhe_runs"] == 2 and 0 < row["fhe_seconds_median"] < 10
+    assert 0 <= row["real_equals_simulated"] <= 2
+
+
 def test_throughput_script_reports_each_level(tiny_models: Path, tmp_path: Path) -> None:
     out = tmp_path / "throughput.json"
     command = [sys.executable, "-m", "benchmarks.throughput", "--models", str(tiny_models)]
