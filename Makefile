@@ -13,15 +13,28 @@ DEMO_PORT ?= 7860
 SYSTEM_PACKAGES := chromium redis-server docker-compose nginx
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-packages run test lint model tabular-models clean
+.PHONY: install client-install system-packages run test test-fast lint model tabular-models clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c requirements.lock -e ".[test]"
+	$(BIN)/pip install --quiet -c requirements.lock -e ".[client,server,build,demo,test]"
 	touch $@
+
+# fhe-client alone, into VENV (say VENV=/tmp/fhe-client; .venv-client when VENV is not given): no torch, transformers, xgboost,
+# gradio, Concrete-ML or CUDA libraries, about 0.5 GB. Every package is pinned and installed
+# without its declared dependencies (see requirements-client.txt for why).
+CLIENT_VENV := $(if $(filter command line environment,$(origin VENV)),$(VENV),.venv-client)
+client-install:
+	$(PYTHON) -m venv $(CLIENT_VENV)
+	$(CLIENT_VENV)/bin/pip install --quiet --upgrade pip
+	$(CLIENT_VENV)/bin/pip install --quiet --no-deps -r requirements-client.txt
+	rm -rf build
+	$(CLIENT_VENV)/bin/pip install --quiet --no-deps .
+	$(CLIENT_VENV)/bin/fhe-client --help >/dev/null
+	@du -sm $(CLIENT_VENV) | awk '{print "client install: " $$1 " MB in " $$2}'
 
 # The API on $(HOST):$(PORT) and the demo page on $(HOST):$(DEMO_PORT), stopped together by Ctrl-C.
 run: install
@@ -38,26 +51,32 @@ system-packages:
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 test: lint system-packages
 	$(BIN)/pytest
+
+# The edit-test loop: lint and the tests that start no server process, generate no FHE keys and
+# drive no browser (those marked `fast`), in under 3 minutes.
+test-fast: lint
+	$(BIN)/pytest -m fast
 
 # Rebuilds the shipped bundles from ../shared/data/twitter_airline_sentiment.csv: the default
 # XGBoost circuit, then the bootstrap-free linear one on the same fine-tuned embedder, both over
 # a client-side PCA of the embedding to 32 numbers; 300 test tweets each under real FHE.
 model: install
-	$(BIN)/python -m fhe.recipe --out models/sentiment --reduce-to 32 --fhe-sample 300
-	$(BIN)/python -m fhe.recipe --out models/sentiment-linear --name sentiment-linear \
+	$(BIN)/python -m fhe.build.recipe --out models/sentiment --reduce-to 32 --fhe-sample 300
+	$(BIN)/python -m fhe.build.recipe --out models/sentiment-linear --name sentiment-linear \
 		--model-type linear --n-bits 4,6,8 --reduce-to 32 --fhe-sample 300
 
 # Rebuilds the shipped tabular examples and their clear twins from datasets scikit-learn ships
 # (no download): breast-cancer (classification) and diabetes (regression).
 tabular-models: install
-	$(BIN)/python -m fhe.tabular_recipe --out models/breast-cancer --name breast-cancer \
+	$(BIN)/python -m fhe.build.tabular_recipe --out models/breast-cancer --name breast-cancer \
 		--data sklearn:breast_cancer --fhe-sample 114 --clear-twin models/breast-cancer-clear \
 		--description "Whether a breast mass is benign or malignant, from 30 measurements of a \
 	cell nucleus image (Wisconsin diagnostic data), predicted over an encrypted row."
-	$(BIN)/python -m fhe.tabular_recipe --out models/diabetes --name diabetes \
+	$(BIN)/python -m fhe.build.tabular_recipe --out models/diabetes --name diabetes \
 		--data sklearn:diabetes --task regression --fhe-sample 89 --clear-twin models/diabetes-clear \
 		--description "Disease progression one year after baseline, from 10 measurements of a \
 	diabetes patient (age, sex, BMI, blood pressure, six blood serum values), predicted over an \

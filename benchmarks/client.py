@@ -3,10 +3,14 @@
 With keys cached and the server warm, runs the one-shot command `fhe-client predict -m MODEL -v
 --json TEXT` several times per model and prints the wall time, its parts as the client reports
 them (prepare, encrypt, FHE on the server, decrypt) and the process's peak RSS; then a CSV batch
-(`--input ... --output ...`) end to end, in texts per second. Usage:
+(`--input ... --output ...`) end to end, in texts per second. With `--client` given more than
+once (say the full install's and `make client-install`'s fhe-client), every install runs each
+measurement in turn, interleaved, against the same server. Usage:
 
     .venv/bin/python -m benchmarks.client --models models --runs 5 --batch 100 \
         --json docs/bench-client.json
+    .venv/bin/python -m benchmarks.client --client .venv/bin/fhe-client \
+        --client /tmp/c/bin/fhe-client --runs 9 --batch 100 --json docs/bench-client-installs.json
 """
 
 from __future__ import annotations
@@ -27,16 +31,16 @@ import typer
 
 from benchmarks.latency import TEXTS, PeakRSS
 from client.local_server import LocalServer
-from fhe.dataset import DEFAULT_DATA, load_split
+from fhe.build.dataset import DEFAULT_DATA, load_split
 
 CLIENT = Path(sys.executable).parent / "fhe-client"
 
 
-def run_once(args: list[str], env: dict[str, str]) -> tuple[float, int, str]:
+def run_once(args: list[str], env: dict[str, str], client: Path = CLIENT) -> tuple[float, int, str]:
     """Wall seconds, peak RSS bytes and stdout of one fhe-client run."""
     started = time.perf_counter()
     process = subprocess.Popen(
-        [str(CLIENT), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [str(client), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     rss = PeakRSS(process.pid, every=0.02)
     rss.start()
@@ -48,32 +52,46 @@ def run_once(args: list[str], env: dict[str, str]) -> tuple[float, int, str]:
     return wall, peak, out
 
 
-def one_shot(model: str, runs: int, env: dict[str, str]) -> dict:
-    """The one-shot command `runs` times (after one warm-up): medians of the wall and parts."""
+def one_shot(model: str, runs: int, env: dict[str, str], clients: list[Path]) -> list[dict]:
+    """The one-shot command `runs` times per client (after one warm-up each), the clients
+    taking turns: medians of the wall and parts, one row per client."""
     args = ["predict", "-m", model, "-v", "--json"]
-    run_once([*args, TEXTS[0]], env)
-    walls, peaks, parts = [], [], []
+    for client in clients:
+        run_once([*args, TEXTS[0]], env, client)
+    measured: dict[Path, list[tuple[float, int, dict]]] = {client: [] for client in clients}
     for index in range(runs):
-        wall, peak, out = run_once([*args, TEXTS[index % len(TEXTS)]], env)
-        walls.append(wall)
-        peaks.append(peak)
-        parts.append(json.loads(out)["seconds"])
+        for client in clients:
+            wall, peak, out = run_once([*args, TEXTS[index % len(TEXTS)]], env, client)
+            measured[client].append((wall, peak, json.loads(out)["seconds"]))
     keys = ("prepare", "encrypt", "fhe", "round_trip", "decrypt", "total")
-    return {
-        "model": model,
-        "runs": runs,
-        "wall_seconds_median": statistics.median(walls),
-        "wall_seconds_min": min(walls),
-        "wall_seconds_max": max(walls),
-        **{f"{key}_seconds_median": statistics.median(p[key] for p in parts) for key in keys},
-        "outside_predict_seconds_median": statistics.median(
-            wall - p["total"] for wall, p in zip(walls, parts, strict=True)
-        ),
-        "peak_rss_bytes_median": int(statistics.median(peaks)),
-    }
+    rows = []
+    for client, found in measured.items():
+        walls = [wall for wall, _, _ in found]
+        parts = [part for _, _, part in found]
+        rows.append(
+            {
+                "model": model,
+                "client": str(client),
+                "runs": runs,
+                "wall_seconds_median": statistics.median(walls),
+                "wall_seconds_min": min(walls),
+                "wall_seconds_max": max(walls),
+                **{
+                    f"{key}_seconds_median": statistics.median(p[key] for p in parts)
+                    for key in keys
+                },
+                "outside_predict_seconds_median": statistics.median(
+                    wall - p["total"] for wall, p in zip(walls, parts, strict=True)
+                ),
+                "peak_rss_bytes_median": int(statistics.median(peak for _, peak, _ in found)),
+            }
+        )
+    return rows
 
 
-def batch(model: str, texts: list[str], env: dict[str, str], scratch: Path) -> dict:
+def batch(
+    model: str, texts: list[str], env: dict[str, str], scratch: Path, client: Path = CLIENT
+) -> dict:
     """One CSV of texts through `--input/--output`, end to end, as a user runs it."""
     source = scratch / f"batch-{model}.csv"
     with source.open("w", newline="") as handle:
@@ -84,11 +102,13 @@ def batch(model: str, texts: list[str], env: dict[str, str], scratch: Path) -> d
     wall, peak, _ = run_once(
         ["predict", "-m", model, "--input", str(source), "--output", str(out), "--overwrite"],
         env,
+        client,
     )
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == len(texts), f"{len(rows)} rows written of {len(texts)}"
     return {
         "model": model,
+        "client": str(client),
         "texts": len(texts),
         "wall_seconds": wall,
         "texts_per_second": len(texts) / wall,
@@ -105,6 +125,9 @@ def main(
     runs: Annotated[int, typer.Option(help="one-shot runs per model")] = 5,
     batch_size: Annotated[int, typer.Option("--batch", help="texts in the CSV batch")] = 100,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="write results here")] = None,
+    client: Annotated[
+        Optional[list[Path]], typer.Option(help="an fhe-client to time (repeatable)")
+    ] = None,
 ) -> None:
     """Measure the client as a user sees it on this machine."""
     texts = load_split(DEFAULT_DATA).test_texts[:batch_size]
@@ -118,12 +141,15 @@ def main(
             "FHE_CLIENT_CACHE": str(scratch / "client"),
         }
         try:
+            clients = [path.resolve() for path in client or [CLIENT]]
             for name in model.split(","):
                 run_once(["keygen", "-m", name], env)
-                results["one_shot"].append(one_shot(name, runs, env))
-                typer.echo(json.dumps(results["one_shot"][-1]))
-                results["batch"].append(batch(name, texts, env, scratch))
-                typer.echo(json.dumps(results["batch"][-1]))
+                for row in one_shot(name, runs, env, clients):
+                    results["one_shot"].append(row)
+                    typer.echo(json.dumps(row))
+                for each in clients:
+                    results["batch"].append(batch(name, texts, env, scratch, each))
+                    typer.echo(json.dumps(results["batch"][-1]))
         finally:
             server.stop()
     if json_out is not None:

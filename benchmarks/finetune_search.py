@@ -22,10 +22,10 @@ import typer
 from sklearn.metrics import accuracy_score
 from sklearn.model_selection import train_test_split
 
-from fhe.dataset import DEFAULT_DATA, load_split
-from fhe.embedder import TextEmbedder
-from fhe.finetune import FineTuneConfig, fine_tune
-from fhe.recipe import DEFAULT_EMBEDDING_MODEL, embed_cached
+from fhe.build.dataset import DEFAULT_DATA, load_split
+from fhe.build.finetune import FineTuneConfig, fine_tune
+from fhe.build.recipe import DEFAULT_EMBEDDING_MODEL, embed_cached
+from fhe.embedding.torch_embedder import TextEmbedder
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Optional
 import numpy as np
 import typer
 
-from fhe.bundle import read_metadata
+from fhe.contract.bundle import read_metadata
 
 
 def uncompressed(specs: dict[str, Any]) -> dict[str, Any]:

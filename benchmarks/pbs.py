@@ -22,8 +22,8 @@ from typing import Annotated, Optional
 import numpy as np
 import typer
 
-from fhe.bundle import read_metadata
-from fhe.signals import ignore_sigpipe
+from fhe.contract.bundle import read_metadata
+from fhe.contract.signals import ignore_sigpipe
 
 
 def bootstrap_parameters(specs: dict) -> list[str]:

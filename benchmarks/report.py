@@ -19,8 +19,8 @@ from typing import Annotated, Any
 import psutil
 import typer
 
-from fhe.bundle import read_metadata
-from fhe.sizes import readable_size as size
+from fhe.contract.bundle import read_metadata
+from fhe.contract.sizes import readable_size as size
 
 ACCURACY_GOAL = 0.85
 LATENCY_GOAL = 1.0

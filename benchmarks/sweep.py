@@ -19,8 +19,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from fhe.bundle import read_metadata
-from fhe.recipe import RecipeConfig, train
+from fhe.build.recipe import RecipeConfig, train
+from fhe.contract.bundle import read_metadata
 
 
 @dataclass(frozen=True)

@@ -27,10 +27,10 @@ from benchmarks.latency import percentile, show
 from client.api import FHEServerAPI
 from client.encrypted_model import EncryptedModel
 from client.local_server import LocalServer
-from fhe.bundle import read_metadata
-from fhe.tabular_bundle import scores
-from fhe.tabular_data import load_tabular_split
-from fhe.tabular_recipe import TabularRecipeConfig, train_tabular
+from fhe.build.tabular_bundle import scores
+from fhe.build.tabular_data import load_tabular_split
+from fhe.build.tabular_recipe import TabularRecipeConfig, train_tabular
+from fhe.contract.bundle import read_metadata
 
 SHIPPED = {
     "breast-cancer": ("sklearn:breast_cancer", "classification"),

@@ -152,6 +152,18 @@ class FHEServerAPI:
         """The fine-tuned tensors of the model's embedder (only for fine-tuned bundles)."""
         return self._request("GET", f"/v1/models/{name}/embedder-delta").content
 
+    def embedder_onnx(self, name: str) -> bytes:
+        """The model's embedder as an ONNX file (only where the card has one)."""
+        return self._request("GET", f"/v1/models/{name}/embedder-onnx").content
+
+    def tokenizer(self, name: str) -> bytes:
+        """The tokenizer of the model's ONNX embedder."""
+        return self._request("GET", f"/v1/models/{name}/tokenizer").content
+
+    def plain_preprocessing(self, name: str) -> bytes:
+        """The client-side preprocessing of a tabular model as plain parameters (JSON)."""
+        return self._request("GET", f"/v1/models/{name}/preprocessing.json").content
+
     def projection(self, name: str) -> bytes:
         """The client-side reduction of a text model's embedding (only where the card has one)."""
         return self._request("GET", f"/v1/models/{name}/projection").content

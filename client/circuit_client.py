@@ -12,6 +12,7 @@ TFHE-rs ciphertexts, several inputs).
 from __future__ import annotations
 
 import binascii
+import importlib.util
 import io
 import json
 import shutil
@@ -25,7 +26,7 @@ import numpy as np
 
 from client.errors import ClientError
 from client.quantizer import Quantizer, UnsupportedProcessing
-from fhe.keyset import encrypted_input, encrypted_input_dimensions
+from fhe.contract.keyset import encrypted_input, encrypted_input_dimensions
 
 
 class CircuitCodec(Protocol):
@@ -117,6 +118,36 @@ def model_class(processing: dict[str, Any]) -> str:
     return name
 
 
+KNOWN_CONCRETE_ML = ("1.9.0",)
+"""Concrete-ML versions whose quantizers and post-processing this client reproduces."""
+
+
+class UnknownConcreteML(UnsupportedProcessing):
+    """The bundle's client.zip was written by a Concrete-ML this client does not know."""
+
+    def __init__(self, found: str) -> None:
+        self.found = found
+        known = ", ".join(KNOWN_CONCRETE_ML)
+        super().__init__(
+            f"the model's client.zip was made by Concrete-ML {found}, and this client decodes "
+            f"only what Concrete-ML {known} makes"
+        )
+
+
+def bundle_concrete_ml(archive: zipfile.ZipFile) -> str:
+    """The Concrete-ML version a client.zip records in its versions.json ('none recorded')."""
+    try:
+        if archive.getinfo("versions.json").file_size > MAX_SPEC_BYTES:
+            return "unreadable"
+        versions = json.loads(archive.read("versions.json"))
+    except KeyError:
+        return "none recorded"
+    except ValueError:
+        return "unreadable"
+    found = versions.get("concrete-ml") if isinstance(versions, dict) else None
+    return str(found) if found else "none recorded"
+
+
 class CircuitClient:
     """One built-in Concrete-ML model's client side, with `concrete.compiler` and numpy only."""
 
@@ -138,6 +169,9 @@ class CircuitClient:
             for name in ("client.specs.json", "serialized_processing.json"):
                 if archive.getinfo(name).file_size > MAX_SPEC_BYTES:
                     raise UnsupportedProcessing(f"{name} is over {MAX_SPEC_BYTES} bytes")
+            version = bundle_concrete_ml(archive)
+            if version not in KNOWN_CONCRETE_ML:
+                raise UnknownConcreteML(version)
             specs = json.loads(archive.read("client.specs.json"))
             processing = json.loads(archive.read("serialized_processing.json"))
         self.model_class = model_class(processing)
@@ -294,8 +328,15 @@ class ConcreteMLClient:
 
 
 def open_circuit_client(bundle_dir: Path, key_dir: Path) -> CircuitCodec:
-    """The light client when it knows the bundle's model class, else Concrete-ML's."""
+    """The light client when it knows the bundle's model class and Concrete-ML version, else
+    Concrete-ML's own client where it is installed (the full client); a light install says why
+    it cannot go on."""
     try:
         return CircuitClient(bundle_dir / "client.zip", key_dir)
-    except UnsupportedProcessing:
+    except UnsupportedProcessing as error:
+        if importlib.util.find_spec("concrete.ml") is None:
+            raise ClientError(
+                f"{error}; Concrete-ML is not installed here to decode it instead: install the "
+                "full client, or ask for a bundle built with a version this client knows"
+            ) from None
         return ConcreteMLClient(bundle_dir, key_dir)

@@ -7,42 +7,39 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, Optional
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
-from tenacity import RetryCallState, Retrying, retry_if_exception
 
 from client.api import FHEServerAPI
+from client.batch import BatchProgress, JobsOutcome, predict_rows, rows_as_jobs
 from client.batch_csv import BatchOutput, InputTable
 from client.encrypted_model import ColumnWarning, EncryptedModel, Prediction
 from client.errors import ClientError, JobFailed, ServerError
-from client.jobs import (
-    JobJournal,
-    JournalEntry,
-    fetch_prediction,
-    job_status,
-    poll_once,
-    submit_item,
-    submit_items,
-    wait_for,
-)
+from client.jobs import JobJournal, fetch_prediction, submit_items, wait_for
 from client.row_features import raw_row, read_raw_rows
 from client.settings import DEFAULT_SERVER_URL, ClientSettings
-from fhe.sizes import readable_size
+from fhe.contract.sizes import readable_size
 
 app = typer.Typer(add_completion=False, help="Client of fhe-server: your data stays encrypted.")
 err = Console(stderr=True)
 
 ServerOption = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--server", help=f"server URL [env FHE_SERVER_URL, default {DEFAULT_SERVER_URL}]"),
 ]
 CacheOption = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option(
         "--cache-dir",
         help="where keys and specs are kept [env FHE_CLIENT_CACHE, default ~/.cache/fhe-client]",
@@ -124,7 +121,7 @@ def keygen(
     typer.echo(f"private key: {info.key_dir} (never sent)")
 
 
-def _read_texts(texts: list[str], input_file: Optional[Path], column: str) -> list[str]:
+def _read_texts(texts: list[str], input_file: Path | None, column: str) -> list[str]:
     if input_file is None:
         return texts
     return texts + InputTable.from_csv(input_file, column).texts
@@ -208,135 +205,9 @@ def _predict_as_jobs(
         raise typer.Exit(1)
 
 
-POLL_SECONDS = 0.5
-"""How often a batch of jobs is polled while it is submitted and after."""
-BUSY_CODES = ("busy", "too_many_jobs")
-"""Refusals of a job submission that mean: wait for queued jobs to end, then submit again."""
-
-
-def _queue_full(error: BaseException) -> bool:
-    """A refused job submission that succeeds once queued jobs have ended."""
-    return isinstance(error, ServerError) and error.code in BUSY_CODES
-
-
 def _say(message: str) -> None:
     """A plain note on stderr, never wrapped (paths stay whole)."""
     err.print(escape(message), soft_wrap=True)
-
-
-def _predict_rows(remote: EncryptedModel, out: BatchOutput) -> None:
-    """Predict the rows not in the output yet, one call each, writing each row as it ends."""
-    todo = out.todo()
-    if not todo:
-        return
-    numbers = iter(todo)
-    with _progress(True) as bar:
-        task = bar.add_task("encrypted predictions", total=out.total, completed=len(out.done))
-
-        def report(prediction: Prediction) -> None:
-            out.write(next(numbers), prediction)
-            bar.advance(task)
-
-        remote.predict([out.table.item(number) for number in todo], progress=report)
-
-
-def _earlier_jobs(
-    remote: EncryptedModel, out: BatchOutput, journal: JobJournal, batch: str
-) -> list[JournalEntry]:
-    """Jobs earlier runs submitted for rows not written yet that can still give their result.
-
-    A job counts when it encrypts the row's current text for this model under the cached key,
-    and the server still knows it and has not failed it; other rows are submitted again.
-    """
-    record = remote.cache.record()
-    usable = []
-    for number, entry in sorted(journal.batch(batch).items()):
-        if number in out.done or not 1 <= number <= out.total or record is None:
-            continue
-        if (entry.item, entry.model, entry.key_id) != (
-            out.table.item(number),
-            remote.name,
-            record.key_id,
-        ):
-            continue
-        status = job_status(remote, entry)
-        if status is not None and status["status"] != "failed":
-            usable.append(entry)
-    return usable
-
-
-def _predict_rows_as_jobs(
-    remote: EncryptedModel,
-    out: BatchOutput,
-    journal: JobJournal,
-    callback_url: str | None,
-    wait: bool,
-) -> tuple[list[str], list[str]]:
-    """Submit as jobs the rows never submitted and (with wait) write each result as it ends.
-
-    Jobs that earlier runs submitted are awaited, not submitted again. Returns the ids of the
-    jobs submitted now and the failures.
-    """
-    batch = str(out.path.resolve())
-    pending = _earlier_jobs(remote, out, journal, batch)
-    if pending:
-        _say(f"{len(pending)} rows were submitted as jobs before: awaiting those, not resubmitting")
-    submitted_before = {entry.row for entry in pending}
-    to_submit = [number for number in out.todo() if number not in submitted_before]
-    submitted: list[str] = []
-    failures: list[str] = []
-    with _progress(True) as bar:
-        sent = bar.add_task(
-            "encrypted and submitted", total=out.total, completed=out.total - len(to_submit)
-        )
-        ended = bar.add_task(
-            "finished and decrypted", total=out.total, completed=len(out.done), visible=wait
-        )
-
-        def collect() -> None:
-            nonlocal pending
-            finished, pending = poll_once(remote, pending)
-            for entry, status in finished:
-                bar.advance(ended)
-                if status is None:
-                    failures.append(f"row {entry.row}: job {entry.job_id} expired or was lost")
-                    continue
-                try:
-                    out.write(entry.row, fetch_prediction(remote, entry, status))
-                except JobFailed as error:
-                    failures.append(f"row {entry.row}: {error}")
-
-        def pause(state: RetryCallState) -> float:
-            """Queue full: the poll interval while our jobs run, else Retry-After (at most 5 s)."""
-            if wait and pending:
-                return POLL_SECONDS
-            error = state.outcome.exception() if state.outcome else None
-            return min((error.retry_after if isinstance(error, ServerError) else None) or 1.0, 5.0)
-
-        def drain(_: RetryCallState) -> None:
-            """Queue full: write the results of our jobs that ended meanwhile."""
-            if wait and pending:
-                collect()
-
-        submitting = Retrying(
-            retry=retry_if_exception(_queue_full), wait=pause, before_sleep=drain, reraise=True
-        )
-        last_poll = time.monotonic()
-        for number in to_submit:
-            entry = submitting(
-                submit_item, remote, out.table.item(number), journal, callback_url, batch, number
-            )
-            pending.append(entry)
-            submitted.append(entry.job_id)
-            bar.advance(sent)
-            if wait and time.monotonic() - last_poll >= POLL_SECONDS:
-                collect()
-                last_poll = time.monotonic()
-        while wait and pending:
-            collect()
-            if pending:
-                time.sleep(POLL_SECONDS)
-    return submitted, failures
 
 
 def _predict_to_csv(
@@ -347,6 +218,7 @@ def _predict_to_csv(
     journal: JobJournal | None,
     callback_url: str | None,
     wait: bool,
+    queue_full_seconds: float,
 ) -> None:
     """Predict a batch into --output row by row, resuming what an earlier run wrote."""
     out = BatchOutput(output, table, remote.name, remote.labels, remote.task).open(overwrite)
@@ -355,14 +227,26 @@ def _predict_to_csv(
     before = len(out.done)
     if before:
         _say(f"resuming: {before} of {out.total} rows already in {output}")
-    failures: list[str] = []
+    outcome = JobsOutcome()
     try:
-        with out:
+        with out, _progress(True) as bar:
             if journal is None:
-                _predict_rows(remote, out)
+                task = bar.add_task("encrypted predictions", total=out.total, completed=before)
+                progress = BatchProgress(ended=lambda: bar.advance(task), note=_say)
+                predict_rows(remote, out, progress)
             else:
-                submitted, failures = _predict_rows_as_jobs(
-                    remote, out, journal, callback_url, wait
+                to_send = len(out.todo())
+                sent = bar.add_task(
+                    "encrypted and submitted", total=out.total, completed=out.total - to_send
+                )
+                ended = bar.add_task(
+                    "finished and decrypted", total=out.total, completed=before, visible=wait
+                )
+                progress = BatchProgress(
+                    sent=lambda: bar.advance(sent), ended=lambda: bar.advance(ended), note=_say
+                )
+                outcome = rows_as_jobs(
+                    remote, out, journal, callback_url, wait, progress, queue_full_seconds
                 )
     except ClientError as error:
         err.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
@@ -378,19 +262,19 @@ def _predict_to_csv(
         )
         raise typer.Exit(130) from None
     if journal is not None and not wait:
-        for job_id in submitted:
+        for job_id in outcome.submitted:
             typer.echo(job_id)
         _say(
-            f"{len(submitted)} jobs submitted, {len(out.done)} of {out.total} rows in {output}; "
-            "run the same command without --no-wait to write the results"
+            f"{len(outcome.submitted)} jobs submitted, {len(out.done)} of {out.total} rows in "
+            f"{output}; run the same command without --no-wait to write the results"
         )
         return
-    for failure in failures:
+    for failure in outcome.failures:
         err.print(f"[red]error:[/red] {escape(failure)}", soft_wrap=True)
-    if failures:
+    if outcome.failures:
         _say(
             f"{len(out.done)} of {out.total} rows are in {output}; run the same command again "
-            f"to retry the {len(failures)} that failed"
+            f"to retry the {len(outcome.failures)} that failed"
         )
         raise typer.Exit(1)
     _say(f"{out.total} rows in {output} ({out.total - before} predicted now)")
@@ -398,10 +282,10 @@ def _predict_to_csv(
 
 @app.command()
 def predict(
-    texts: Annotated[Optional[list[str]], typer.Argument(help="texts (text models)")] = None,
+    texts: Annotated[list[str] | None, typer.Argument(help="texts (text models)")] = None,
     model: ModelOption = "sentiment",
     input_file: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
             "--input",
             help="CSV of texts (text models), of table rows with a header (tabular models), or "
@@ -410,7 +294,7 @@ def predict(
         ),
     ] = None,
     rows: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option(
             "--row",
             help='one table row as JSON, e.g. \'{"age": 41, "city": "Lyon"}\' (a JSON array of '
@@ -423,7 +307,7 @@ def predict(
     ] = False,
     text_column: Annotated[str, typer.Option(help="column of --input holding text")] = "text",
     output: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
             help="write predictions to this CSV, row by row: a column `row` (the input row's "
             "number, 1 for the first row after the header), every input column, then model, "
@@ -445,7 +329,7 @@ def predict(
     server: ServerOption = None,
     cache_dir: CacheOption = None,
     embedding_model: Annotated[
-        Optional[str], typer.Option(help="local path of the embedding weights, if not packaged")
+        str | None, typer.Option(help="local path of the embedding weights, if not packaged")
     ] = None,
     as_jobs: Annotated[
         bool,
@@ -455,7 +339,7 @@ def predict(
         bool, typer.Option(help="with --async: wait for the results (--no-wait prints job ids)")
     ] = True,
     callback_url: Annotated[
-        Optional[str], typer.Option(help="with --async: URL the server notifies when a job ends")
+        str | None, typer.Option(help="with --async: URL the server notifies when a job ends")
     ] = None,
 ) -> None:
     """Predict over encrypted data: prepare and encrypt here, run on the server, decrypt here.
@@ -485,7 +369,16 @@ def predict(
                 err.print("no keys for this model yet: generating and uploading them first")
             if output is not None and table is not None:
                 journal = JobJournal(root) if as_jobs else None
-                _predict_to_csv(remote, table, output, overwrite, journal, callback_url, wait)
+                _predict_to_csv(
+                    remote,
+                    table,
+                    output,
+                    overwrite,
+                    journal,
+                    callback_url,
+                    wait,
+                    settings.queue_full_seconds,
+                )
                 return
             if as_jobs:
                 _predict_as_jobs(
@@ -526,7 +419,7 @@ def _parse_rows(rows: list[str]) -> list[object]:
 def _inputs(
     remote: EncryptedModel,
     texts: list[str],
-    input_file: Optional[Path],
+    input_file: Path | None,
     rows: list[str],
     text_column: str,
     to_csv: bool,
@@ -664,31 +557,31 @@ def result(
 @app.command()
 def demo(
     server: Annotated[
-        Optional[str], typer.Option("--server", help="fhe-server URL (env FHE_SERVER_URL)")
+        str | None, typer.Option("--server", help="fhe-server URL (env FHE_SERVER_URL)")
     ] = None,
     model: Annotated[
-        Optional[str], typer.Option("--model", "-m", help="FHE model of the text tab [sentiment]")
+        str | None, typer.Option("--model", "-m", help="FHE model of the text tab [sentiment]")
     ] = None,
     tabular_model: Annotated[
-        Optional[str], typer.Option(help="FHE model of the table row tab [breast-cancer]")
+        str | None, typer.Option(help="FHE model of the table row tab [breast-cancer]")
     ] = None,
-    host: Annotated[Optional[str], typer.Option(help="interface of the page [127.0.0.1]")] = None,
-    port: Annotated[Optional[int], typer.Option(help="TCP port of the page [7860]")] = None,
+    host: Annotated[str | None, typer.Option(help="interface of the page [127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port of the page [7860]")] = None,
     concurrency: Annotated[
-        Optional[int], typer.Option(help="browser requests handled at once [4]")
+        int | None, typer.Option(help="browser requests handled at once [4]")
     ] = None,
     start_server: Annotated[
-        Optional[bool],
+        bool | None,
         typer.Option(
             "--start-server/--no-start-server",
             help="start fhe-server too, on --server-host and --server-port [no]",
         ),
     ] = None,
     server_host: Annotated[
-        Optional[str], typer.Option(help="interface of the started server [127.0.0.1]")
+        str | None, typer.Option(help="interface of the started server [127.0.0.1]")
     ] = None,
     server_port: Annotated[
-        Optional[int], typer.Option(help="TCP port of the started server [8000]")
+        int | None, typer.Option(help="TCP port of the started server [8000]")
     ] = None,
 ) -> None:
     """Serve the Gradio demo: keygen, encrypt, FHE on the server and decrypt, step by step.

@@ -20,28 +20,22 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+from pydantic import ValidationError
 
 from client.api import FHEServerAPI, PredictAnswer
 from client.circuit_client import CircuitCodec, open_circuit_client
-from client.errors import ClientError, EmbedderMismatch, UnknownKey
+from client.errors import ClientError, UnknownKey
+from client.inputs import ModelInput, TableRows, TextItems, model_input
 from client.keycache import KeyCache, KeyRecord
 from client.read_ahead import ReadAhead
-from client.row_features import TabularRows, raw_row
+from client.row_features import TabularRows
 from client.settings import ClientSettings
-from fhe.digest import bytes_sha256, file_sha256
-from fhe.embedder import (
-    EmbeddingModelMismatch,
-    TextEmbedder,
-    embedder_identity,
-    shared_embedder,
-)
-from fhe.onnx_embedder import OnnxEmbedder, exported_embedder, shared_onnx_embedder
-from fhe.projection import Projection, UnusableProjection, circuit_features
+from fhe.contract.bundle import BundleMetadata
+from fhe.contract.digest import bytes_sha256, file_sha256
+from fhe.contract.model_card import FheModelCard
+from fhe.contract.projection import Projection
 
 T = TypeVar("T")
-
-EMBED_BATCH = 32
-"""Texts embedded at once in a batch prediction."""
 
 
 def top_class(scores: np.ndarray) -> int:
@@ -50,10 +44,6 @@ def top_class(scores: np.ndarray) -> int:
     Quantized trees tie often, and the float sums of tied classes differ in their last bits.
     """
     return int(np.argmax(np.round(np.asarray(scores, dtype=np.float64), 9)))
-
-
-INPUT_NAMES = {"text": "text", "tabular": "row", "raw": "input"}
-"""The key an input is shown under, by the model's input kind."""
 
 
 class ColumnWarning(UserWarning):
@@ -196,39 +186,63 @@ class EncryptedModel:
         return cls(api, name, settings.cache_dir, embedding_model, settings.embedders_dir())
 
     @cached_property
-    def card(self) -> dict[str, Any]:
-        """The model card from the server; the model must be an FHE model that is ready."""
-        card = self.api.model(self.name)
-        if card.get("kind") != "fhe":
-            raise ClientError(f"model {self.name!r} is not an FHE model (kind {card.get('kind')})")
-        if card.get("status") != "ready":
-            raise ClientError(f"model {self.name!r} is not ready: {card.get('reason')}")
+    def card(self) -> FheModelCard:
+        """The model card from the server, typed as the server writes it; the model must be an
+        FHE model that is ready."""
+        answer = self.api.model(self.name)
+        if answer.get("kind") != "fhe":
+            kind = answer.get("kind")
+            raise ClientError(f"model {self.name!r} is not an FHE model (kind {kind})")
+        try:
+            card = FheModelCard.model_validate(answer)
+        except ValidationError as error:
+            raise ClientError(f"the server's card of {self.name!r} is malformed: {error}") from None
+        if not card.ready or card.metadata is None or not card.client_spec_sha256:
+            raise ClientError(f"model {self.name!r} is not ready: {card.reason}")
         return card
+
+    @property
+    def metadata(self) -> BundleMetadata:
+        """The bundle's model.json, as the card gives it."""
+        assert self.card.metadata is not None
+        return self.card.metadata
 
     @property
     def labels(self) -> list[str]:
         """Class labels, in the order of the decrypted scores (none for regression and raw)."""
-        return list(self.card["labels"])
+        return list(self.card.labels)
 
     @property
     def task(self) -> str:
         """What the output means: text- or tabular-classification, tabular-regression, raw."""
-        return self.card["task"]
+        return self.metadata.task
 
     @property
     def input_info(self) -> dict[str, Any]:
         """What the model takes, from the card: kind `text`, `tabular` or `raw`, and its details."""
-        return self.card["metadata"]["input"]
+        return self.metadata.input.model_dump(mode="json")
 
     @property
     def input_kind(self) -> str:
         """`text`, `tabular` or `raw`."""
-        return self.input_info["kind"]
+        return self.metadata.input.kind
+
+    @cached_property
+    def input(self) -> ModelInput:
+        """The adapter for what this model takes (text, table rows or raw arrays)."""
+        return model_input(
+            self.name,
+            self.metadata.input,
+            self.api,
+            self._downloaded,
+            self.embedder_cache,
+            self.embedding_model,
+        )
 
     @property
     def client_spec(self) -> str:
         """The server's client spec hash."""
-        return self.card["client_spec_sha256"]
+        return self.card.client_spec_sha256 or ""
 
     @staticmethod
     def _checked(what: str, data: bytes, sha256: str) -> bytes:
@@ -269,96 +283,36 @@ class EncryptedModel:
         partial.replace(path)
         return path
 
-    def _embedder_delta(self, sha256: str) -> Path:
-        """The bundle's fine-tuned embedder tensors, downloaded once and kept by their hash."""
-        return self._downloaded(
-            "embedder delta", sha256, ".safetensors", lambda: self.api.embedder_delta(self.name)
-        )
-
-    @cached_property
-    def projection(self) -> Projection | None:
-        """The bundle's client-side reduction of the embedding (downloaded once, checked by
-        sha256 and shape), or None when the circuit takes the whole embedding."""
-        embedding = self.input_info.get("embedding") or {}
-        info = embedding.get("projection")
-        if not info:
-            return None
-        path = self._downloaded(
-            "projection", info["sha256"], ".npz", lambda: self.api.projection(self.name)
-        )
-        try:
-            projection = Projection.load(path, int(embedding["dimension"]))
-        except UnusableProjection as error:
-            raise ClientError(f"the projection of {self.name!r} is unusable: {error}") from None
-        if projection.width != info.get("width"):
-            raise ClientError(
-                f"the projection of {self.name!r} has width {projection.width}, its card says "
-                f"{info.get('width')}"
-            )
-        return projection
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        """The circuit's float inputs for texts: their embeddings, reduced by the bundle's
-        projection when it has one."""
-        return circuit_features(self.embedder.embed(texts), self.projection)
-
-    @cached_property
-    def rows(self) -> TabularRows:
-        """The columns of a tabular model and its preprocessing, downloaded once (kept by hash)
-        and loaded through the same skops audit the server applies to clear models."""
-        from fhe.preprocessing import load_preprocessing
-        from fhe.sklearn_files import ModelLoadRefused
-
-        info = self.input_info
-        if info["kind"] != "tabular":
-            raise ClientError(f"model {self.name!r} takes {info['kind']}, not table rows")
-        step = info.get("preprocessing")
-        if not step:
-            return TabularRows(info)
-        path = self._downloaded(
-            "preprocessing", step["sha256"], ".skops", lambda: self.api.preprocessing(self.name)
-        )
-        try:
-            return TabularRows(info, load_preprocessing(path))
-        except ModelLoadRefused as error:
-            raise ClientError(f"the preprocessing of {self.name!r} was refused: {error}") from None
+    def _adapter(self, kind: type[T], wanted: str) -> T:
+        """This model's input adapter, which must be of `kind`, else what the model takes."""
+        if not isinstance(self.input, kind):
+            raise ClientError(f"model {self.name!r} takes {self.input_kind}, not {wanted}")
+        return self.input
 
     @property
-    def embedder(self) -> TextEmbedder | OnnxEmbedder:
-        """The embedder the bundle was trained with (one per process), loaded; weights checked.
+    def embedder(self) -> Any:
+        """A text model's embedder (the bundle's ONNX export, or one made here)."""
+        return self._adapter(TextItems, "text").embedder
 
-        For a fine-tuned bundle, the changed tensors come from the server, checked by sha256.
-        These exact weights run from an ONNX export kept in the cache (made and checked against
-        torch on first use), so that later runs load neither torch nor transformers; an export
-        named by the card's weight hashes is used as it is, without reading the weights again.
-        """
-        info = self.input_info.get("embedding")
-        if self.input_kind != "text" or info is None:
-            raise ClientError(f"model {self.name!r} takes {self.input_kind}, not text")
-        delta_sha256 = info.get("delta_sha256")
-        if info.get("weights_sha256") and self.embedding_model is None:
-            identity = embedder_identity(info["weights_sha256"], delta_sha256, info["max_length"])
-            ready = exported_embedder(self.embedder_cache / "onnx", identity, info["max_length"])
-            if ready is not None:
-                return ready
-        delta = self._embedder_delta(delta_sha256) if delta_sha256 else None
-        try:
-            embedder = shared_embedder(
-                self.embedding_model or info["model_id"],
-                info["max_length"],
-                info["weights_sha256"],
-                delta,
-                delta_sha256,
-            )
-        except EmbeddingModelMismatch as error:
-            raise EmbedderMismatch(str(error)) from None
-        fast = shared_onnx_embedder(embedder, self.embedder_cache / "onnx")
-        return fast if fast is not None else embedder.load()
+    @property
+    def projection(self) -> Projection | None:
+        """A text model's client-side reduction of the embedding, or None."""
+        return self._adapter(TextItems, "text").projection
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """The circuit's float inputs for texts (embedded, then projected)."""
+        return self._adapter(TextItems, "text").embed(texts)
+
+    @property
+    def rows(self) -> TabularRows:
+        """A tabular model's columns and preprocessing."""
+        return self._adapter(TableRows, "table rows").rows
 
     @property
     def expected_fhe_seconds(self) -> float | None:
         """The FHE time per prediction that the training run measured, if the card has it."""
-        return self.card["metadata"].get("metrics", {}).get("fhe_seconds_median")
+        metrics = self.metadata.metrics
+        return metrics.fhe_seconds_median if metrics is not None else None
 
     def _generate(self, force: bool) -> tuple[KeyRecord, bytes, bool]:
         record = None if force else self.cache.record()
@@ -396,28 +350,10 @@ class EncryptedModel:
             return self.keys().key_id
         return record.key_id
 
-    def features_kind_check(self, item: Any) -> None:
-        """ClientError unless `item` is a table row (column: value) for this tabular model."""
-        if not isinstance(item, dict):
-            shown = "text" if isinstance(item, str) else type(item).__name__
-            raise ClientError(f"model {self.name!r} takes table rows (column: value), not {shown}")
-
     def features(self, item: Any) -> np.ndarray:
         """The circuit's float input (1 x n) for one item: a text's embedding, a row's
         preprocessed features or a raw row, checked against what the model takes."""
-        kind = self.input_kind
-        if kind == "text":
-            if not isinstance(item, str):
-                raise ClientError(f"model {self.name!r} takes text, not {type(item).__name__}")
-            return self.embed([item])
-        if kind == "tabular":
-            self.features_kind_check(item)
-            return self.rows.encode(item)
-        if isinstance(item, str | dict):
-            raise ClientError(f"model {self.name!r} takes a bare array of numbers")
-        return raw_row(
-            item, int(self.input_info["features"]), shape=self.input_info.get("shape") or None
-        )
+        return self.input.features(item)
 
     def encrypt(self, item: Any, prepared: tuple[np.ndarray, float] | None = None) -> Encrypted:
         """Prepare (embed, preprocess), quantize and encrypt one input on this machine.
@@ -435,23 +371,9 @@ class EncryptedModel:
         return Encrypted(vector[0], quantized[0], ciphertext, prepare_seconds, encrypted - ready)
 
     def prepare_ahead(self, items: Sequence[Any]) -> Iterator[tuple[np.ndarray, float]]:
-        """Each item's features (1 x n) and its share of the time they took: texts are embedded
-        EMBED_BATCH at a time, which costs far less per text than one by one."""
-        if self.input_kind != "text":
-            for item in items:
-                started = time.perf_counter()
-                yield self.features(item), time.perf_counter() - started
-            return
-        for start in range(0, len(items), EMBED_BATCH):
-            chunk = items[start : start + EMBED_BATCH]
-            for item in chunk:
-                if not isinstance(item, str):
-                    raise ClientError(f"model {self.name!r} takes text, not {type(item).__name__}")
-            started = time.perf_counter()
-            vectors = self.embed(chunk)
-            share = (time.perf_counter() - started) / len(chunk)
-            for vector in vectors:
-                yield vector[None, :], share
+        """Each item's features (1 x n) and its share of the time they took (texts are
+        embedded in batches)."""
+        return self.input.prepare_many(items)
 
     def _with_key(self, send: Callable[[str], T]) -> T:
         """`send(key_id)`; when the server has lost the key, upload it again and send once more.
@@ -599,11 +521,7 @@ class EncryptedModel:
         if hasattr(items, "to_dict") and hasattr(items, "columns"):
             items = items.to_dict(orient="records")
         items = list(items)
-        found: list[str] = []
-        if self.input_kind == "tabular":
-            for item in items:
-                self.features_kind_check(item)
-                found += [w for w in self.rows.check_columns(item) if w not in found]
+        found = self.input.warnings(items)
         self.column_warnings = found
         for warning in found:
             warnings.warn(warning, ColumnWarning, stacklevel=3)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fhe.embedder import EmbeddingModelMismatch
+from fhe.embedding.weights import EmbeddingModelMismatch
 
 
 class ClientError(RuntimeError):

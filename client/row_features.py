@@ -1,6 +1,6 @@
 """Turning a table row into a circuit's features on this machine: check the columns with the
 clear models' wording, convert the values to the declared dtypes, and run the bundle's
-preprocessing (audited skops). Raw models take a bare row of numbers instead.
+preprocessing (plain parameters, or audited skops). Raw models take a bare row of numbers instead.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from client.errors import ClientError
+from fhe.contract.preprocessing import PlainPreprocessing, UnusablePreprocessing
 
 MISSING = "The following columns were expected but not given: {}"
 EXTRA = "The following columns were given but not expected: {}"
@@ -59,7 +60,7 @@ class TabularRows:
         if empty:
             if name not in self.imputes:
                 raise ClientError(f"{where}: column {name!r} is empty and the model needs it")
-            return np.nan if dtype != "string" else None
+            return np.nan  # NaN, not None, even for text: scikit-learn imputes only NaN
         if dtype == "string":
             return str(value)
         if dtype == "bool" and isinstance(value, str):
@@ -79,14 +80,19 @@ class TabularRows:
             return number
         raise ClientError(f"{where}: column {name!r} must be a number, not {type(value).__name__}")
 
-    def frame(self, row: Mapping[str, Any], where: str = "the row") -> Any:
-        """The row as a one-line DataFrame of the model's columns, in order and typed."""
-        import pandas as pd
-
-        values = {
-            column["name"]: [self._value(column, row.get(column["name"]), where)]
+    def values(self, row: Mapping[str, Any], where: str = "the row") -> dict[str, Any]:
+        """The row's values of the model's columns, in order and typed (missing: NaN or None)."""
+        return {
+            column["name"]: self._value(column, row.get(column["name"]), where)
             for column in self.columns
         }
+
+    def frame(self, row: Mapping[str, Any], where: str = "the row") -> Any:
+        """The row as a one-line DataFrame of the model's columns, in order and typed (for a
+        scikit-learn preprocessing, which the full client runs)."""
+        import pandas as pd
+
+        values = {name: [value] for name, value in self.values(row, where).items()}
         frame = pd.DataFrame(values, columns=self.names)
         for column in self.columns:
             if column["dtype"] == "string":
@@ -95,11 +101,16 @@ class TabularRows:
 
     def encode(self, row: Mapping[str, Any], where: str = "the row") -> np.ndarray:
         """The circuit's float input (1 x features) for one row."""
-        frame = self.frame(row, where)
         if self.preprocessing is None:
-            features = frame.to_numpy(dtype=np.float64)
+            values = self.values(row, where)
+            features = np.asarray([[values[name] for name in self.names]], dtype=np.float64)
+        elif isinstance(self.preprocessing, PlainPreprocessing):
+            try:
+                features = self.preprocessing.transform(self.values(row, where))
+            except UnusablePreprocessing as error:
+                raise ClientError(f"{where}: {error}") from None
         else:
-            features = np.asarray(self.preprocessing.transform(frame), dtype=np.float64)
+            features = np.asarray(self.preprocessing.transform(self.frame(row, where)), np.float64)
         if features.shape != (1, self.features):
             raise ClientError(
                 f"the preprocessing made {features.shape[1]} features, the model takes "

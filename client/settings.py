@@ -62,6 +62,13 @@ class ClientSettings(BaseSettings):
         description="longest pause before a retry; a busy answer asking for a longer one is "
         "not retried",
     )
+    queue_full_seconds: float = Field(
+        600,
+        ge=0,
+        description="longest wait for one job submission of a batch while the server refuses "
+        "it as busy (its queue, or the token's jobs in flight, full); then the batch stops and "
+        "a rerun resumes it",
+    )
     retry_backoff_seconds: float = Field(
         0.1,
         ge=0,

@@ -1,7 +1,7 @@
 """Verifying fhe-server job callbacks on the receiving side (the format lives in `fhe`, which the
 server signs with)."""
 
-from fhe.callback_signature import (
+from fhe.contract.callback_signature import (
     ALGORITHM,
     DEFAULT_TOLERANCE_SECONDS,
     SIGNATURE_HEADER,

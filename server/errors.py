@@ -135,6 +135,12 @@ class NoEmbedderDelta(ServiceError):
     status, code = 404, "no_embedder_delta"
 
 
+class NoEmbedderExport(ServiceError):
+    """The bundle ships no ONNX export of its embedder (a client with torch makes its own)."""
+
+    status, code = 404, "no_embedder_export"
+
+
 class NoPreprocessing(ServiceError):
     """The bundle has no client-side preprocessing (not tabular, or its columns go in as is)."""
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import cachetools
 
-from fhe.keyset import MalformedKeys, uploaded_keyset
+from fhe.contract.keyset import MalformedKeys, uploaded_keyset
 from server import errors
 from server.compute import Busy, Compute, RunRefused, TimedOut, WorkerCrashed, circuits
 from server.models.clear import ClearModel, InvalidInputs, PredictionFailed

@@ -2,7 +2,7 @@
 set and deserialize, and store them for the token that sent them.
 
 Concrete aborts its whole process on keys made for another circuit, so no key reaches a worker
-before its description has been compared with a model's key set (`fhe.keyset`).
+before its description has been compared with a model's key set (`fhe.contract.keyset`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from fhe.keyset import MalformedKeys, uploaded_keyset
+from fhe.contract.keyset import MalformedKeys, uploaded_keyset
 from server import errors
 from server.compute import Busy, Compute, RunRefused, TimedOut, WorkerCrashed, circuits
 from server.inference import key_mismatch, keyset_differences

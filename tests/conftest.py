@@ -13,8 +13,8 @@ import pytest
 
 from client.encrypted_model import EncryptedModel
 from client.jobs import JournalEntry, fetch_prediction, wait_for
-from fhe.dataset import DEFAULT_DATA
-from fhe.recipe import RecipeConfig, TrainedBundle, train
+from fhe.build.dataset import DEFAULT_DATA
+from fhe.build.recipe import RecipeConfig, TrainedBundle, train
 from tests.demo_process import chromium
 from tests.server_process import BIN, ServerProcess
 

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from client.api import FHEServerAPI
-from client.encrypted_model import EMBED_BATCH, EncryptedModel, Prediction
+from client.encrypted_model import EncryptedModel, Prediction
 from client.errors import ClientError
-from fhe.recipe import TrainedBundle
+from client.inputs import EMBED_BATCH
+from fhe.build.recipe import TrainedBundle
 from tests.conftest import SAMPLE_TEXTS
 from tests.server_process import ServerProcess
 from tests.test_end_to_end import clear_labels

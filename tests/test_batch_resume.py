@@ -267,6 +267,7 @@ def table() -> InputTable:
     return InputTable("in.csv", ["id", "text"], [["a", "x, y"], ["b", 'say "hi"\r\nbye']], 1)
 
 
+@pytest.mark.fast
 def test_output_refuses_another_input_model_or_layout(table: InputTable, tmp_path: Path) -> None:
     out = tmp_path / "out.csv"
     with BatchOutput(out, table, MODEL, LABELS).open() as batch:
@@ -297,6 +298,7 @@ def test_output_refuses_another_input_model_or_layout(table: InputTable, tmp_pat
         BatchOutput(tmp_path / "x.csv", clash, MODEL, LABELS)
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(
     "cut", ['2,b,"say ""hi""', '2,b,"say ""hi""\n', "2,b", '2,b,"say ""hi""\nbye",sentiment-li']
 )
@@ -315,6 +317,7 @@ def test_partly_written_last_line_is_dropped(table: InputTable, tmp_path: Path, 
     assert [row[:3] for row in rows] == [["1", "a", "x, y"], ["2", "b", 'say "hi"\r\nbye']]
 
 
+@pytest.mark.fast
 def test_partial_header_starts_over_and_rows_end_in_input_order(
     table: InputTable, tmp_path: Path
 ) -> None:
@@ -330,6 +333,7 @@ def test_partial_header_starts_over_and_rows_end_in_input_order(
     assert [(row[0], row[4]) for row in rows] == [("1", "negative"), ("2", "positive")]
 
 
+@pytest.mark.fast
 def test_journal_line_cut_by_a_kill_does_not_swallow_the_next(tmp_path: Path) -> None:
     journal = JobJournal(tmp_path)
     entry = JournalEntry("a" * 32, "http://s", MODEL, "text", 1.0, 10, "out.csv", 1, "k")
@@ -342,3 +346,39 @@ def test_journal_line_cut_by_a_kill_does_not_swallow_the_next(tmp_path: Path) ->
         handle.write(json.dumps({**old, "submitted": 3.0, "ciphertext_in_bytes": 1}) + "\n")
     assert [e.job_id for e in journal.entries()] == ["a" * 32, "c" * 32, "d" * 32]
     assert journal.batch("out.csv") == {1: journal.entries()[1]}
+
+
+def test_a_queue_that_stays_full_stops_the_batch_which_then_resumes(
+    client_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """The server's queue holds one job and one worker runs the 1.4 s circuit: a batch that
+    may wait 0 s for room stops at the first refusal, saying how far it got; the same command
+    with patience then finishes every row, awaiting what was submitted before."""
+    models = tmp_path_factory.mktemp("tree-models")
+    (models / "sentiment").symlink_to(REPO / "models" / "sentiment")
+    env = {"FHE_SERVER_WORKERS": "1", "FHE_SERVER_MAX_QUEUED_JOBS": "1"}
+    server = ServerProcess(models, tmp_path / "server-data", env=env).start()
+    expected = input_rows()[:6]
+    source = write_input(tmp_path / "in.csv", expected)
+    out = tmp_path / "out.csv"
+    args = ["predict", "--async", "--model", "sentiment", "--input", str(source)]
+    args += ["--output", str(out), "--server", server.url]
+    try:
+        # One try per request: the busy answer reaches the batch, which may wait 0 s for room.
+        no_wait = {"FHE_CLIENT_QUEUE_FULL_SECONDS": "0", "FHE_CLIENT_RETRY_ATTEMPTS": "1"}
+        impatient = run_client(args, {**client_env, **no_wait})
+        said = flat(impatient.stderr)
+        assert impatient.returncode == 1, said
+        assert "queue stayed full for 0 s" in said and "run again to resume" in said
+        assert "rows submitted now" in said
+        patient = run_client(args, client_env)
+    finally:
+        server.stop()
+    said = flat(patient.stderr)
+    assert patient.returncode == 0, said
+    assert "rows were submitted as jobs before: awaiting those, not resubmitting" in said
+    _, rows = read_output(out)
+    assert [int(row[0]) for row in rows] == list(range(1, 7))
+    for row in rows:
+        assert row[1:5] == expected[int(row[0]) - 1] and row[5] == "sentiment"
+        assert row[6] == KNOWN.get(row[2], row[6]) and row[6] in LABELS

@@ -14,7 +14,7 @@ from benchmarks.pbs import single_pbs_seconds
 from benchmarks.report import pareto_front
 from client.api import FHEServerAPI
 from client.encrypted_model import EncryptedModel
-from fhe.recipe import RecipeConfig, TrainedBundle, train
+from fhe.build.recipe import RecipeConfig, TrainedBundle, train
 from tests.conftest import REPO, SAMPLE_TEXTS
 from tests.server_process import ServerProcess
 
@@ -91,6 +91,7 @@ def test_throughput_script_reports_each_level(tiny_models: Path, tmp_path: Path)
         assert np.isfinite(level["round_trip_to_circuit_ratio"])
 
 
+@pytest.mark.fast
 def test_pareto_front_keeps_only_undominated_points() -> None:
     points = [(0.85, 0.9, "a"), (0.86, 1.5, "b"), (0.84, 1.0, "c"), (0.80, 0.01, "d")]
     assert pareto_front(points) == ["a", "b", "d"]
@@ -113,6 +114,7 @@ def _without_machine(page: str) -> list[str]:
     return [line for line in page.splitlines() if not line.startswith("Machine:")]
 
 
+@pytest.mark.fast
 def test_report_rebuilds_the_committed_tables(tmp_path: Path) -> None:
     """docs/benchmarks.md comes from the committed JSON and the shipped card, nothing else."""
     docs = tmp_path / "docs"

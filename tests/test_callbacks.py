@@ -483,11 +483,13 @@ REASONS = {
 }
 
 
+@pytest.mark.fast
 def test_public_unicast_addresses_pass_the_classifier() -> None:
     for text in PUBLIC:
         assert address_refusal(ipaddress.ip_address(text)) is None, text
 
 
+@pytest.mark.fast
 def test_every_non_public_address_is_refused() -> None:
     for text in NOT_PUBLIC:
         assert address_refusal(ipaddress.ip_address(text)) is not None, text
@@ -507,6 +509,7 @@ def refused_code(url: str, allow: AllowList | None = None) -> str:
     return refused.value.code
 
 
+@pytest.mark.fast
 def test_public_literals_are_accepted_and_pinned() -> None:
     assert check("https://8.8.8.8/hook") == ["8.8.8.8"]
     assert check("http://[2606:4700:4700::1111]:8443/h") == ["2606:4700:4700::1111"]
@@ -520,6 +523,7 @@ def test_public_literals_are_accepted_and_pinned() -> None:
     assert str(v6.pinned(v6.literal)) == "http://[2606:4700::1]/"
 
 
+@pytest.mark.fast
 def test_allow_list_entries_match_names_or_ranges_only() -> None:
     allow = AllowList.parse(["127.0.0.1/32", "Hooks.Internal.", "::1", "10.0.0.0/8"])
     assert allow.hosts == frozenset({"hooks.internal"})
@@ -540,6 +544,7 @@ def test_allow_list_entries_match_names_or_ranges_only() -> None:
             AllowList.parse([bad])
 
 
+@pytest.mark.fast
 def test_unresolvable_and_malformed_hosts_are_invalid() -> None:
     assert refused_code("http://no-such-host.invalid/") == "invalid_callback_url"
     assert refused_code("http://[::1/") == "invalid_callback_url"
@@ -548,6 +553,7 @@ def test_unresolvable_and_malformed_hosts_are_invalid() -> None:
     assert refused_code("http://8.8.8.8/\x00") == "invalid_callback_url"
 
 
+@pytest.mark.fast
 def test_signature_verification_refuses_what_it_should() -> None:
     secret, body = "whsec_test", b'{"job_id":"x"}'
     now = 1_700_000_000

@@ -100,6 +100,7 @@ def test_each_output_rule_agrees_with_concrete_ml(kind: str, tmp_path: Path) -> 
     _agrees_with_concrete_ml(bundle, tmp_path / "keys", x[::50])
 
 
+@pytest.mark.fast
 def test_output_rules_name_concrete_ml_classes() -> None:
     from concrete.ml import sklearn as cml
 
@@ -128,6 +129,7 @@ def _with_model_class(source: Path, target: Path, name: str) -> Path:
     return target
 
 
+@pytest.mark.fast
 def test_unknown_model_classes_use_concrete_mls_client(tmp_path: Path) -> None:
     source = REPO / "models" / "breast-cancer"
     assert isinstance(open_circuit_client(source, tmp_path / "a"), CircuitClient)
@@ -174,6 +176,7 @@ def test_forced_keys_are_new_and_kept(tmp_path: Path) -> None:
     assert after != before
 
 
+@pytest.mark.fast
 def test_inputs_out_of_the_circuits_range_are_refused(tmp_path: Path) -> None:
     light = CircuitClient(REPO / "models" / "sentiment" / "client.zip", tmp_path / "keys")
     low, high = light.input_range
@@ -217,6 +220,7 @@ HOSTILE_SPECS = {
 }
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("hostile", sorted(HOSTILE_SPECS))
 def test_a_hostile_client_zip_is_refused_before_concrete_reads_it(
     hostile: str, tmp_path: Path
@@ -230,6 +234,7 @@ def test_a_hostile_client_zip_is_refused_before_concrete_reads_it(
     assert not (tmp_path / "keys").exists()
 
 
+@pytest.mark.fast
 def test_an_oversized_or_broken_client_zip_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -207,6 +207,7 @@ def test_tabular_steps_show_a_regression_value(
     assert "takes text, not table rows" in text_model and "FHE_DEMO_TABULAR_MODEL" in text_model
 
 
+@pytest.mark.fast
 def test_row_editor_lines_round_trip_and_name_the_edits() -> None:
     info = {
         "columns": [{"name": "a", "dtype": "float64"}, {"name": "b", "dtype": "string"}],
@@ -265,6 +266,7 @@ def test_missing_model_is_named(browser, shipped_server: ServerProcess, tmp_path
         process.stop()
 
 
+@pytest.mark.fast
 def test_busy_server_message_says_when_to_retry() -> None:
     # The 503 itself is covered by tests/test_api_errors.py; here only its wording for people.
     busy = ServerError(503, "busy", "queue full", retry_after=2)

@@ -33,6 +33,7 @@ TEST_TIMEOUT = 2
 """The header and body timeouts of the nginx the tests run (seconds), short to keep them fast."""
 
 
+@pytest.mark.fast
 def test_kubernetes_manifests_pass_strict_schema_validation() -> None:
     manifests = [m for m in MANIFESTS if m.name != "kustomization.yaml"]
     command = [str(BIN / "kubernetes-validate"), "--strict", *map(str, manifests)]
@@ -43,6 +44,7 @@ def test_kubernetes_manifests_pass_strict_schema_validation() -> None:
     assert expected <= kinds
 
 
+@pytest.mark.fast
 def test_kustomization_lists_every_manifest() -> None:
     listed = yaml.safe_load((DEPLOYMENT / "kubernetes" / "kustomization.yaml").read_text())
     assert sorted(listed["resources"]) == sorted(
@@ -50,6 +52,7 @@ def test_kustomization_lists_every_manifest() -> None:
     )
 
 
+@pytest.mark.fast
 def test_the_proxy_is_the_only_way_in_on_kubernetes() -> None:
     """The proxy mounts the ConfigMap made from the shipped nginx file; only it is exposed."""
     generator = yaml.safe_load((DEPLOYMENT / "nginx" / "kustomization.yaml").read_text())
@@ -72,6 +75,7 @@ def test_the_proxy_is_the_only_way_in_on_kubernetes() -> None:
     assert set(exposed.values()) == {"ClusterIP"}, exposed
 
 
+@pytest.mark.fast
 def test_every_container_has_probes_and_resources() -> None:
     for manifest in MANIFESTS:
         for doc in yaml.safe_load_all(manifest.read_text()):
@@ -83,6 +87,7 @@ def test_every_container_has_probes_and_resources() -> None:
                 assert {"requests", "limits"} <= set(container["resources"]), where
 
 
+@pytest.mark.fast
 def test_compose_file_passes_docker_compose_config() -> None:
     binary = shutil.which("docker-compose")
     assert binary, "docker-compose is missing: apt-get install docker-compose (make test does)"
@@ -112,8 +117,12 @@ def test_compose_file_passes_docker_compose_config() -> None:
     assert set(re.findall(r"server ([\w-]+):\d+;", NGINX_CONF.read_text())) <= aliases
 
 
-def test_dockerfile_runs_as_non_root_with_a_health_check_and_existing_sources() -> None:
-    text = (DEPLOYMENT / "Dockerfile").read_text()
+@pytest.mark.fast
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.client"])
+def test_dockerfile_runs_as_non_root_with_a_health_check_and_existing_sources(
+    dockerfile: str,
+) -> None:
+    text = (DEPLOYMENT / dockerfile).read_text()
     assert re.search(r"^USER fhe$", text, re.M) and "HEALTHCHECK" in text
     assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11\.\d+-slim", text, re.M)
     for source in re.findall(r"^COPY (?:--chown=\S+ )?([^-\s][^\n]*?) \S+$", text, re.M):
@@ -123,6 +132,27 @@ def test_dockerfile_runs_as_non_root_with_a_health_check_and_existing_sources() 
     assert ".venv" in ignored and ".cache" in ignored
 
 
+@pytest.mark.fast
+def test_each_image_installs_its_role_only() -> None:
+    """The server image installs the server extra; the client image the light client's pinned
+    list without declared dependencies, then gradio: neither installs the build stack."""
+    server = (DEPLOYMENT / "Dockerfile").read_text()
+    client = (DEPLOYMENT / "Dockerfile.client").read_text()
+    assert 'pip install -c requirements.lock ".[server]"' in server
+    assert "pip install --no-deps -r requirements-client.txt" in client
+    assert "pip install --no-deps ." in client
+    for text in (server, client):
+        installs = [line for line in text.splitlines() if "pip install" in line]
+        assert installs
+        for line in installs:
+            assert not any(word in line for word in ("build", "test", "demo", "transformers"))
+    compose = yaml.safe_load((DEPLOYMENT / "compose.yaml").read_text())["services"]
+    assert compose["demo"]["image"].startswith("fhe-client")
+    assert compose["demo"]["build"]["dockerfile"] == "deployment/Dockerfile.client"
+    assert compose["api"]["image"].startswith("fhe-server")
+
+
+@pytest.mark.fast
 def test_the_commands_the_deployment_runs_exist() -> None:
     def help_of(*command: str) -> str:
         run = subprocess.run(
@@ -238,6 +268,7 @@ def running_nginx(directory: Path, api: str, demo: str) -> Iterator[str]:
         stop_process(process)
 
 
+@pytest.mark.fast
 def test_the_nginx_config_passes_nginx_t(tmp_path: Path) -> None:
     rendered = render_nginx_conf(tmp_path, "127.0.0.1:8000", "127.0.0.1:7860", 8080, 7860, 10)
     nginx_wrapper(tmp_path, rendered)
@@ -249,6 +280,7 @@ def test_the_nginx_config_passes_nginx_t(tmp_path: Path) -> None:
     assert "[warn]" not in run.stderr, run.stderr
 
 
+@pytest.mark.fast
 def test_the_nginx_limits_match_the_server_defaults() -> None:
     """Bodies the API takes pass the proxy; the proxy waits longer than the API for a worker."""
     text = NGINX_CONF.read_text()

@@ -8,13 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fhe.embedder import (
+from fhe.embedding.torch_embedder import TextEmbedder
+from fhe.embedding.weights import (
     DEFAULT_EMBEDDING_MODEL,
     PACKAGED_WEIGHTS_SHA256,
     EmbeddingModelMismatch,
-    TextEmbedder,
     packaged_model_dir,
 )
+
+pytestmark = pytest.mark.fast
 
 TEXTS = ["the crew was lovely", "my bag is lost", "a much longer tweet " * 20]
 REPO = Path(__file__).resolve().parents[1]
@@ -62,7 +64,8 @@ def test_onnx_export_of_a_fine_tuned_embedder_equals_torch_and_is_cached(
 ) -> None:
     """The client's fast path: base plus the shipped delta, exported once, equal to torch, and
     loaded once per process whether found by its weights or by the card's hashes."""
-    from fhe.onnx_embedder import cache_key, cached_onnx_embedder, exported_embedder
+    from fhe.embedding.onnx_embedder import exported_embedder
+    from fhe.embedding.onnx_export import cache_key, cached_onnx_embedder
 
     delta = REPO / "models" / "sentiment" / "embedder-delta.safetensors"
     tuned = TextEmbedder(delta=delta)
@@ -89,7 +92,8 @@ def test_sessions_asking_at_once_share_one_export(tmp_path: Path) -> None:
     """torch.onnx.export is not thread-safe; the demo's sessions may all ask at once."""
     import threading
 
-    from fhe.onnx_embedder import OnnxEmbedder, shared_onnx_embedder
+    from fhe.embedding.onnx_embedder import OnnxEmbedder
+    from fhe.embedding.onnx_export import shared_onnx_embedder
 
     tuned = TextEmbedder(delta=REPO / "models" / "sentiment" / "embedder-delta.safetensors")
     got: list[object] = []

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fhe.recipe import TrainedBundle
+from fhe.build.recipe import TrainedBundle
 from tests.conftest import SAMPLE_TEXTS, run_client
 from tests.server_process import ServerProcess
 

@@ -13,7 +13,7 @@ import pytest
 from client.api import FHEServerAPI, ServerError
 from client.encrypted_model import EncryptedModel
 from client.jobs import JobJournal, submit_items
-from fhe.recipe import TrainedBundle
+from fhe.build.recipe import TrainedBundle
 from tests.conftest import SAMPLE_TEXTS, clear_labels, job_labels
 from tests.server_process import ServerProcess
 

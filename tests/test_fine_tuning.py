@@ -12,10 +12,10 @@ from safetensors import safe_open
 
 from client.api import FHEServerAPI
 from client.encrypted_model import EncryptedModel
-from fhe.digest import bytes_sha256, file_sha256
-from fhe.embedder import TextEmbedder
-from fhe.finetune import DELTA_FILE
-from fhe.recipe import TrainedBundle
+from fhe.build.finetune import DELTA_FILE
+from fhe.build.recipe import TrainedBundle
+from fhe.contract.digest import bytes_sha256, file_sha256
+from fhe.embedding.torch_embedder import TextEmbedder
 from server.models.registry import ModelRegistry
 from tests.conftest import SAMPLE_TEXTS
 from tests.server_process import ServerProcess
@@ -39,8 +39,10 @@ def test_client_embeds_with_the_bundles_delta(
     with FHEServerAPI(tiny_server.url) as api:
         remote = EncryptedModel(api, "tiny", tmp_path / "cache", embedder_cache=tmp_path / "e")
         client_vectors = remote.embedder.embed(SAMPLE_TEXTS)
-    sha = tiny_bundle.metadata.embedding.delta_sha256
-    assert file_sha256(tmp_path / "e" / f"{sha}.safetensors") == sha
+    onnx = tiny_bundle.metadata.embedding.onnx
+    assert onnx is not None  # the recipe ships the tuned weights as ONNX: the client needs no torch
+    assert file_sha256(tmp_path / "e" / f"{onnx.sha256}.onnx") == onnx.sha256
+    assert not list((tmp_path / "e").glob("*.safetensors"))
     np.testing.assert_allclose(client_vectors, tiny_bundle.embedder.embed(SAMPLE_TEXTS), atol=1e-5)
     base = TextEmbedder().embed(SAMPLE_TEXTS)
     assert np.abs(client_vectors - base).max() > 1e-2

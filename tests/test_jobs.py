@@ -16,7 +16,7 @@ from client.api import FHEServerAPI
 from client.encrypted_model import EncryptedModel
 from client.jobs import JobJournal, submit_items
 from client.local_server import free_port
-from fhe.recipe import TrainedBundle
+from fhe.build.recipe import TrainedBundle
 from server.storage.jobs import Job, JobStore, new_job_id
 from tests.conftest import (
     IRIS,
@@ -56,6 +56,7 @@ def finished(api: FHEServerAPI, job_id: str, timeout: float = 120) -> dict:
     raise AssertionError(f"job {job_id} did not finish: {status}")
 
 
+@pytest.mark.fast
 def test_store_keeps_jobs_and_requeues_interrupted_ones(tmp_path: Path) -> None:
     store = JobStore(tmp_path, max_attempts=2)
     job = Job(new_job_id(), "m", "fhe", "queued", time.time(), "http://x/")
@@ -74,6 +75,7 @@ def test_store_keeps_jobs_and_requeues_interrupted_ones(tmp_path: Path) -> None:
     assert not reopened.input_path(job.job_id).exists()
 
 
+@pytest.mark.fast
 def test_store_expires_finished_jobs(tmp_path: Path) -> None:
     store = JobStore(tmp_path)
     job = store.add(Job(new_job_id(), "m", "clear", "queued", time.time(), "http://x/"), b"{}")

@@ -12,6 +12,8 @@ import pytest
 
 from server.storage.keys import KeyStore, KeyTooLarge, StoreFull
 
+pytestmark = pytest.mark.fast
+
 
 async def _chunks(data: bytes):
     for start in range(0, len(data), 7):

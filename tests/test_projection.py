@@ -17,8 +17,8 @@ import pytest
 from client.api import FHEServerAPI
 from client.encrypted_model import EncryptedModel
 from client.settings import ClientSettings
-from fhe.projection import PROJECTION_FILE, Projection, UnusableProjection
-from fhe.recipe import RecipeConfig, TrainedBundle, train
+from fhe.build.recipe import RecipeConfig, TrainedBundle, train
+from fhe.contract.projection import PROJECTION_FILE, Projection, UnusableProjection
 from server.models.registry import load_fhe_model
 from tests.conftest import REPO, SAMPLE_TEXTS, clear_labels, run_client
 from tests.server_process import ServerProcess
@@ -159,6 +159,7 @@ def test_a_bundle_whose_projection_changed_does_not_load(
         ),
     ],
 )
+@pytest.mark.fast
 def test_hostile_projection_files_are_refused(
     arrays: dict[str, np.ndarray], reason: str, tmp_path: Path
 ) -> None:
@@ -176,6 +177,7 @@ def test_hostile_projection_files_are_refused(
         Projection.load(tmp_path / "plain.npy", 384)
 
 
+@pytest.mark.fast
 def test_a_projection_too_big_to_unpack_is_refused_before_reading(tmp_path: Path) -> None:
     path = tmp_path / "big.npz"
     with path.open("wb") as handle:

@@ -11,6 +11,8 @@ import pytest
 
 from client.read_ahead import ReadAhead
 
+pytestmark = pytest.mark.fast
+
 
 def test_items_come_in_order_and_at_most_depth_ahead() -> None:
     made: list[int] = []

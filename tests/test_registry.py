@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from fhe.recipe import TrainedBundle
+from fhe.build.recipe import TrainedBundle
 from server.models.registry import ModelRegistry
 from tests.server_process import ServerProcess
 

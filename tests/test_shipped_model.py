@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from fhe.bundle import client_spec_hash, read_metadata
-from fhe.card import render_card
-from fhe.digest import file_sha256
+from fhe.build.card import render_card
+from fhe.contract.bundle import client_spec_hash, read_metadata
+from fhe.contract.digest import bytes_sha256, file_sha256
 from server.settings import SHIPPED_MODELS_DIR
 from tests.conftest import run_client
 from tests.server_process import ServerProcess
@@ -17,6 +17,7 @@ from tests.server_process import ServerProcess
 SHIPPED = ["sentiment", "sentiment-linear"]
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("name", SHIPPED)
 def test_card_is_rendered_from_model_json(name: str) -> None:
     bundle = SHIPPED_MODELS_DIR / name
@@ -25,9 +26,10 @@ def test_card_is_rendered_from_model_json(name: str) -> None:
     assert (bundle / "README.md").read_text() == render_card(meta)
     assert meta.client_spec_sha256 == client_spec_hash(bundle)
     assert meta.metrics.fhe_sample_agreement_with_simulation == 1.0
-    assert meta.training.command.startswith("python -m fhe.recipe")
+    assert meta.training.command.startswith("python -m fhe.build.recipe")
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("name", SHIPPED)
 def test_card_meets_the_accuracy_goal_under_real_fhe(name: str) -> None:
     bundle = SHIPPED_MODELS_DIR / name
@@ -38,6 +40,40 @@ def test_card_meets_the_accuracy_goal_under_real_fhe(name: str) -> None:
     assert meta.embedding.delta_sha256 == file_sha256(bundle / meta.embedding.delta_file)
 
 
+@pytest.mark.fast
+@pytest.mark.parametrize("name", SHIPPED)
+def test_the_embedder_ships_as_onnx_checked_against_torch(name: str) -> None:
+    onnx = read_metadata(SHIPPED_MODELS_DIR / name).embedding.onnx
+    bundle = SHIPPED_MODELS_DIR / name
+    assert onnx is not None and onnx.precision == "float32"
+    assert file_sha256(bundle / onnx.file) == onnx.sha256
+    assert file_sha256(bundle / onnx.tokenizer_file) == onnx.tokenizer_sha256
+    assert onnx.max_difference <= onnx.tolerance <= 1e-4
+    assert (bundle / onnx.file).stat().st_size == onnx.bytes < 100 * 1024 * 1024
+
+
+def test_the_server_hands_out_the_client_files_with_their_hashes(
+    shipped_server: ServerProcess,
+) -> None:
+    import httpx
+
+    text = read_metadata(SHIPPED_MODELS_DIR / "sentiment").embedding.onnx
+    table = read_metadata(SHIPPED_MODELS_DIR / "breast-cancer").input.preprocessing
+    expected = {
+        "sentiment/embedder-onnx": text.sha256,
+        "sentiment/tokenizer": text.tokenizer_sha256,
+        "breast-cancer/preprocessing.json": table.plain_sha256,
+    }
+    for path, sha256 in expected.items():
+        answer = httpx.get(f"{shipped_server.url}/v1/models/{path}", timeout=60)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["X-Content-SHA256"] == sha256
+        assert bytes_sha256(answer.content) == sha256
+    missing = httpx.get(f"{shipped_server.url}/v1/models/breast-cancer/embedder-onnx", timeout=30)
+    assert missing.status_code == 404 and missing.json()["code"] == "no_embedder_export"
+
+
+@pytest.mark.fast
 def test_default_is_the_xgboost_circuit_and_the_alternative_has_no_bootstrap() -> None:
     default = read_metadata(SHIPPED_MODELS_DIR / "sentiment").circuit
     alternative = read_metadata(SHIPPED_MODELS_DIR / "sentiment-linear").circuit
@@ -66,17 +102,18 @@ def test_readme_example_sentences(name: str, shipped_server: ServerProcess, tmp_
 TABULAR = {"breast-cancer": "tabular-classification", "diabetes": "tabular-regression"}
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("name", TABULAR)
 def test_tabular_card_is_rendered_from_model_json(name: str) -> None:
-    from fhe.bundle import TabularMetrics
-    from fhe.tabular_card import render_tabular_card
+    from fhe.build.tabular_card import render_tabular_card
+    from fhe.contract.bundle import TabularMetrics
 
     bundle = SHIPPED_MODELS_DIR / name
     meta = read_metadata(bundle)
     assert meta.task == TABULAR[name] and meta.input.kind == "tabular"
     assert (bundle / "README.md").read_text() == render_tabular_card(meta)
     assert meta.client_spec_sha256 == client_spec_hash(bundle)
-    assert meta.training.command.startswith("python -m fhe.tabular_recipe")
+    assert meta.training.command.startswith("python -m fhe.build.tabular_recipe")
     assert isinstance(meta.metrics, TabularMetrics)
     assert meta.metrics.fhe_sample_size == meta.metrics.rows == meta.training.test_rows
     assert meta.metrics.fhe_sample_agreement_with_simulation == 1.0

@@ -9,7 +9,7 @@ SCRIPT = """
 import socket
 import numpy as np
 from concrete import fhe
-from fhe.signals import ignore_sigpipe
+from fhe.contract.signals import ignore_sigpipe
 
 @fhe.compiler({"x": "encrypted"})
 def add_one(x):

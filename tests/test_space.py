@@ -65,13 +65,19 @@ def start_space(space: Path, env: dict[str, str], log: Path) -> Iterator[str]:
         process.wait(timeout=60)
 
 
+@pytest.mark.fast
 def test_space_config_matches_the_project() -> None:
     meta = front_matter(SPACE / "README.md")
     assert meta["sdk"] == "gradio"
     assert meta["sdk_version"] == gradio.__version__
     assert meta["python_version"] == f"{sys.version_info.major}.{sys.version_info.minor}"
     assert (SPACE / meta["app_file"]).is_file()
-    pinned = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    pinned: list[str] = []
+    for pin in [*project["dependencies"], *extras["client"], *extras["server"]]:
+        if pin not in pinned:
+            pinned.append(pin)
     required = [
         line
         for line in (SPACE / "requirements.txt").read_text().splitlines()

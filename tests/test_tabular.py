@@ -21,12 +21,12 @@ from client.api import FHEServerAPI
 from client.encrypted_model import ColumnWarning, EncryptedModel
 from client.errors import ClientError
 from client.settings import ClientSettings
-from fhe.bundle import TabularMetrics, read_metadata
-from fhe.convert import ConversionRefused, convert
-from fhe.sklearn_files import ModelPolicy
-from fhe.tabular_bundle import Measured
-from fhe.tabular_data import load_tabular_split
-from fhe.tabular_recipe import TabularRecipeConfig, train_tabular
+from fhe.build.convert import ConversionRefused, convert
+from fhe.build.tabular_bundle import Measured
+from fhe.build.tabular_data import load_tabular_split
+from fhe.build.tabular_recipe import TabularRecipeConfig, train_tabular
+from fhe.contract.bundle import TabularMetrics, read_metadata
+from fhe.contract.sklearn_files import ModelPolicy
 from tests.conftest import SKLEARN_FIXTURES, run_client
 from tests.server_process import ServerProcess
 
@@ -178,7 +178,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
 
 
 def _load_twin(path: Path) -> object:
-    from fhe.sklearn_files import load_estimator
+    from fhe.contract.sklearn_files import load_estimator
 
     return load_estimator(path / "model.skops", "skops", ModelPolicy())
 
@@ -418,7 +418,7 @@ def test_a_bare_torch_model_takes_an_array_of_its_input_shape(
 def test_converted_models_agree_with_the_clear_model_as_their_cards_say(
     built: Built, server: ServerProcess, tmp_path: Path
 ) -> None:
-    from fhe.sklearn_files import load_estimator
+    from fhe.contract.sklearn_files import load_estimator
 
     rows = pd.read_csv(built.iris_calibration)
     for name, measured, source in (
@@ -487,7 +487,7 @@ def test_the_command_line_converter_exits_2_with_the_refusal(
 
     result = subprocess.run(
         [
-            sys.executable, "-m", "fhe.convert", str(HGB_PICKLE), "--calibration",
+            sys.executable, "-m", "fhe.build.convert", str(HGB_PICKLE), "--calibration",
             str(built.iris_calibration), "--out", str(tmp_path / "out"),
         ],
         capture_output=True, text=True, timeout=300, check=False,
@@ -501,17 +501,17 @@ def test_the_grid_searches_the_pbs_error_rate_under_fhe_simulation(
 ) -> None:
     from sklearn.datasets import load_breast_cancer
 
-    import fhe.tabular_recipe
-    from fhe.tabular_recipe import search_grid
+    import fhe.build.tabular_recipe
+    from fhe.build.tabular_recipe import search_grid
 
     compiled_at: list[float | None] = []
-    real_compile = fhe.tabular_recipe.compile_model
+    real_compile = fhe.build.tabular_recipe.compile_model
 
     def recording_compile(model, x, p_error):  # the real compiler, noting each error rate
         compiled_at.append(p_error)
         return real_compile(model, x, p_error)
 
-    monkeypatch.setattr(fhe.tabular_recipe, "compile_model", recording_compile)
+    monkeypatch.setattr(fhe.build.tabular_recipe, "compile_model", recording_compile)
 
     x, y = load_breast_cancer(return_X_y=True)
     config = TabularRecipeConfig(
@@ -536,10 +536,11 @@ def test_the_grid_searches_the_pbs_error_rate_under_fhe_simulation(
     assert params == best["params"] and model is not None
 
 
+@pytest.mark.fast
 def test_a_raw_shape_must_hold_the_features() -> None:
     from pydantic import ValidationError
 
-    from fhe.bundle import RawInput
+    from fhe.contract.bundle import RawInput
 
     assert RawInput(features=6, shape=[2, 3]).shape == [2, 3]
     for shape in ([2, 2], [0, 6], []):
@@ -547,13 +548,14 @@ def test_a_raw_shape_must_hold_the_features() -> None:
             RawInput(features=6, shape=shape)
 
 
+@pytest.mark.fast
 def test_a_clear_twin_of_trees_is_refused_before_training(tmp_path: Path) -> None:
     import subprocess
     import sys
 
     result = subprocess.run(
         [
-            sys.executable, "-m", "fhe.tabular_recipe", "--out", str(tmp_path / "b"),
+            sys.executable, "-m", "fhe.build.tabular_recipe", "--out", str(tmp_path / "b"),
             "--name", "b", "--data", "sklearn:breast_cancer", "--model-types", "xgb",
             "--clear-twin", str(tmp_path / "twin"),
         ],

@@ -1,8 +1,11 @@
 """The decrypted label: highest score, first label on a tie, like the clear model's argmax."""
 
 import numpy as np
+import pytest
 
 from client.encrypted_model import top_class
+
+pytestmark = pytest.mark.fast
 
 
 def test_ties_in_the_last_bits_go_to_the_first_label() -> None:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fhe.sizes import readable_size
+from fhe.contract.sizes import readable_size
 
 
 def size_text(size: int) -> str:

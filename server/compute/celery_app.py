@@ -23,7 +23,7 @@ from pathlib import Path
 
 from celery import Celery
 
-from fhe.bundle import client_spec_hash
+from fhe.contract.bundle import client_spec_hash
 
 KEY_PREFIX = "fhe:key:"
 DELIVERIES_PREFIX = "fhe:deliveries:"

@@ -13,7 +13,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from fhe.signals import ignore_sigpipe
+from fhe.contract.signals import ignore_sigpipe
 
 _circuits: dict[str, Any] = {}
 _keys: OrderedDict[str, Any] = OrderedDict()

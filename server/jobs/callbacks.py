@@ -33,7 +33,7 @@ from urllib.parse import quote, urlsplit
 import certifi
 import httpx
 
-from fhe.callback_signature import SIGNATURE_HEADER, sign_callback
+from fhe.contract.callback_signature import SIGNATURE_HEADER, sign_callback
 from server import errors
 
 if TYPE_CHECKING:

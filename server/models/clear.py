@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fhe.sklearn_files import ModelLoadRefused, ModelPolicy, load_estimator
+from fhe.contract.sklearn_files import ModelLoadRefused, ModelPolicy, load_estimator
 
 TASKS = ("tabular-classification", "tabular-regression", "text-classification")
 DEFAULT_FILENAME = "sklearn_model.joblib"

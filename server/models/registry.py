@@ -10,8 +10,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from fhe.bare_bundle import describe_bare_bundle, is_bare_bundle
-from fhe.bundle import (
+from fhe.contract.bare_bundle import describe_bare_bundle, is_bare_bundle
+from fhe.contract.bundle import (
     CARD_FILE,
     CLIENT_ZIP,
     METADATA_FILE,
@@ -22,15 +22,16 @@ from fhe.bundle import (
     client_spec_hash,
     read_metadata,
 )
-from fhe.digest import file_sha256
-from fhe.keyset import (
+from fhe.contract.digest import file_sha256
+from fhe.contract.keyset import (
     KeysetDescription,
     client_spec_keyset,
     encrypted_input_dimensions,
     max_ciphertext_bytes,
     read_client_specs,
 )
-from fhe.tabular_card import render_raw_card
+from fhe.contract.model_card import FheModelCard
+from fhe.contract.raw_card import render_raw_card
 from server.errors import ConfigurationError
 from server.models.clear import (
     TASKS,
@@ -112,15 +113,17 @@ class FHEModel:
         }
 
     def card(self) -> dict[str, Any]:
-        """The model card as JSON: the listing row, model.json and the card text."""
+        """The model card as JSON (fhe.contract.model_card, which clients read): the listing
+        row, model.json and the card text."""
         card_path = self.path / CARD_FILE
         text = card_path.read_text() if card_path.is_file() else self.generated_card
-        return {
+        card = FheModelCard(
             **self.summary(),
-            "client_spec_sha256": self.client_spec,
-            "metadata": self.metadata.model_dump(mode="json") if self.metadata else None,
-            "card": text,
-        }
+            client_spec_sha256=self.client_spec,
+            metadata=self.metadata,
+            card=text,
+        )
+        return card.model_dump(mode="json")
 
 
 CHECKED_PACKAGES = ("concrete-python", "concrete-ml")
@@ -167,9 +170,15 @@ def client_files(metadata: BundleMetadata) -> dict[str, tuple[str, str]]:
     if metadata.embedding and metadata.embedding.projection:
         projection = metadata.embedding.projection
         files["projection"] = (projection.file, projection.sha256)
+    if metadata.embedding and metadata.embedding.onnx:
+        onnx = metadata.embedding.onnx
+        files["embedder onnx"] = (onnx.file, onnx.sha256)
+        files["tokenizer"] = (onnx.tokenizer_file, onnx.tokenizer_sha256)
     if isinstance(metadata.input, TabularInput) and metadata.input.preprocessing:
         step = metadata.input.preprocessing
         files["preprocessing"] = (step.file, step.sha256)
+        if step.plain_file and step.plain_sha256:
+            files["plain preprocessing"] = (step.plain_file, step.plain_sha256)
     return files
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from fhe.callback_signature import ALGORITHM, SIGNATURE_HEADER
+from fhe.contract.callback_signature import ALGORITHM, SIGNATURE_HEADER
 from server.deps import CallbackKey, Owner
 from server.jobs.callbacks import callback_secret
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
-from fhe.bundle import CLIENT_ZIP
+from fhe.contract.bundle import CLIENT_ZIP
 from server import errors
 from server.deps import InferenceService, Registry
 
@@ -68,6 +68,20 @@ async def embedder_delta(name: str, inference: InferenceService) -> FileResponse
     return _client_file(inference, name, "embedder delta", missing)
 
 
+@router.get("/v1/models/{name}/embedder-onnx", response_class=FileResponse)
+async def embedder_onnx(name: str, inference: InferenceService) -> FileResponse:
+    """The model's client-side embedder exported to ONNX (its exact weights, delta included)."""
+    missing = errors.NoEmbedderExport(f"model {name!r} ships no ONNX embedder")
+    return _client_file(inference, name, "embedder onnx", missing)
+
+
+@router.get("/v1/models/{name}/tokenizer", response_class=FileResponse)
+async def tokenizer(name: str, inference: InferenceService) -> FileResponse:
+    """The tokenizer (tokenizers' JSON) of the model's ONNX embedder."""
+    missing = errors.NoEmbedderExport(f"model {name!r} ships no ONNX embedder")
+    return _client_file(inference, name, "tokenizer", missing)
+
+
 @router.get("/v1/models/{name}/projection", response_class=FileResponse)
 async def projection(name: str, inference: InferenceService) -> FileResponse:
     """The client-side reduction of a text model's embedding (PCA, an .npz of float32 arrays)."""
@@ -80,3 +94,12 @@ async def preprocessing(name: str, inference: InferenceService) -> FileResponse:
     """The client-side preprocessing of a tabular model (skops), which clients load audited."""
     missing = errors.NoPreprocessing(f"model {name!r} has no client-side preprocessing")
     return _client_file(inference, name, "preprocessing", missing)
+
+
+@router.get("/v1/models/{name}/preprocessing.json", response_class=FileResponse)
+async def plain_preprocessing(name: str, inference: InferenceService) -> FileResponse:
+    """The same preprocessing as plain parameters (JSON), for clients without scikit-learn."""
+    missing = errors.NoPreprocessing(
+        f"model {name!r} has no client-side preprocessing in plain parameters"
+    )
+    return _client_file(inference, name, "plain preprocessing", missing)

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from fhe.digest import file_sha256
-from fhe.versions import library_versions
+from fhe.contract.digest import file_sha256
+from fhe.contract.versions import library_versions
 
 BUNDLE_FORMAT = 2
 CLIENT_ZIP = "client.zip"
@@ -24,14 +22,18 @@ SERVER_ZIP = "server.zip"
 METADATA_FILE = "model.json"
 CARD_FILE = "README.md"
 PREPROCESSING_FILE = "preprocessing.skops"
+PLAIN_PREPROCESSING_FILE = "preprocessing.json"
+ONNX_EMBEDDER_FILE = "embedder.onnx"
+TOKENIZER_FILE = "tokenizer.json"
 
 FHE_TASKS = ("text-classification", "tabular-classification", "tabular-regression", "raw")
 """What an FHE bundle's output means: class scores of a text or a row, a value, or a bare array."""
 
 
 class ProjectionInfo(BaseModel):
-    """A client-side reduction of the embedding (fhe.projection): its file in the bundle, served
-    to clients at /v1/models/{name}/projection and checked by sha256, and what it keeps."""
+    """A client-side reduction of the embedding (fhe.contract.projection): its file in the
+    bundle, served to clients at /v1/models/{name}/projection and checked by sha256, and what it
+    keeps."""
 
     file: str
     sha256: str
@@ -39,6 +41,27 @@ class ProjectionInfo(BaseModel):
     method: str = "pca"
     width: int
     explained_variance: float
+
+
+class OnnxEmbedderInfo(BaseModel):
+    """The embedder as an ONNX file with its tokenizer, exported at build time from the exact
+    weights (base plus delta), so that a client embeds with ONNX Runtime and never needs torch.
+
+    Both files are served to clients (/v1/models/{name}/embedder-onnx and /tokenizer) and
+    checked by sha256. `max_difference` is the largest difference from the torch embedding the
+    build measured on its check texts, within `tolerance`.
+    """
+
+    file: str = ONNX_EMBEDDER_FILE
+    sha256: str
+    bytes: int
+    tokenizer_file: str = TOKENIZER_FILE
+    tokenizer_sha256: str
+    tokenizer_bytes: int
+    precision: Literal["float32", "int8"] = "float32"
+    max_difference: float
+    tolerance: float
+    accuracy: float | None = None
 
 
 class EmbeddingInfo(BaseModel):
@@ -58,6 +81,7 @@ class EmbeddingInfo(BaseModel):
     delta_bytes: int | None = None
     fine_tuning: dict[str, Any] | None = None
     projection: ProjectionInfo | None = None
+    onnx: OnnxEmbedderInfo | None = None
 
 
 class TextInput(BaseModel):
@@ -78,7 +102,10 @@ class Preprocessing(BaseModel):
     """The client-side scikit-learn transformer (skops) from a row to the circuit's features.
 
     `imputes` lists the columns it fills in when missing. Clients load the file with the same
-    skops audit the server uses for clear models, after checking its sha256.
+    skops audit the server uses for clear models, after checking its sha256. When the transformer
+    is made only of steps that plain parameters describe (imputing, scaling, one-hot), the same
+    step is also in `plain_file` (JSON, fhe.contract.preprocessing), which a client applies
+    without scikit-learn.
     """
 
     file: str = PREPROCESSING_FILE
@@ -86,6 +113,9 @@ class Preprocessing(BaseModel):
     bytes: int
     steps: list[str]
     imputes: list[str] = Field(default_factory=list)
+    plain_file: str | None = None
+    plain_sha256: str | None = None
+    plain_bytes: int | None = None
 
 
 class TabularInput(BaseModel):
@@ -285,15 +315,3 @@ def write_metadata(bundle_dir: Path, metadata: BundleMetadata) -> None:
     """Write model.json, stable and human-readable."""
     text = json.dumps(metadata.model_dump(mode="json"), indent=2, sort_keys=False)
     (bundle_dir / METADATA_FILE).write_text(text + "\n")
-
-
-def export_circuit(model: Any, bundle_dir: Path) -> str:
-    """Save a compiled model's client.zip and server.zip; return the client spec hash."""
-    from concrete.ml.deployment import FHEModelDev
-
-    bundle_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as scratch:
-        FHEModelDev(scratch, model).save()
-        for name in (CLIENT_ZIP, SERVER_ZIP):
-            shutil.copyfile(Path(scratch) / name, bundle_dir / name)
-    return client_spec_hash(bundle_dir)

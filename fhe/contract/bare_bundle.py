@@ -9,7 +9,7 @@ import math
 import zipfile
 from pathlib import Path
 
-from fhe.bundle import (
+from fhe.contract.bundle import (
     CLIENT_ZIP,
     SERVER_ZIP,
     BundleMetadata,
@@ -17,7 +17,7 @@ from fhe.bundle import (
     RawInput,
     client_spec_hash,
 )
-from fhe.keyset import encrypted_input_dimensions
+from fhe.contract.keyset import encrypted_input_dimensions
 
 PROCESSING_FILE = "serialized_processing.json"
 

@@ -4,7 +4,7 @@ or pickle where the operator allows it) into an encrypted tabular bundle.
 The final estimator becomes a Concrete-ML model through `from_sklearn_model`, quantized on the
 calibration rows; the steps of a Pipeline before it become the bundle's client-side
 preprocessing. The card reports how closely the encrypted model follows the clear one on those
-rows. Run `python -m fhe.convert --help`.
+rows. Run `python -m fhe.build.convert --help`.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 
-from fhe.bundle import Conversion
-from fhe.digest import file_sha256
-from fhe.sklearn_files import ModelLoadRefused, ModelPolicy, load_estimator
-from fhe.tabular_bundle import Measured, TabularModel, write_description, write_tabular_bundle
-from fhe.tabular_data import column_dtype
+from fhe.build.tabular_bundle import Measured, TabularModel, write_description, write_tabular_bundle
+from fhe.build.tabular_data import column_dtype
+from fhe.contract.bundle import Conversion
+from fhe.contract.digest import file_sha256
+from fhe.contract.sklearn_files import ModelLoadRefused, ModelPolicy, load_estimator
 
 console = Console(stderr=True)
 
@@ -128,7 +128,7 @@ def _check_preprocessing(preprocessing: Any) -> None:
     import skops.io as sio
     from sklearn.feature_extraction.text import CountVectorizer, HashingVectorizer
 
-    from fhe.preprocessing import load_preprocessing
+    from fhe.contract.preprocessing import load_preprocessing
 
     steps = getattr(preprocessing, "steps", [(None, preprocessing)])
     vectorizers = [
@@ -141,7 +141,7 @@ def _check_preprocessing(preprocessing: Any) -> None:
             f"the pipeline feeds text through a vectorizer ({', '.join(vectorizers)}): encrypted "
             "bundles converted from clear models take table rows, through supported estimators "
             f"({supported_list()}) after tabular preprocessing; train a text model with "
-            "`python -m fhe.recipe` instead"
+            "`python -m fhe.build.recipe` instead"
         )
     if not hasattr(preprocessing, "transform"):
         raise ConversionRefused(
@@ -273,13 +273,13 @@ def convert(
 
 
 def _column(rows: pd.DataFrame, name: str) -> Any:
-    from fhe.bundle import Column
+    from fhe.contract.bundle import Column
 
     return Column(name=name, dtype=column_dtype(rows[name]))
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: python -m fhe.convert <clear model dir> --calibration rows.csv --out DIR."""
+    """Command line: python -m fhe.build.convert CLEAR_DIR --calibration rows.csv --out DIR."""
     import typer
 
     app = typer.Typer(add_completion=False)
@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> None:
                 policy=policy,
                 p_error=p_error or None,
                 fhe_sample=fhe_sample,
-                command="python -m fhe.convert " + shlex.join(argv or sys.argv[1:]),
+                command="python -m fhe.build.convert " + shlex.join(argv or sys.argv[1:]),
             )
         except ConversionRefused as error:
             console.print(f"[red]refused:[/red] {error}")

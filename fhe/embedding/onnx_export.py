@@ -1,27 +1,22 @@
-"""The client's fast embedder: the exact weights a bundle was trained with (base plus fine-tuned
-delta), exported once to ONNX and run with ONNX Runtime and the `tokenizers` library.
-
-A one-shot `fhe-client predict` otherwise spends seconds importing torch and transformers. The
-export runs once per weights (the first prediction pays for it), is checked against the torch
-model on sample texts before it is kept, and is cached under the sha256 of the weights, the delta
-and the maximum length, so a changed bundle never reuses it.
-"""
+"""Exporting a torch embedder (base plus delta) to ONNX, checked against torch before it is
+kept: into a bundle at build time, or once into a client's cache for a bundle that ships none."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import threading
 import warnings
-from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from fhe.embedder import TextEmbedder
+from fhe.contract.bundle import ONNX_EMBEDDER_FILE, TOKENIZER_FILE, OnnxEmbedderInfo
+from fhe.contract.digest import file_sha256
+from fhe.embedding.onnx_embedder import OnnxEmbedder, exported_embedder, identity_key
+from fhe.embedding.torch_embedder import TextEmbedder
 
 CHECK_TEXTS = (
     "I love this airline, the crew was wonderful",
@@ -31,7 +26,8 @@ CHECK_TEXTS = (
 """Texts the exported model must embed as the torch model does before it is kept."""
 TOLERANCE = 1e-4
 """Largest difference allowed between the ONNX and torch embeddings of the check texts."""
-EXPORT_FORMAT = 1
+INT8_TOLERANCE = 0.1
+"""The same for an export whose weights are quantized to 8 bits."""
 
 
 def cache_key(embedder: TextEmbedder) -> str:
@@ -39,54 +35,13 @@ def cache_key(embedder: TextEmbedder) -> str:
     return identity_key(embedder.identity)
 
 
-def identity_key(identity: str) -> str:
-    """The export's name for an embedder identity (`fhe.embedder.embedder_identity`)."""
-    return hashlib.sha256(f"{identity}:onnx{EXPORT_FORMAT}".encode()).hexdigest()[:32]
+def export(embedder: TextEmbedder, path: Path, precision: str = "float32") -> float:
+    """Export the loaded torch model (delta applied) to ONNX at `path`, checked before kept;
+    the largest difference from the torch embedding of the check texts.
 
-
-class OnnxEmbedder:
-    """Mean-pooled sentence embeddings from an ONNX export, as `TextEmbedder.embed` gives them."""
-
-    def __init__(self, onnx_path: Path, tokenizer_path: Path, max_length: int) -> None:
-        import onnxruntime
-        from tokenizers import Tokenizer
-
-        options = onnxruntime.SessionOptions()
-        options.log_severity_level = 3
-        self.session = onnxruntime.InferenceSession(
-            str(onnx_path), options, providers=["CPUExecutionProvider"]
-        )
-        self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
-        self.tokenizer.enable_truncation(max_length=max_length)
-        self.tokenizer.enable_padding()
-        self.inputs = {given.name for given in self.session.get_inputs()}
-        self._lock = threading.Lock()
-
-    def load(self) -> OnnxEmbedder:
-        """Already loaded; here so that callers can treat it as a TextEmbedder."""
-        return self
-
-    def embed(
-        self, texts: Sequence[str], progress: Callable[[int], None] | None = None
-    ) -> np.ndarray:
-        """Embed texts in one batch per call; float32, one row per text."""
-        with self._lock:
-            encoded = self.tokenizer.encode_batch([str(text) for text in texts])
-        ids = np.array([item.ids for item in encoded], dtype=np.int64)
-        mask = np.array([item.attention_mask for item in encoded], dtype=np.int64)
-        feeds = {"input_ids": ids, "attention_mask": mask}
-        if "token_type_ids" in self.inputs:
-            feeds["token_type_ids"] = np.array([item.type_ids for item in encoded], dtype=np.int64)
-        hidden = self.session.run(None, feeds)[0]
-        weights = mask[..., None].astype(hidden.dtype)
-        pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
-        if progress is not None:
-            progress(len(texts))
-        return pooled.astype(np.float32)
-
-
-def export(embedder: TextEmbedder, path: Path) -> None:
-    """Export the loaded torch model (delta applied) to ONNX at `path`, checked before kept."""
+    `int8` quantizes the weights of the float export with ONNX Runtime's dynamic quantization
+    (a quarter of the size), checked against INT8_TOLERANCE instead.
+    """
     import torch
 
     tokenizer, model = embedder.load()._tokenizer_and_model
@@ -114,14 +69,48 @@ def export(embedder: TextEmbedder, path: Path) -> None:
             dynamic_axes={**axes, "last_hidden_state": {0: "batch", 1: "tokens"}},
             opset_version=17,
         )
+    tolerance = TOLERANCE
+    if precision == "int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        floats = partial.with_suffix(".float.partial")
+        partial.replace(floats)
+        quantize_dynamic(str(floats), str(partial), weight_type=QuantType.QInt8)
+        floats.unlink()
+        tolerance = INT8_TOLERANCE
+    elif precision != "float32":
+        raise ValueError(f"precision must be float32 or int8, not {precision!r}")
     exported = OnnxEmbedder(partial, embedder.model_dir / "tokenizer.json", embedder.max_length)
     difference = float(
         np.abs(exported.embed(CHECK_TEXTS) - embedder.embed(list(CHECK_TEXTS))).max()
     )
-    if difference > TOLERANCE:
+    if difference > tolerance:
         partial.unlink(missing_ok=True)
         raise RuntimeError(f"the ONNX export differs from torch by {difference:g}")
     partial.replace(path)
+    return difference
+
+
+def export_to_bundle(
+    embedder: TextEmbedder, bundle_dir: Path, precision: str = "float32"
+) -> OnnxEmbedderInfo:
+    """Write the bundle's embedder as `embedder.onnx` with its `tokenizer.json`, checked against
+    torch, and describe both for the card (clients then never need torch)."""
+    tokenizer = embedder.model_dir / TOKENIZER_FILE
+    if not tokenizer.is_file():
+        raise RuntimeError(f"{embedder.model_dir} has no {TOKENIZER_FILE} to ship with the export")
+    onnx_path = bundle_dir / ONNX_EMBEDDER_FILE
+    difference = export(embedder, onnx_path, precision)
+    shutil.copyfile(tokenizer, bundle_dir / TOKENIZER_FILE)
+    return OnnxEmbedderInfo(
+        sha256=file_sha256(onnx_path),
+        bytes=onnx_path.stat().st_size,
+        tokenizer_sha256=file_sha256(bundle_dir / TOKENIZER_FILE),
+        tokenizer_bytes=(bundle_dir / TOKENIZER_FILE).stat().st_size,
+        precision=precision,
+        max_difference=difference,
+        tolerance=TOLERANCE if precision == "float32" else INT8_TOLERANCE,
+    )
 
 
 def cached_onnx_embedder(embedder: TextEmbedder, cache_dir: Path) -> OnnxEmbedder | None:
@@ -148,30 +137,6 @@ def cached_onnx_embedder(embedder: TextEmbedder, cache_dir: Path) -> OnnxEmbedde
             json.dumps({"identity": embedder.identity, "model": embedder.model_name}) + "\n"
         )
     return exported_embedder(cache_dir, embedder.identity, embedder.max_length)
-
-
-_exported: dict[tuple[Path, str, int], OnnxEmbedder] = {}
-
-
-def exported_embedder(cache_dir: Path, identity: str, max_length: int) -> OnnxEmbedder | None:
-    """The export made earlier for the weights this identity names, loaded once per process (the
-    one place that loads an export); None when there is none yet.
-
-    A bundle's card gives the sha256 of its base weights and delta: when an export for exactly
-    those exists (it was checked against torch on those weights, verified by hash, when it was
-    made), a one-shot client needs neither the weights nor their 90 MB of hashing.
-    """
-    found = _exported.get((cache_dir, identity, max_length))
-    if found is not None:
-        return found
-    key = identity_key(identity)
-    path, tokenizer = cache_dir / f"{key}.onnx", cache_dir / f"{key}.tokenizer.json"
-    if not path.is_file() or not tokenizer.is_file():
-        return None
-    with _exporting:
-        return _exported.setdefault(
-            (cache_dir, identity, max_length), OnnxEmbedder(path, tokenizer, max_length)
-        )
 
 
 _exporting = threading.RLock()

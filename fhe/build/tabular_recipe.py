@@ -2,7 +2,8 @@
 preprocessing, grid-search Concrete-ML XGBoost and linear models under a PBS budget, compile,
 measure clear, simulated and real FHE, and write the bundle, its card and its clear twin.
 
-Run `python -m fhe.tabular_recipe --help`; `make tabular-models` rebuilds the shipped examples.
+Run `python -m fhe.build.tabular_recipe --help`; `make tabular-models` rebuilds the shipped
+examples.
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ from rich.console import Console
 from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import KFold, StratifiedKFold, cross_val_score
 
-from fhe.bundle import TabularTrainingInfo
-from fhe.circuit import circuit_cost, compile_model
-from fhe.clear_twin import write_clear_twin
-from fhe.preprocessing import build_preprocessing
-from fhe.tabular_bundle import Measured, TabularModel, write_tabular_bundle
-from fhe.tabular_data import SKLEARN_LICENSE, TabularSplit, load_tabular_split
+from fhe.build.circuit import circuit_cost, compile_model
+from fhe.build.clear_twin import write_clear_twin
+from fhe.build.preprocessing import build_preprocessing
+from fhe.build.tabular_bundle import Measured, TabularModel, write_tabular_bundle
+from fhe.build.tabular_data import SKLEARN_LICENSE, TabularSplit, load_tabular_split
+from fhe.contract.bundle import TabularTrainingInfo
 
 console = Console(stderr=True)
 
@@ -319,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
             seed=seed,
             fhe_sample=fhe_sample,
             clear_twin=Path(clear_twin) if clear_twin else None,
-            command="python -m fhe.tabular_recipe " + shlex.join(argv or sys.argv[1:]),
+            command="python -m fhe.build.tabular_recipe " + shlex.join(argv or sys.argv[1:]),
         )
         try:
             train_tabular(config)

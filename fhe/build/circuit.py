@@ -4,6 +4,7 @@ ciphertext sizes and server run time, through Concrete-ML's own deployment clien
 from __future__ import annotations
 
 import platform
+import shutil
 import statistics
 import tempfile
 import time
@@ -15,7 +16,8 @@ import numpy as np
 from rich.console import Console
 from rich.progress import Progress
 
-from fhe.signals import ignore_sigpipe
+from fhe.contract.bundle import CLIENT_ZIP, SERVER_ZIP, client_spec_hash
+from fhe.contract.signals import ignore_sigpipe
 
 console = Console(stderr=True)
 
@@ -102,3 +104,15 @@ def machine_description() -> str:
     import os
 
     return f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+
+
+def export_circuit(model: Any, bundle_dir: Path) -> str:
+    """Save a compiled model's client.zip and server.zip; return the client spec hash."""
+    from concrete.ml.deployment import FHEModelDev
+
+    bundle_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        FHEModelDev(scratch, model).save()
+        for name in (CLIENT_ZIP, SERVER_ZIP):
+            shutil.copyfile(Path(scratch) / name, bundle_dir / name)
+    return client_spec_hash(bundle_dir)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fhe.bundle import BundleMetadata
+from fhe.contract.bundle import BundleMetadata
 
 
 def _percent(value: float) -> str:
@@ -58,6 +58,16 @@ def render_card(meta: BundleMetadata) -> str:
             f"({_megabytes(r.bytes)}, sha256 `{r.sha256}`), which the server hands to clients. "
             f"The server computes on {r.width} encrypted numbers instead of {e.dimension}."
         )
+    shipped = ""
+    if e.onnx is not None:
+        o = e.onnx
+        shipped = (
+            f"\n\nThe embedder also ships exported to ONNX ({o.precision}): `{o.file}` "
+            f"({_megabytes(o.bytes)}, sha256 `{o.sha256}`) with `{o.tokenizer_file}` (sha256 "
+            f"`{o.tokenizer_sha256}`), which the server hands to clients: they embed with ONNX "
+            "Runtime and need no torch. The build checked it against the torch embedder: at "
+            f"most {o.max_difference:.2g} apart on its check texts (tolerance {o.tolerance:g})."
+        )
     return f"""# {meta.name}: encrypted {meta.task.replace("-", " ")}
 
 {meta.description}
@@ -65,7 +75,7 @@ def render_card(meta: BundleMetadata) -> str:
 The client embeds text with `{e.model_id}` ({e.pooling} pooling, max {e.max_length} tokens,
 {e.dimension} dimensions, weights sha256 `{e.weights_sha256}`), quantizes and encrypts the vector,
 and the server runs a Concrete-ML `{c.model_type}` ({params}) over the ciphertext. Labels:
-{", ".join(f"`{label}`" for label in meta.labels)}.{tuned}{reduced}
+{", ".join(f"`{label}`" for label in meta.labels)}.{tuned}{reduced}{shipped}
 
 ## Measured (by the training recipe, not typed by hand)
 

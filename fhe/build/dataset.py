@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from fhe.digest import file_sha256
+from fhe.contract.digest import file_sha256
 
 DEFAULT_DATA = (
-    Path(__file__).resolve().parents[1].parent
+    Path(__file__).resolve().parents[2].parent
     / "shared"
     / "data"
     / ("twitter_airline_sentiment.csv")

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 
-from fhe.bundle import (
+from fhe.contract.bundle import (
     BundleMetadata,
-    RawInput,
     TabularInput,
     TabularMetrics,
     TabularTrainingInfo,
@@ -159,6 +158,12 @@ def render_tabular_card(meta: BundleMetadata) -> str:
     )
     training = _training(meta.training) if isinstance(meta.training, TabularTrainingInfo) else ""
     versions = ", ".join(f"{key} {value}" for key, value in meta.versions.items())
+    plain = ""
+    if info.preprocessing and info.preprocessing.plain_file:
+        plain = (
+            f"\n\nThe same step as plain parameters, which clients apply without scikit-learn: "
+            f"`{info.preprocessing.plain_file}` (sha256 `{info.preprocessing.plain_sha256}`)."
+        )
     return f"""# {meta.name}: encrypted {meta.task.replace("-", " ")}
 
 {meta.description}
@@ -174,7 +179,7 @@ encrypts the {info.features} features, and the server runs a Concrete-ML `{meta.
 
 Client-side preprocessing (`{info.preprocessing.file if info.preprocessing else "none"}`, loaded
 with the same skops audit the server applies to clear models):
-{steps}
+{steps}{plain}
 
 Example row: `{json.dumps(info.example)}`
 
@@ -187,24 +192,4 @@ Example row: `{json.dumps(info.example)}`
 ## Versions
 
 {versions}. Client spec (sha256 of `client.zip`): `{meta.client_spec_sha256}`.
-"""
-
-
-def render_raw_card(meta: BundleMetadata) -> str:
-    """The card of a bare Concrete-ML directory, from what its files say."""
-    info = meta.input
-    features = info.features if isinstance(info, RawInput) else "?"
-    versions = ", ".join(f"{key} {value}" for key, value in meta.versions.items())
-    params = ", ".join(f"{key}={value}" for key, value in sorted(meta.circuit.params.items()))
-    return f"""# {meta.name}: encrypted model (raw input)
-
-A Concrete-ML `{meta.circuit.model_type}` ({params}) saved by `FHEModelDev.save()`; served as is,
-with this card generated from its `client.zip` and `server.zip`. The client sends an encrypted
-array of {features} numbers (one row, features already prepared) and gets back the encrypted,
-dequantized output array, which only it can decrypt.
-
-Nothing was measured for this bundle: it came without a model.json.
-
-Versions that built it: {versions}. Client spec (sha256 of `client.zip`):
-`{meta.client_spec_sha256}`.
 """

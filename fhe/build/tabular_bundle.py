@@ -14,8 +14,12 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, r2_score
 
-from fhe.bundle import (
+from fhe.build.circuit import circuit_cost, compile_model, export_circuit, measure_real_fhe
+from fhe.build.preprocessing import save_preprocessing
+from fhe.build.tabular_card import render_tabular_card
+from fhe.contract.bundle import (
     CARD_FILE,
+    PLAIN_PREPROCESSING_FILE,
     PREPROCESSING_FILE,
     BundleMetadata,
     CircuitInfo,
@@ -23,12 +27,8 @@ from fhe.bundle import (
     TabularInput,
     TabularMetrics,
     TabularTrainingInfo,
-    export_circuit,
     write_metadata,
 )
-from fhe.circuit import circuit_cost, compile_model, measure_real_fhe
-from fhe.preprocessing import save_preprocessing
-from fhe.tabular_card import render_tabular_card
 
 
 @dataclass(frozen=True)
@@ -134,8 +134,10 @@ def write_tabular_bundle(
     out.mkdir(parents=True, exist_ok=True)
     spec_hash = export_circuit(tabular.model, out)
     (out / PREPROCESSING_FILE).unlink(missing_ok=True)
+    (out / PLAIN_PREPROCESSING_FILE).unlink(missing_ok=True)
+    rows = pd.concat([x_train, x_test])[tabular.names]
     preprocessing = (
-        save_preprocessing(tabular.preprocessing, out, tabular.names)
+        save_preprocessing(tabular.preprocessing, out, tabular.names, rows)
         if tabular.preprocessing is not None
         else None
     )

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fhe.bundle import BundleMetadata, TabularMetrics
-from fhe.sklearn_files import ModelLoadRefused, ModelPolicy, load_estimator
-from fhe.tabular_bundle import TabularModel, example_row
+from fhe.build.tabular_bundle import TabularModel, example_row
+from fhe.contract.bundle import BundleMetadata, TabularMetrics
+from fhe.contract.sklearn_files import ModelLoadRefused, ModelPolicy, load_estimator
 
 MODEL_FILE = "model.skops"
 

@@ -39,18 +39,6 @@ class Projection:
             np.float32
         )
 
-    @classmethod
-    def fit(cls, vectors: np.ndarray, width: int, seed: int) -> Projection:
-        """PCA of the training embeddings, kept to `width` components."""
-        from sklearn.decomposition import PCA
-
-        pca = PCA(width, random_state=seed).fit(vectors)
-        return cls(
-            mean=pca.mean_.astype(np.float32),
-            components=pca.components_.astype(np.float32),
-            explained_variance=float(pca.explained_variance_ratio_.sum()),
-        )
-
     def save(self, path: Path) -> Path:
         """Write the projection as an .npz of plain float32 arrays."""
         with path.open("wb") as handle:

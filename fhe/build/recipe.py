@@ -1,6 +1,6 @@
 """The sentiment training recipe: embed, grid-search XGBoost, compile, measure, export the bundle.
 
-Run `python -m fhe.recipe --help`; `make model` rebuilds the shipped models/sentiment bundle.
+Run `python -m fhe.build.recipe --help`; `make model` rebuilds the shipped models/sentiment bundle.
 """
 
 from __future__ import annotations
@@ -22,8 +22,16 @@ from rich.progress import Progress
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 
-from fhe.bundle import (
+from fhe.build.card import render_card
+from fhe.build.circuit import circuit_cost, compile_model, export_circuit, measure_real_fhe
+from fhe.build.dataset import DEFAULT_DATA, TextSplit, load_split
+from fhe.build.finetune import DELTA_FILE, FineTuneConfig, fine_tune
+from fhe.build.onnx_bundle import ship_onnx_embedder
+from fhe.build.reduction import fit_projection
+from fhe.contract.bundle import (
     CARD_FILE,
+    ONNX_EMBEDDER_FILE,
+    TOKENIZER_FILE,
     BundleMetadata,
     CircuitInfo,
     EmbeddingInfo,
@@ -31,16 +39,11 @@ from fhe.bundle import (
     ProjectionInfo,
     TextInput,
     TrainingInfo,
-    export_circuit,
     write_metadata,
 )
-from fhe.card import render_card
-from fhe.circuit import circuit_cost, compile_model, measure_real_fhe
-from fhe.dataset import DEFAULT_DATA, TextSplit, load_split
-from fhe.digest import bytes_sha256, file_sha256
-from fhe.embedder import DEFAULT_EMBEDDING_MODEL, TextEmbedder
-from fhe.finetune import DELTA_FILE, FineTuneConfig, fine_tune
-from fhe.projection import PROJECTION_FILE, Projection, circuit_features
+from fhe.contract.digest import bytes_sha256, file_sha256
+from fhe.contract.projection import PROJECTION_FILE, Projection, circuit_features
+from fhe.embedding.torch_embedder import DEFAULT_EMBEDDING_MODEL, TextEmbedder
 
 AIRLINE_LICENSE = (
     "CC BY-NC-SA 4.0 (Twitter US Airline Sentiment, CrowdFlower 'Data for Everyone', as listed on "
@@ -82,6 +85,9 @@ class RecipeConfig:
     fhe_sample: int = 200
     max_train_rows: int | None = None
     cache_dir: Path | None = None
+    onnx_embedder: str | None = "float32"
+    """Ship the embedder as ONNX in this precision (float32 or int8); None ships none, and
+    clients then need torch to export it themselves."""
     command: str = ""
 
 
@@ -258,7 +264,7 @@ def train(config: RecipeConfig) -> TrainedBundle:
     dimension = int(x_train.shape[1])
     projection = None
     if config.reduce_to:
-        projection = Projection.fit(x_train, config.reduce_to, config.seed)
+        projection = fit_projection(x_train, config.reduce_to, config.seed)
         x_train, x_test = projection.apply(x_train), projection.apply(x_test)
         console.log(
             f"projected {dimension} -> {projection.width} numbers per text "
@@ -283,7 +289,13 @@ def train(config: RecipeConfig) -> TrainedBundle:
     (config.out / DELTA_FILE).unlink(missing_ok=True)
     if embedder.delta is not None:
         shutil.copyfile(embedder.delta, config.out / DELTA_FILE)
-    (config.out / PROJECTION_FILE).unlink(missing_ok=True)
+    for stale in (ONNX_EMBEDDER_FILE, TOKENIZER_FILE, PROJECTION_FILE):
+        (config.out / stale).unlink(missing_ok=True)
+    onnx_info = (
+        ship_onnx_embedder(embedder, config.out, config.onnx_embedder)
+        if config.onnx_embedder
+        else None
+    )
     projection_info = None
     if projection is not None:
         written = projection.save(config.out / PROJECTION_FILE)
@@ -316,6 +328,7 @@ def train(config: RecipeConfig) -> TrainedBundle:
                 delta_bytes=embedder.delta.stat().st_size if embedder.delta is not None else None,
                 fine_tuning=fine_tuning,
                 projection=projection_info,
+                onnx=onnx_info,
             )
         ),
         circuit=CircuitInfo(
@@ -416,6 +429,9 @@ def main(argv: list[str] | None = None) -> None:
         fhe_sample: int = typer.Option(200, help="test texts run under real FHE"),
         max_train_rows: int = typer.Option(0, help="use only the first N train rows (0: all)"),
         cache_dir: Path = typer.Option(Path(".cache"), help="embedding cache ('' for none)"),
+        onnx_embedder: str = typer.Option(
+            "float32", help="ship the embedder as ONNX: float32, int8 or none"
+        ),
     ) -> None:
         train(
             RecipeConfig(
@@ -446,7 +462,8 @@ def main(argv: list[str] | None = None) -> None:
                 fhe_sample=fhe_sample,
                 max_train_rows=max_train_rows or None,
                 cache_dir=cache_dir if str(cache_dir) else None,
-                command="python -m fhe.recipe " + shlex.join(argv or sys.argv[1:]),
+                onnx_embedder=None if onnx_embedder == "none" else onnx_embedder,
+                command="python -m fhe.build.recipe " + shlex.join(argv or sys.argv[1:]),
             )
         )
 

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from fhe.bundle import Column
-from fhe.digest import file_sha256
+from fhe.contract.bundle import Column
+from fhe.contract.digest import file_sha256
 
 SKLEARN_DATASETS = ("breast_cancer", "diabetes", "iris", "wine")
 """Datasets scikit-learn ships (no download), named `sklearn:<name>` in place of a CSV path."""

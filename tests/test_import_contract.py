@@ -1,0 +1,63 @@
+"""The import contract of DESIGN.md, checked by import-linter (pyproject.toml): the contract
+imports nothing of embedding or build, the server only the contract, the client never build."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.fast
+
+REPO = Path(__file__).resolve().parents[1]
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+
+
+def _lint(root: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--no-cache"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_the_tree_keeps_the_import_contract() -> None:
+    run = _lint(REPO)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "4 kept, 0 broken" in run.stdout
+
+
+def _copy(tmp_path: Path) -> Path:
+    root = tmp_path / "tree"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for package in ("fhe", "client", "server"):
+        shutil.copytree(REPO / package, root / package, ignore=ignore)
+    shutil.copyfile(REPO / "pyproject.toml", root / "pyproject.toml")
+    return root
+
+
+def test_a_forbidden_import_breaks_it(tmp_path: Path) -> None:
+    """Each rule fails when broken: the contract importing build, the server importing the
+    embedder, the client importing a recipe, the contract importing torch."""
+    breaks = {
+        "fhe/contract/digest.py": "from fhe.build import recipe  # noqa\n",
+        "server/settings.py": "from fhe.embedding import torch_embedder  # noqa\n",
+        "client/quantizer.py": "import fhe.build.tabular_recipe  # noqa\n",
+        "fhe/contract/sizes.py": "import torch  # noqa\n",
+    }
+    for file, line in breaks.items():
+        root = _copy(tmp_path / file.replace("/", "-"))
+        target = root / file
+        target.write_text(target.read_text() + line)
+        run = _lint(root)
+        assert run.returncode != 0, f"{file}: {run.stdout}"
+        assert "BROKEN" in run.stdout and "0 broken" not in run.stdout, run.stdout
+        assert file.removesuffix(".py").replace("/", ".") in run.stdout, run.stdout
