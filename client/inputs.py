@@ -149,9 +149,10 @@ class TextItems:
             )
         return projection
 
-    @property
+    @cached_property
     def embedder(self) -> Any:
-        """The embedder the bundle was trained with (one per process), loaded; weights checked.
+        """The embedder the bundle was trained with, loaded once per model object (its files'
+        hashes are checked then, not on every batch of texts); weights checked.
 
         A bundle ships its embedder as ONNX with its tokenizer (made and checked against torch
         when it was built): both are downloaded once, checked by sha256 and kept by hash, and
