@@ -1,17 +1,21 @@
-"""Throughput of the Celery mode: M clients x K encrypted predictions against the API with one,
-then two `fhe-server worker` processes, all on this machine with a real redis-server.
+"""Scale-out figures, each part measured on this machine with real processes:
 
-It prints predictions per second for each worker count and the ratio of two workers to one.
-On one machine the workers share its cores, and Concrete already spreads one circuit run over
-every core, so the ratio shows the cost or gain of running more workers per machine, not of
-adding machines. Usage:
+- `sizing`: the embedded worker pool sized as 1 run x N threads against N runs x 1 thread (N =
+  the cores), taking turns over several rounds: predictions per second, medians;
+- `celery`: M clients x K encrypted predictions against the API with one, then two
+  `fhe-server worker` processes and a real redis-server. On one machine the workers share its
+  cores, so the ratio shows the cost or gain of more workers per machine, not of more machines.
 
-    .venv/bin/python -m benchmarks.scale_out --model sentiment --clients 4 --per-client 8
+Usage:
+
+    .venv/bin/python -m benchmarks.scale_out --parts sizing --model sentiment --rounds 3
+    .venv/bin/python -m benchmarks.scale_out --parts celery --clients 4 --per-client 8
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -27,15 +31,61 @@ from client.encrypted_model import EncryptedModel
 from client.local_server import LocalRedis, LocalServer, LocalWorker
 
 
-def main(
-    models: Annotated[Path, typer.Option(help="models directory")] = Path("models"),
-    model: Annotated[str, typer.Option(help="FHE model name")] = "sentiment",
-    clients: Annotated[int, typer.Option(help="concurrent clients (M)")] = 4,
-    per_client: Annotated[int, typer.Option(help="predictions per client (K)")] = 8,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="write results here")] = None,
-) -> None:
-    """Measure API + 1 worker, then API + 2 workers."""
-    models = models.resolve()
+def sizing(models: Path, model: str, requests: int, rounds: int) -> dict:
+    """Predictions per second of the embedded pool as 1 run x cores threads and as cores runs x
+    1 thread, one server per shape started in turns, `rounds` times; medians per shape."""
+    cores = psutil.cpu_count() or 1
+    shapes = [(1, cores), (cores, 1)]
+    rows: dict[str, list[dict]] = {f"{runs}x{threads}": [] for runs, threads in shapes}
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        for round_ in range(rounds):
+            for runs, threads in shapes:
+                env = {"FHE_SERVER_WORKERS": str(runs), "FHE_SERVER_FHE_THREADS": str(threads)}
+                server = LocalServer(models, root / "data", env=env, log=root / "api.log").start()
+                try:
+                    with FHEServerAPI(server.url) as client:
+                        remote = EncryptedModel(client, model, root / "client")
+                        remote.keys()
+                        ciphertexts = [remote.encrypt(text).ciphertext for text in TEXTS]
+                        for _ in range(runs):  # warm-up: circuit and keys in every worker
+                            remote.run(ciphertexts[0])
+                        row = run_level(client, remote, ciphertexts, 2 * cores, requests)
+                finally:
+                    server.stop()
+                rows[f"{runs}x{threads}"].append(row)
+                typer.echo(
+                    f"round {round_ + 1}: {runs} run(s) x {threads} thread(s): "
+                    f"{row['predictions_per_second']:.3f} predictions/s, circuit "
+                    f"{row['circuit_run_median_seconds']:.3f} s"
+                )
+    medians = {
+        shape: statistics.median(r["predictions_per_second"] for r in runs)
+        for shape, runs in rows.items()
+    }
+    circuit = {
+        shape: statistics.median(r["circuit_run_median_seconds"] for r in runs)
+        for shape, runs in rows.items()
+    }
+    for shape in rows:
+        typer.echo(
+            f"{shape}: median {medians[shape]:.3f} predictions/s, circuit {circuit[shape]:.3f} s"
+        )
+    ratio = medians[f"{cores}x1"] / medians[f"1x{cores}"]
+    typer.echo(f"{cores} runs x 1 thread / 1 run x {cores} threads: {ratio:.2f}x")
+    return {
+        "cores": cores,
+        "model": model,
+        "requests_per_round": requests,
+        "predictions_per_second_median": medians,
+        "circuit_seconds_median": circuit,
+        "ratio_runs_over_threads": ratio,
+        "rounds": rows,
+    }
+
+
+def celery_workers(models: Path, model: str, clients: int, per_client: int) -> dict:
+    """Measure API + 1 Celery worker, then API + 2 workers."""
     results = []
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
@@ -69,8 +119,32 @@ def main(
             redis.stop()
     ratio = results[1]["predictions_per_second"] / results[0]["predictions_per_second"]
     typer.echo(f"two workers / one worker: {ratio:.2f}x on {psutil.cpu_count()} cores")
+    return {"model": model, "cores": psutil.cpu_count(), "ratio": ratio, "runs": results}
+
+
+def main(
+    parts: Annotated[str, typer.Option(help="what to measure: sizing, celery")] = "sizing,celery",
+    models: Annotated[Path, typer.Option(help="models directory")] = Path("models"),
+    model: Annotated[str, typer.Option(help="FHE model name")] = "sentiment",
+    clients: Annotated[int, typer.Option(help="celery: concurrent clients (M)")] = 4,
+    per_client: Annotated[int, typer.Option(help="celery: predictions per client (K)")] = 8,
+    requests: Annotated[int, typer.Option(help="sizing: predictions per round")] = 24,
+    rounds: Annotated[int, typer.Option(help="sizing: rounds of each shape, in turns")] = 3,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="write results here")] = None,
+) -> None:
+    """Measure the parts asked for; --json keeps the parts not measured this time."""
+    models = models.resolve()
+    payload = json.loads(json_out.read_text()) if json_out and json_out.is_file() else {}
+    if "runs" in payload:  # the file before parts: the Celery figures alone
+        payload = {"celery": payload}
+    for part in parts.split(","):
+        if part == "sizing":
+            payload["sizing"] = sizing(models, model, requests, rounds)
+        elif part == "celery":
+            payload["celery"] = celery_workers(models, model, clients, per_client)
+        else:
+            raise typer.BadParameter(f"unknown part {part!r}")
     if json_out is not None:
-        payload = {"model": model, "cores": psutil.cpu_count(), "ratio": ratio, "runs": results}
         json_out.write_text(json.dumps(payload, indent=2) + "\n")
 
 

@@ -179,6 +179,20 @@ class FHEServerAPI:
             headers["X-Client-Spec"] = client_spec
         return self._request("POST", "/v1/keys", content=serialized_keys, headers=headers).json()
 
+    def key_status(self, key_id: str) -> dict[str, Any] | None:
+        """What the server holds of one of this token's keys (bytes, client specs, models,
+        last use); None when it holds none (upload it again)."""
+        try:
+            return self._request("GET", f"/v1/keys/{key_id}").json()
+        except ServerError as error:
+            if error.status == 404:  # unknown_key, or a server from before key status
+                return None
+            raise
+
+    def delete_key(self, key_id: str) -> None:
+        """Delete one of this token's keys from the server."""
+        self._request("DELETE", f"/v1/keys/{key_id}")
+
     def predict(self, name: str, ciphertext: bytes, key_id: str, client_spec: str) -> PredictAnswer:
         """Run the model on one ciphertext; returns the encrypted result."""
         response = self._request(

@@ -116,7 +116,8 @@ def keygen(
     state = "generated" if info.generated_now else "reused from cache"
     took = f"{info.keygen_seconds:.2f} s" + ("" if info.generated_now else " when generated")
     typer.echo(f"key id: {info.key_id}")
-    typer.echo(f"evaluation keys: {readable_size(info.evaluation_key_bytes)} ({state}), uploaded")
+    held = "uploaded" if info.uploaded else "already held by the server, not uploaded again"
+    typer.echo(f"evaluation keys: {readable_size(info.evaluation_key_bytes)} ({state}), {held}")
     typer.echo(f"keygen: {took}, upload: {info.upload_seconds:.2f} s")
     typer.echo(f"private key: {info.key_dir} (never sent)")
 

@@ -152,6 +152,7 @@ class KeyInfo:
     generated_now: bool
     upload_seconds: float
     key_dir: Path
+    uploaded: bool = True
 
 
 class EncryptedModel:
@@ -173,6 +174,7 @@ class EncryptedModel:
         self.column_warnings: list[str] = []
         self._reupload_lock = threading.Lock()
         self._reuploads = 0
+        self._key_checked = False
 
     @classmethod
     def from_settings(
@@ -325,16 +327,26 @@ class EncryptedModel:
         self.cache.save(record, serialized)
         return record, serialized, True
 
-    def keys(self, force: bool = False, upload: bool = True) -> KeyInfo:
-        """Generate keys once (cached on disk) and upload the evaluation keys to the server."""
+    def server_holds(self, key_id: str) -> bool:
+        """Whether the server holds this key, checked for this model's client spec (one small
+        GET instead of uploading the evaluation keys again)."""
+        status = self.api.key_status(key_id)
+        return bool(status and status.get("held") and self.client_spec in status["client_specs"])
+
+    def keys(self, force: bool = False, upload: bool = True, check: bool = True) -> KeyInfo:
+        """Generate keys once (cached on disk) and upload the evaluation keys to the server,
+        unless it says it holds them already (`check`)."""
         record, serialized, generated = self._generate(force)
         started = time.perf_counter()
-        if upload:
+        uploaded = False
+        if upload and (generated or not check or not self.server_holds(record.key_id)):
             answer = self.api.upload_keys(serialized, self.client_spec)
             if answer["key_id"] != record.key_id:
                 raise ClientError(
                     f"server computed key id {answer['key_id']}, expected {record.key_id}"
                 )
+            uploaded = True
+        self._key_checked = self._key_checked or upload
         return KeyInfo(
             record.key_id,
             record.evaluation_key_bytes,
@@ -342,11 +354,14 @@ class EncryptedModel:
             generated,
             time.perf_counter() - started,
             self.cache.key_dir,
+            uploaded,
         )
 
     def _key_id(self) -> str:
+        """The key id to send, asking the server once per model object whether it still holds
+        the key and uploading it when it does not."""
         record = self.cache.record()
-        if record is None:
+        if record is None or not self._key_checked:
             return self.keys().key_id
         return record.key_id
 
@@ -400,7 +415,7 @@ class EncryptedModel:
             return send(key_id)
 
     def _upload_again(self) -> None:
-        self.keys(upload=True)
+        self.keys(upload=True, check=False)
         self._reuploads += 1
 
     def run(self, ciphertext: bytes) -> PredictAnswer:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from prometheus_client import CollectorRegistry
 
 from server.compute import make_compute
 from server.deps import Access, authenticate
@@ -17,8 +19,10 @@ from server.jobs.callbacks import AllowList, CallbackSender, signing_key
 from server.jobs.queue import JobQueue
 from server.jobs.runner import JobPolicy, JobRunner
 from server.key_uploads import KeyUploads
+from server.metrics import RequestMetrics, StateCollector
 from server.models.registry import ModelRegistry, single_model
-from server.routes import callbacks, hf_compat, jobs, keys, models, predict
+from server.readiness import Readiness
+from server.routes import callbacks, hf_compat, jobs, keys, models, operations, predict
 from server.routes.body import BodyTimeout
 from server.settings import ServerSettings
 from server.storage.jobs import JobStore
@@ -78,6 +82,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.token_max_jobs_in_flight,
         settings.max_queued_jobs,
     )
+    app.state.metrics_registry.register(
+        StateCollector(
+            job_store.counts_by_status, key_store.totals, lambda: compute.in_flight.count
+        )
+    )
+    app.state.readiness = Readiness(
+        {
+            "jobs": lambda: asyncio.to_thread(job_store.ping),
+            "keys": lambda: asyncio.to_thread(key_store.ping),
+            "compute": compute.ping,
+        }
+    )
     await runner.start()
     try:
         yield
@@ -98,6 +114,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         dependencies=[Depends(authenticate)],
     )
     app.state.settings = settings
+    app.state.metrics_registry = CollectorRegistry()
     app.state.access = Access(settings.tokens, settings.dev_mode)
     app.add_middleware(
         BodyTimeout,
@@ -111,7 +128,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         allow_headers=["*"],
         expose_headers=COMPUTE_HEADERS,
     )
+    app.add_middleware(RequestMetrics)
     install_error_handlers(app)
-    for module in (hf_compat, models, keys, predict, jobs, callbacks):
+    for module in (operations, hf_compat, models, keys, predict, jobs, callbacks):
         app.include_router(module.router)
     return app

@@ -24,7 +24,12 @@ def serve(
     host: Annotated[Optional[str], typer.Option(help="interface [127.0.0.1]")] = None,
     port: Annotated[Optional[int], typer.Option(help="TCP port [8000]")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="where keys and jobs are kept")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="FHE worker processes [cores]")] = None,
+    workers: Annotated[
+        Optional[int], typer.Option(help="FHE runs at once (worker processes) [cores / 2]")
+    ] = None,
+    threads: Annotated[
+        Optional[int], typer.Option(help="threads per FHE run [cores / runs]")
+    ] = None,
     dev: Annotated[
         bool,
         typer.Option("--dev", help="development mode: no API tokens, every caller trusted"),
@@ -44,7 +49,7 @@ def serve(
     from server.errors import ConfigurationError
 
     given = {"models_dir": models, "host": host, "port": port, "data_dir": data_dir}
-    given["workers"] = workers
+    given["workers"], given["fhe_threads"] = workers, threads
     given["dev_mode"] = dev or None
     given["backend"], given["redis_url"] = backend, redis
     settings = ServerSettings(**{key: value for key, value in given.items() if value is not None})
@@ -52,7 +57,7 @@ def serve(
     runs = (
         f"FHE on Celery workers via {settings.redis_url}"
         if settings.backend == "celery"
-        else f"{settings.workers} FHE workers"
+        else f"{settings.workers} FHE run(s) at once x {settings.threads_per_run()} thread(s)"
     )
     typer.echo(
         f"fhe-server: models from {settings.models_dir}, keys in {settings.data_dir}, "
@@ -75,6 +80,12 @@ def worker(
     models: Annotated[Optional[Path], typer.Option(help="model bundles directory")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="where fetched keys are cached")] = None,
     name: Annotated[Optional[str], typer.Option(help="worker name [fhe-PID@HOST]")] = None,
+    metrics_port: Annotated[
+        Optional[int],
+        typer.Option(
+            help="serve Prometheus /metrics on this port [FHE_SERVER_WORKER_METRICS_PORT]"
+        ),
+    ] = None,
 ) -> None:
     """Run FHE work for `fhe-server serve --backend celery`, one circuit at a time.
 
@@ -82,7 +93,25 @@ def worker(
     run in one child process: a run that crashes it costs only that child, which Celery replaces.
     """
     import os
+    import shutil
     import socket
+
+    given = {"redis_url": redis, "models_dir": models, "data_dir": data_dir}
+    settings = ServerSettings(**{key: value for key, value in given.items() if value is not None})
+    metrics_port = metrics_port or settings.worker_metrics_port
+    if metrics_port:
+        # The run's child process records metrics too: multiprocess mode, set up before
+        # prometheus_client is first imported in this process.
+        metrics_dir = settings.data_dir / f"worker-metrics-{os.getpid()}"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        start_http_server(metrics_port, addr=settings.host, registry=registry)
 
     from celery.signals import worker_process_init
 
@@ -90,8 +119,6 @@ def worker(
     from server.compute.celery_app import make_celery
     from server.compute.celery_worker import WorkerState, register_tasks
 
-    given = {"redis_url": redis, "models_dir": models, "data_dir": data_dir}
-    settings = ServerSettings(**{key: value for key, value in given.items() if value is not None})
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     celery = make_celery(
         settings.redis_url, settings.celery_visibility_timeout, settings.job_ttl_seconds
@@ -106,8 +133,9 @@ def worker(
 
     @worker_process_init.connect
     def load_concrete(**_: object) -> None:
-        """Import Concrete in the child only: its runtime does not survive a fork."""
-        circuits.prepare(settings.key_cache_entries)
+        """Import Concrete in the child only: its runtime does not survive a fork. The one run
+        at a time may use every core unless FHE_SERVER_FHE_THREADS says otherwise."""
+        circuits.prepare(settings.key_cache_entries, settings.fhe_threads or os.cpu_count())
 
     hostname = name or f"fhe-{os.getpid()}@{socket.gethostname()}"
     typer.echo(

@@ -22,11 +22,14 @@ from server.inference import Inference
 from server.jobs.queue import JobQueue
 from server.key_uploads import KeyUploads
 from server.models.registry import ModelRegistry
+from server.readiness import Readiness
 from server.settings import ServerSettings
 
 log = logging.getLogger("fhe_server")
 
-PUBLIC_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+PUBLIC_PATHS = frozenset(
+    {"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+)
 
 bearer = HTTPBearer(auto_error=False, description="an API token from the operator")
 
@@ -116,6 +119,11 @@ def get_job_queue(request: Request) -> JobQueue:
     return _state(request, "job_queue")
 
 
+def get_readiness(request: Request) -> Readiness:
+    """The readiness checks of this replica."""
+    return _state(request, "readiness")
+
+
 def get_callback_key(request: Request) -> bytes:
     """The key every token's callback secret derives from."""
     return _state(request, "callback_key")
@@ -126,5 +134,6 @@ InferenceService = Annotated[Inference, Depends(get_inference)]
 KeyUploadService = Annotated[KeyUploads, Depends(get_key_uploads)]
 Registry = Annotated[ModelRegistry, Depends(get_registry)]
 Queue = Annotated[JobQueue, Depends(get_job_queue)]
+ReadinessCheck = Annotated[Readiness, Depends(get_readiness)]
 CallbackKey = Annotated[bytes, Depends(get_callback_key)]
 Owner = Annotated[str | None, Depends(owner_of)]

@@ -165,6 +165,12 @@ class KeySpecMismatch(ServiceError):
     status, code = 409, "key_spec_mismatch"
 
 
+class KeyInUse(ServiceError):
+    """The key cannot be deleted while the owner's queued or running jobs need it."""
+
+    status, code = 409, "key_in_use"
+
+
 class UnknownClientSpec(ServiceError):
     """No model here has the client spec a key upload names."""
 
@@ -211,6 +217,18 @@ class Busy(ServiceError):
     """Every worker is busy and the queue is full; try again."""
 
     status, code = 503, "busy"
+
+
+class NotReady(ServiceError):
+    """A store or the broker this replica needs cannot be reached (readiness fails)."""
+
+    status, code = 503, "not_ready"
+
+
+class StateUnavailable(ServiceError):
+    """The shared database did not answer; the request changed nothing and may be retried."""
+
+    status, code = 503, "state_unavailable"
 
 
 class KeyStoreFull(ServiceError):

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import cachetools
 
 from fhe.contract.keyset import MalformedKeys, uploaded_keyset
-from server import errors
+from server import errors, metrics
 from server.compute import Busy, Compute, RunRefused, TimedOut, WorkerCrashed, circuits
 from server.models.clear import ClearModel, InvalidInputs, PredictionFailed
 from server.models.clear_inputs import parse_inputs, predict_strict
@@ -154,6 +155,7 @@ class Inference:
                         raise unknown_key(stored.key_id, model) from None
             if differences:
                 self._misfits[pair] = differences
+            metrics.KEY_CHECKS.labels(result="misfit" if differences else "fits").inc()
         if differences:
             raise key_mismatch(model, stored.key_id, differences)
         self.keys.add_spec(stored.key_id, model.client_spec)
@@ -165,9 +167,11 @@ class Inference:
         """Run the circuit on one ciphertext in a worker; returns the result and FHE seconds."""
         try:
             with self.keys.in_use(key.key_id):
-                return await self.compute.run_circuit(
+                result, seconds, key_cached = await self.compute.run_circuit(
                     str(model.path), key.key_id, str(key.path), ciphertext
                 )
+            metrics.record_run(model.name, seconds, key_cached)
+            return result, seconds
         except Busy as error:
             raise errors.Busy(str(error), headers={"Retry-After": "2"}) from None
         except circuits.BadInput as error:
@@ -179,6 +183,7 @@ class Inference:
         except RunRefused as error:
             raise errors.ServiceError(str(error), status=error.status, code=error.code) from None
         except WorkerCrashed as error:
+            metrics.WORKER_CRASHES.inc()
             raise errors.UnprocessableCiphertext(
                 f"{error}: the ciphertext or keys do not fit this model's circuit; other "
                 "requests were not affected",
@@ -187,10 +192,12 @@ class Inference:
     async def run_clear(self, model: ClearModel, inputs: Any) -> dict[str, Any]:
         """`{"output", "warnings"}` of one clear prediction; 400 when it cannot be made."""
         self.ready_clear(model)
+        started = time.perf_counter()
         try:
             output, warnings = await asyncio.to_thread(predict_strict, model, inputs)
         except (InvalidInputs, PredictionFailed) as error:
             raise errors.PredictionFailedError(str(error)) from None
+        metrics.CLEAR_SECONDS.labels(model=model.name).observe(time.perf_counter() - started)
         return {"output": output, "warnings": warnings}
 
     async def run_job(self, job: Job, payload: bytes) -> tuple[bytes, str, float | None]:

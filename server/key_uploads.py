@@ -1,5 +1,6 @@
-"""Accepting evaluation keys: stream them in under the bounds, check that they fit a model's key
-set and deserialize, and store them for the token that sent them.
+"""Evaluation keys for their owners: accepting them (stream them in under the bounds, check that
+they fit a model's key set and deserialize, store them for the token that sent them), saying
+whether the server holds them, and deleting them.
 
 Concrete aborts its whole process on keys made for another circuit, so no key reaches a worker
 before its description has been compared with a model's key set (`fhe.contract.keyset`).
@@ -11,11 +12,12 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from fhe.contract.keyset import MalformedKeys, uploaded_keyset
-from server import errors
+from server import errors, metrics
 from server.compute import Busy, Compute, RunRefused, TimedOut, WorkerCrashed, circuits
 from server.inference import key_mismatch, keyset_differences
 from server.models.registry import FHEModel, ModelRegistry
 from server.storage.keys import (
+    KeyPinned,
     KeyStore,
     KeyTooLarge,
     QuotaExceeded,
@@ -31,12 +33,14 @@ def fitting_specs(models: list[FHEModel], upload: Upload) -> list[str]:
     try:
         uploaded = uploaded_keyset(upload.path.read_bytes())
     except MalformedKeys as error:
+        metrics.KEY_CHECKS.labels(result="malformed").inc()
         raise errors.MalformedKeys(str(error)) from None
     fitting = [
         m.client_spec
         for m in models
         if m.keyset is not None and m.client_spec and not m.keyset.differences(uploaded)
     ]
+    metrics.KEY_CHECKS.labels(result="fits" if fitting else "misfit").inc()
     if not fitting:
         raise errors.KeySpecMismatch(
             f"evaluation key {upload.key_id} fits the key set of no model here; generate keys "
@@ -71,6 +75,42 @@ class KeyUploads:
         raise errors.UnknownClientSpec(
             f"no model here has client spec {client_spec}; download client.zip again"
         )
+
+    def status(self, key_id: str, owner: str | None) -> dict[str, object]:
+        """What the server holds of the owner's key: its size, the models it was checked for,
+        when it was stored and last used; 404 when it holds none (or another token's)."""
+        stored = self.keys.status(key_id)
+        if stored is None or not stored.usable_by(owner):
+            raise errors.UnknownKey(
+                f"evaluation key {key_id} is not held here (never uploaded, evicted or deleted); "
+                "upload it again",
+                key_id=key_id,
+                held=False,
+            )
+        models = [
+            m.name
+            for m in self.registry.all()
+            if isinstance(m, FHEModel) and m.client_spec and m.client_spec in stored.client_specs
+        ]
+        return {
+            "key_id": stored.key_id,
+            "held": True,
+            "bytes": stored.size,
+            "client_specs": list(stored.client_specs),
+            "models": models,
+            "created": stored.created,
+            "last_used": stored.last_used,
+        }
+
+    def delete(self, key_id: str, owner: str | None) -> None:
+        """Delete the owner's key (its bytes go once no token holds them); 404 when it holds
+        none, 409 while queued or running work needs it."""
+        try:
+            deleted = self.keys.delete(key_id, owner)
+        except KeyPinned as error:
+            raise errors.KeyInUse(str(error), headers={"Retry-After": "10"}) from None
+        if not deleted:
+            raise errors.UnknownKey(f"evaluation key {key_id} is not held here", key_id=key_id)
 
     async def upload(
         self, chunks: AsyncIterator[bytes], client_spec: str | None, owner: str | None
@@ -126,6 +166,7 @@ class KeyUploads:
         if existing is not None and existing.fits(spec_model.client_spec):
             return []
         differences = await asyncio.to_thread(keyset_differences, spec_model, upload.path)
+        metrics.KEY_CHECKS.labels(result="misfit" if differences else "fits").inc()
         if differences:
             raise key_mismatch(spec_model, upload.key_id, differences)
         return [spec_model.client_spec]
@@ -135,8 +176,11 @@ class KeyUploads:
         try:
             await self.compute.check_keys(upload.key_id, str(upload.path))
         except circuits.BadInput as error:
+            metrics.KEY_CHECKS.labels(result="malformed").inc()
             raise errors.MalformedKeys(str(error)) from None
         except WorkerCrashed as error:
+            metrics.WORKER_CRASHES.inc()
+            metrics.KEY_CHECKS.labels(result="crashed").inc()
             raise errors.MalformedKeys(f"the evaluation keys crashed a worker: {error}") from None
         except (Busy, KeyError) as error:
             raise errors.Busy(str(error), headers={"Retry-After": "5"}) from None

@@ -24,6 +24,16 @@ def default_data_dir() -> Path:
     return Path(base) / "fhe-server"
 
 
+def default_runs() -> int:
+    """FHE runs at once by default: half the cores, each run then taking two threads.
+
+    Measured on 2 cores (`python -m benchmarks.scale_out --parts sizing`): 1 run x 2 threads and
+    2 runs x 1 thread give the same throughput within noise, and the two-thread run answers a lone
+    request in about 0.6x the time; deployment/README.md has the figures and the sizing rule.
+    """
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
 class ServerSettings(BaseSettings):
     """Every setting of `fhe-server serve`; each is also the env variable FHE_SERVER_<NAME>."""
 
@@ -54,9 +64,16 @@ class ServerSettings(BaseSettings):
     host: str = Field("127.0.0.1", description="interface to listen on")
     port: int = Field(8000, description="TCP port")
     workers: int = Field(
-        default_factory=lambda: os.cpu_count() or 1,
+        default_factory=lambda: default_runs(),
         ge=1,
-        description="FHE worker processes (one circuit run each at a time)",
+        description="FHE runs at once: worker processes, one circuit run each at a time "
+        "(default: half the host's cores, at least 1)",
+    )
+    fhe_threads: int | None = Field(
+        None,
+        ge=1,
+        description="threads one FHE run may use (default: the host's cores divided by the "
+        "runs at once, at least 1, so runs x threads <= cores)",
     )
     max_queue: int = Field(
         16, ge=0, description="FHE requests allowed to wait for a worker before 503 busy"
@@ -99,6 +116,9 @@ class ServerSettings(BaseSettings):
     )
     celery_max_in_flight: int = Field(
         64, ge=1, description="FHE runs sent to Celery and not yet answered (API side)"
+    )
+    worker_metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="port of a Celery worker's Prometheus /metrics (off)"
     )
     dev_mode: bool = Field(
         False, description="local development: no API tokens, every caller trusted (warned)"
@@ -179,6 +199,12 @@ class ServerSettings(BaseSettings):
             return self.public_url
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/"
+
+    def threads_per_run(self) -> int:
+        """Threads each FHE run may use: the setting, or cores // runs at once (at least 1)."""
+        if self.fhe_threads is not None:
+            return self.fhe_threads
+        return max(1, (os.cpu_count() or 1) // self.workers)
 
     def policy(self, model: str) -> ModelPolicy:
         """What the operator allows when loading the clear model called `model`."""

@@ -160,9 +160,10 @@ def test_listing_card_and_client_zip(tiny_server, remote) -> None:
 
 
 def test_fhe_work_runs_in_worker_processes(tiny_server) -> None:
+    """As many worker processes as runs at once, which by default leave two cores per run."""
     children = psutil.Process(tiny_server.process.pid).children(recursive=True)
     workers = [c for c in children if "multiprocessing.spawn" in " ".join(c.cmdline())]
-    assert len(workers) == os.cpu_count()
+    assert len(workers) == max(1, (os.cpu_count() or 1) // 2)
 
 
 def test_oversized_bodies_are_413(tmp_path: Path, tiny_models, remote, ciphertext) -> None:

@@ -387,3 +387,75 @@ def test_nginx_answers_json_when_the_api_is_down(tmp_path: Path) -> None:
         response = httpx.get(f"{url}/healthz", timeout=10)
     assert response.status_code == 502
     assert response.json()["code"] == "upstream_unavailable"
+
+
+MONITORING = DEPLOYMENT / "monitoring"
+
+
+def _promtool(*args: str, cwd: Path = MONITORING) -> subprocess.CompletedProcess:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: apt-get install prometheus (make system-packages)"
+    return subprocess.run(
+        [promtool, *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def _exported_names() -> set[str]:
+    """Every sample name the API and its workers export (from the metrics module itself)."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from server import metrics
+
+    metrics.RUN_SECONDS.labels(model="m").observe(1.0)
+    metrics.CLEAR_SECONDS.labels(model="m").observe(1.0)
+    metrics.REQUESTS.labels(route="/r", code="200").inc()
+    metrics.REQUEST_SECONDS.labels(route="/r").observe(1.0)
+    metrics.KEY_CHECKS.labels(result="fits").inc()
+    registry = CollectorRegistry()
+    registry.register(metrics.StateCollector(dict, lambda: (0, 0, 1), lambda: 0))
+    text = metrics.exposition(registry).decode()
+    return {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+@pytest.mark.fast
+def test_alert_rules_load_and_fire_as_their_unit_tests_say() -> None:
+    checked = _promtool("check", "rules", "alerts.yml")
+    assert checked.returncode == 0 and "SUCCESS: 8 rules found" in checked.stdout, checked
+    tested = _promtool("test", "rules", "alerts.test.yml")
+    assert tested.returncode == 0 and "SUCCESS" in tested.stdout, tested.stdout + tested.stderr
+    rules = yaml.safe_load((MONITORING / "alerts.yml").read_text())["groups"][0]["rules"]
+    names = {rule["alert"] for rule in rules}
+    wanted = {"FheQueueBacklog", "FheWorkerCrashes", "FheRunSlow", "FheKeyStoreNearlyFull"}
+    assert wanted <= names
+    exported = _exported_names()
+    used = {n for rule in rules for n in re.findall(r"\bfhe_[a-z_]+", rule["expr"])}
+    assert used and used <= exported, used - exported
+
+
+@pytest.mark.fast
+def test_every_dashboard_query_parses_and_names_exported_metrics(tmp_path: Path) -> None:
+    import json
+
+    dashboard = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    assert len(exprs) >= 10
+    # promtool parses PromQL only in rule files: each query becomes a recording rule.
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"dashboard:query{i}", "expr": expr} for i, expr in enumerate(exprs)
+                ],
+            }
+        ]
+    }
+    (tmp_path / "dashboard-rules.yml").write_text(yaml.safe_dump(rules))
+    checked = _promtool("check", "rules", "dashboard-rules.yml", cwd=tmp_path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    used = {n for expr in exprs for n in re.findall(r"\bfhe_[a-z_]+", expr)}
+    assert used <= _exported_names(), used - _exported_names()
+    titles = " ".join(panel["title"] for panel in dashboard["panels"]).lower()
+    for topic in ("jobs", "queue wait", "fhe run p95", "key store", "crashes"):
+        assert topic in titles

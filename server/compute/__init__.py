@@ -56,16 +56,20 @@ class InFlight:
 
 
 class Compute(Protocol):
-    """A backend that runs circuits: run one ciphertext, check keys deserialize, follow the
-    API's key store, warm up and close."""
+    """A backend that runs circuits: run one ciphertext, check keys deserialize, say whether it
+    can be reached, follow the API's key store, warm up and close."""
 
     workers: int
 
+    in_flight: InFlight
+
     async def run_circuit(
         self, bundle_dir: str, key_id: str, key_path: str, ciphertext: bytes
-    ) -> tuple[bytes, float]: ...
+    ) -> tuple[bytes, float, bool]: ...
 
     async def check_keys(self, key_id: str, key_path: str) -> None: ...
+
+    async def ping(self) -> str | None: ...
 
     def follow(self, keystore: KeyStore) -> None: ...
 
@@ -92,4 +96,9 @@ def make_compute(settings: ServerSettings) -> Compute:
         )
     from server.compute.local import FHEExecutor
 
-    return FHEExecutor(settings.workers, settings.max_queue, settings.key_cache_entries)
+    return FHEExecutor(
+        settings.workers,
+        settings.max_queue,
+        settings.key_cache_entries,
+        settings.threads_per_run(),
+    )

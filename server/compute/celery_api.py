@@ -121,7 +121,7 @@ class CeleryExecutor:
 
     async def run_circuit(
         self, bundle_dir: str, key_id: str, key_path: str, ciphertext: bytes
-    ) -> tuple[bytes, float]:
+    ) -> tuple[bytes, float, bool | None]:
         """Evaluate the model's circuit on a worker, which must hold the same bundle (its
         client spec hash is checked there)."""
         bundle = Path(bundle_dir)
@@ -132,7 +132,12 @@ class CeleryExecutor:
             bundle_client_spec(bundle),
         ]
         answer = await self._task(key_id, key_path, TASK_RUN, payload)
-        return base64.b64decode(answer["result"]), float(answer["seconds"])
+        cached = answer.get("key_cached")
+        return (
+            base64.b64decode(answer["result"]),
+            float(answer["seconds"]),
+            cached if isinstance(cached, bool) else None,
+        )
 
     async def check_keys(self, key_id: str, key_path: str) -> None:
         """Have a worker deserialize the keys; keys that did not pass are taken out of the
@@ -142,6 +147,12 @@ class CeleryExecutor:
         except BaseException:
             self._waiters.submit(self.forget_key, key_id)
             raise
+
+    async def ping(self) -> str | None:
+        """The broker answers a PING (in a waiter thread, bounded by the Redis timeout)."""
+        loop = asyncio.get_running_loop()
+        answered = await loop.run_in_executor(self._waiters, self.redis.ping)
+        return None if answered else "the broker did not answer PING"
 
     def warm(self, bundle_dirs: list[str]) -> None:
         """Workers load their own circuits; nothing to do in the API."""

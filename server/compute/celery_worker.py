@@ -14,6 +14,7 @@ from typing import Any
 
 from celery import Celery
 
+from server import metrics
 from server.compute import circuits
 from server.compute.celery_app import (
     DEAD_LETTER,
@@ -129,6 +130,7 @@ def register_tasks(app: Celery, state_of: Any, delivery_ttl: float = 86400) -> N
         deliveries = state.deliveries(task.request.id, delivery_ttl)
         if deliveries > MAX_DELIVERIES:
             state.dead_letter(task.request.id, model, key_id, deliveries)
+            metrics.DEAD_LETTERS.inc()
             log.error("task %s dead-lettered after %d deliveries", task.request.id, deliveries)
             return _error(
                 422,
@@ -141,12 +143,17 @@ def register_tasks(app: Celery, state_of: Any, delivery_ttl: float = 86400) -> N
         except KeyError:
             return _error(404, "unknown_key", f"evaluation key {key_id} is not in the key store")
         try:
-            result, seconds = circuits.run_circuit(
+            result, seconds, cached = circuits.run_circuit(
                 str(bundle), key_id, str(key_path), base64.b64decode(ciphertext_b64)
             )
         except circuits.BadInput as error:
             return _error(400, "malformed_ciphertext", str(error))
-        return {"result": base64.b64encode(result).decode(), "seconds": seconds}
+        metrics.record_run(model, seconds, cached)
+        return {
+            "result": base64.b64encode(result).decode(),
+            "seconds": seconds,
+            "key_cached": cached,
+        }
 
     @app.task(name=TASK_CHECK_KEYS, bind=True)
     def check_keys(task: Any, key_id: str) -> dict[str, Any]:
@@ -154,6 +161,7 @@ def register_tasks(app: Celery, state_of: Any, delivery_ttl: float = 86400) -> N
         deliveries = state.deliveries(task.request.id, delivery_ttl)
         if deliveries > MAX_DELIVERIES:
             state.dead_letter(task.request.id, "", key_id, deliveries)
+            metrics.DEAD_LETTERS.inc()
             return _error(
                 400,
                 "malformed_keys",

@@ -30,14 +30,19 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(0)
 
 
-def prepare(key_cache_entries: int) -> None:
+def prepare(key_cache_entries: int, threads: int | None = None) -> None:
     """Start a worker process (a child of the API's pool, or a Celery worker's pool child): set
-    the key cache bound and import Concrete once, before any request.
+    the key cache bound and the threads one run may use, and import Concrete once, before any
+    request.
 
-    A watchdog thread ends the process if its parent dies without stopping it.
+    Concrete parallelizes a run with OpenMP, which reads OMP_NUM_THREADS when it starts, so the
+    bound is set before Concrete is imported. A watchdog thread ends the process if its parent
+    dies without stopping it.
     """
     global _key_cache_entries
     _key_cache_entries = key_cache_entries
+    if threads is not None:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     import concrete.fhe
     import concrete.ml.deployment  # noqa: F401
@@ -62,10 +67,11 @@ def _deserialize_keys(data: bytes) -> Any:
         raise BadInput(f"evaluation keys could not be deserialized: {error}") from None
 
 
-def _evaluation_keys(key_id: str, key_path: str) -> Any:
+def _evaluation_keys(key_id: str, key_path: str) -> tuple[Any, bool]:
+    """The deserialized keys and whether they were already in this process's cache."""
     if key_id in _keys:
         _keys.move_to_end(key_id)
-        return _keys[key_id]
+        return _keys[key_id], True
     try:
         data = Path(key_path).read_bytes()
     except FileNotFoundError:
@@ -74,7 +80,7 @@ def _evaluation_keys(key_id: str, key_path: str) -> Any:
     _keys[key_id] = keys
     while len(_keys) > _key_cache_entries:
         _keys.popitem(last=False)
-    return keys
+    return keys, False
 
 
 def check_keys(key_path: str) -> None:
@@ -91,10 +97,11 @@ def warm(bundle_dirs: list[str]) -> int:
 
 def run_circuit(
     bundle_dir: str, key_id: str, key_path: str, ciphertext: bytes
-) -> tuple[bytes, float]:
-    """Evaluate the bundle's circuit on one serialized ciphertext; returns result and seconds."""
+) -> tuple[bytes, float, bool]:
+    """Evaluate the bundle's circuit on one serialized ciphertext; returns the result, the
+    seconds it took and whether the keys were already deserialized here."""
     server = _circuit(bundle_dir)
-    keys = _evaluation_keys(key_id, key_path)
+    keys, cached = _evaluation_keys(key_id, key_path)
     started = time.perf_counter()
     try:
         result = server.run(ciphertext, keys)
@@ -102,4 +109,4 @@ def run_circuit(
         raise BadInput(f"ciphertext could not be evaluated: {error}") from None
     finally:
         ignore_sigpipe()
-    return result, time.perf_counter() - started
+    return result, time.perf_counter() - started, cached

@@ -1,11 +1,12 @@
 """A bounded, crash-isolated pool of worker processes for FHE work, so the event loop never
 blocks on a circuit and one caller's bytes cannot take other callers' work down.
 
-At most `workers` runs execute at once (one per core by default) and at most `max_queue` more
-wait; past that callers get `Busy` at once instead of an ever-growing queue. The pool is pebble's
-`ProcessPool`: a worker that dies (Concrete aborts the process on some malformed inputs) fails
-only the task it was running, with `WorkerCrashed`, and pebble starts a fresh worker in its place
-while every other task in flight or queued goes on.
+At most `workers` runs execute at once, each on at most `threads` cores (so that runs x threads
+stays within the host's cores), and at most `max_queue` more wait; past that callers get `Busy` at
+once instead of an ever-growing queue. The pool is pebble's `ProcessPool`: a worker that dies
+(Concrete aborts the process on some malformed inputs) fails only the task it was running, with
+`WorkerCrashed`, and pebble starts a fresh worker in its place while every other task in flight or
+queued goes on.
 """
 
 from __future__ import annotations
@@ -25,13 +26,16 @@ T = TypeVar("T")
 class FHEExecutor:
     """Runs worker functions in separate processes with a bound on work in flight."""
 
-    def __init__(self, workers: int, max_queue: int, key_cache_entries: int) -> None:
+    def __init__(
+        self, workers: int, max_queue: int, key_cache_entries: int, threads: int | None = None
+    ) -> None:
         self.workers = workers
+        self.threads = threads
         self.in_flight = InFlight(workers + max_queue)
         self._pool = ProcessPool(
             max_workers=workers,
             initializer=circuits.prepare,
-            initargs=(key_cache_entries,),
+            initargs=(key_cache_entries, threads),
             context=multiprocessing.get_context("spawn"),
         )
 
@@ -48,13 +52,18 @@ class FHEExecutor:
 
     async def run_circuit(
         self, bundle_dir: str, key_id: str, key_path: str, ciphertext: bytes
-    ) -> tuple[bytes, float]:
-        """Evaluate a bundle's circuit on one ciphertext; returns the result and FHE seconds."""
+    ) -> tuple[bytes, float, bool]:
+        """Evaluate a bundle's circuit on one ciphertext; returns the result, the FHE seconds and
+        whether the worker had the keys deserialized already."""
         return await self.call(circuits.run_circuit, bundle_dir, key_id, key_path, ciphertext)
 
     async def check_keys(self, key_id: str, key_path: str) -> None:
         """Raise circuits.BadInput unless the file holds deserializable evaluation keys."""
         await self.call(circuits.check_keys, key_path)
+
+    async def ping(self) -> str | None:
+        """The pool is this process's own: ready while it is not closed."""
+        return None if self._pool.active else "the FHE worker pool is stopped"
 
     def follow(self, keystore: Any) -> None:
         """Workers read keys from the API's own store, so there is no copy to keep in step."""

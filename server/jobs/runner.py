@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from server import errors
+from server import errors, metrics
 from server.jobs.callbacks import CallbackSender, Delivery
 from server.storage.jobs import Job, JobStore
 
@@ -86,6 +86,8 @@ class JobRunner:
                 if job is None:
                     break
                 self.running += 1
+                if job.attempts == 1 and job.started is not None:
+                    metrics.QUEUE_WAIT.observe(max(0.0, job.started - job.created))
                 self._spawn(self._run(job))
             self._wakeup.clear()
             with contextlib.suppress(TimeoutError):

@@ -1,11 +1,12 @@
-"""The route of key uploads: raw evaluation-key bytes in, their content-addressed id out."""
+"""The routes of evaluation keys: upload (raw bytes in, their content-addressed id out), status
+and deletion, for the token that uploaded them."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from server.deps import KeyUploadService, Owner
 from server.routes.body import check_declared_length
@@ -36,3 +37,18 @@ async def upload_keys(
         "client_specs": list(stored.client_specs),
     }
     return JSONResponse(body, status_code=201 if created else 200)
+
+
+@router.get("/v1/keys/{key_id}")
+async def key_status(key_id: str, uploads: KeyUploadService, owner: Owner) -> dict[str, object]:
+    """Whether the server holds this key of yours: its size, the models it was checked for and
+    when it was last used. 404 `unknown_key` means: upload it again."""
+    return uploads.status(key_id, owner)
+
+
+@router.delete("/v1/keys/{key_id}", status_code=204)
+async def delete_key(key_id: str, uploads: KeyUploadService, owner: Owner) -> Response:
+    """Delete your key: every replica and worker refuses it from now on. 409 `key_in_use` while
+    your queued or running jobs need it."""
+    uploads.delete(key_id, owner)
+    return Response(status_code=204)

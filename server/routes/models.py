@@ -1,4 +1,4 @@
-"""Routes of the models: liveness, the listing, a model's card and the files its clients need:
+"""Routes of the models: the listing, a model's card and the files its clients need:
 the client spec, the fine-tuned embedder tensors, the tabular preprocessing."""
 
 from __future__ import annotations
@@ -11,12 +11,6 @@ from server import errors
 from server.deps import InferenceService, Registry
 
 router = APIRouter()
-
-
-@router.get("/healthz")
-async def healthz() -> dict[str, str]:
-    """Liveness."""
-    return {"status": "ok"}
 
 
 @router.get("/v1/models")

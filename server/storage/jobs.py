@@ -216,6 +216,17 @@ class JobStore:
         with self._lock:
             return int(self._db.execute(query, args).fetchone()[0])
 
+    def counts_by_status(self) -> dict[str, int]:
+        """How many jobs are in each status (expired ones not yet deleted included)."""
+        with self._lock:
+            rows = self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
+        return {row[0]: int(row[1]) for row in rows}
+
+    def ping(self) -> None:
+        """Raise when the database cannot be read."""
+        with self._lock:
+            self._db.execute("SELECT 1").fetchone()
+
     def key_ids_in_flight(self) -> set[str]:
         """Keys that queued and running jobs will need (pinned against eviction)."""
         with self._lock:

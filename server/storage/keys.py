@@ -41,6 +41,10 @@ class QuotaExceeded(RuntimeError):
     """The owner's stored keys would pass its quota."""
 
 
+class KeyPinned(RuntimeError):
+    """The key cannot be deleted while queued or running work needs it."""
+
+
 @dataclass(frozen=True)
 class StoredKey:
     """One stored key: its id, size, the client specs it was uploaded for, and its file."""
@@ -50,6 +54,8 @@ class StoredKey:
     client_specs: tuple[str, ...]
     path: Path
     owners: tuple[str, ...] = ()
+    created: float | None = None
+    last_used: float | None = None
 
     def fits(self, client_spec: str | None) -> bool:
         """True when the key has been checked against this client spec's key set."""
@@ -62,6 +68,11 @@ class StoredKey:
 
 def _owners(meta: dict) -> tuple[str, ...]:
     return tuple(meta.get("owners", []))
+
+
+def _created(meta: dict) -> float | None:
+    created = meta.get("created")
+    return float(created) if isinstance(created, int | float) else None
 
 
 def _specs(meta: dict) -> tuple[str, ...]:
@@ -150,6 +161,15 @@ class KeyStore:
     def _pinned(self) -> set[str]:
         return set(self._in_use) | set(self.pinned_by_jobs())
 
+    def totals(self) -> tuple[int, int, int]:
+        """Keys stored, their bytes, and the store's bound (what the metrics report)."""
+        with self._lock:
+            return len(self._sizes), sum(self._sizes.values()), self.max_bytes
+
+    def ping(self) -> None:
+        """Raise when the key directory cannot be read."""
+        os.stat(self.root)
+
     def __len__(self) -> int:
         return len(self._sizes)
 
@@ -183,7 +203,56 @@ class KeyStore:
         if gone:
             self._notify([key_id])
             return None
-        return StoredKey(key_id, size, _specs(meta), data_path, _owners(meta))
+        return StoredKey(
+            key_id, size, _specs(meta), data_path, _owners(meta), _created(meta), time.time()
+        )
+
+    def status(self, key_id: str) -> StoredKey | None:
+        """The stored key with when it was created and last used, without marking it used."""
+        if not is_key_id(key_id):
+            return None
+        with self._lock:
+            if key_id not in self._sizes:
+                return None
+            data_path, meta_path = self._paths(key_id)
+            try:
+                last_used = data_path.stat().st_mtime
+            except FileNotFoundError:
+                return None
+            meta = _read_meta(meta_path)
+            size = self._sizes[key_id]
+        return StoredKey(
+            key_id, size, _specs(meta), data_path, _owners(meta), _created(meta), last_used
+        )
+
+    def delete(self, key_id: str, owner: str | None) -> bool:
+        """Take `owner`'s claim on a key away; the bytes go when no owner is left (without
+        access control, at once). False when the owner holds no such key; KeyPinned while
+        queued or running work needs the key."""
+        if not is_key_id(key_id):
+            return False
+        with self._lock:
+            if key_id not in self._sizes:
+                return False
+            owners = self._owners.get(key_id, ())
+            if owner is not None and owner not in owners:
+                return False
+            if key_id in self._pinned():
+                raise KeyPinned(
+                    f"evaluation key {key_id} is needed by queued or running work; delete it "
+                    "when that work has finished"
+                )
+            left = tuple(o for o in owners if o != owner) if owner is not None else ()
+            if left:
+                meta_path = self._paths(key_id)[1]
+                meta = _read_meta(meta_path)
+                meta["owners"] = list(left)
+                write_atomic(meta_path, json.dumps(meta).encode(), sync=False)
+                self._owners[key_id] = left
+                return True
+            self._forget(key_id)
+        self._notify([key_id])
+        return True
 
     async def receive(self, chunks: AsyncIterator[bytes], limit: int) -> Upload:
         """Stream an upload into a temporary file while hashing it; refuse past `limit` bytes.

@@ -1,0 +1,41 @@
+"""Routes for operators and orchestrators: liveness, readiness and Prometheus metrics.
+
+All three are public (probes and scrapers carry no API token); the proxy in front of the API
+keeps `/metrics` on the internal network (deployment/nginx).
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from server import errors
+from server.deps import ReadinessCheck
+from server.metrics import CONTENT_TYPE, exposition
+
+router = APIRouter()
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """Liveness: the process answers (it does not depend on the database or the broker)."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(readiness: ReadinessCheck) -> dict[str, object]:
+    """Readiness: 503 while the database, the key store or the broker cannot be reached."""
+    problems = await readiness.problems()
+    if problems:
+        raise errors.NotReady(
+            "not ready: " + "; ".join(f"{name}: {why}" for name, why in problems.items()),
+            headers={"Retry-After": "5"},
+            checks=problems,
+        )
+    return {"status": "ready", "checks": readiness.names()}
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    """Prometheus text: request, run, queue, key and crash metrics of this replica."""
+    return Response(exposition(request.app.state.metrics_registry), media_type=CONTENT_TYPE)
