@@ -10,8 +10,9 @@ DEMO_PORT ?= 7860
 # Debian packages the tests need: Chromium drives the demo in a real browser, redis-server is the
 # broker of the scale-out tests, docker-compose validates deployment/compose.yaml, nginx runs
 # deployment/nginx/fhe-server.conf in front of a real server, prometheus brings promtool, which
-# checks and unit-tests deployment/monitoring's alert rules.
-SYSTEM_PACKAGES := chromium redis-server docker-compose nginx prometheus
+# checks and unit-tests deployment/monitoring's alert rules, postgresql is the shared state of the
+# many-replica tests (started by the tests in a temporary directory, never as a system service).
+SYSTEM_PACKAGES := chromium redis-server docker-compose nginx prometheus postgresql
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install client-install system-packages run test test-fast lint model tabular-models clean
@@ -45,6 +46,7 @@ run: install
 system-packages:
 	@command -v chromium >/dev/null && command -v redis-server >/dev/null && \
 		command -v docker-compose >/dev/null && command -v promtool >/dev/null && \
+		ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && \
 		{ command -v nginx || test -x /usr/sbin/nginx; } >/dev/null || { \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(SYSTEM_PACKAGES); }

@@ -10,10 +10,11 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
+from sqlalchemy import Engine
 
 from server.compute import make_compute
 from server.deps import Access, authenticate
-from server.errors import install_error_handlers
+from server.errors import ConfigurationError, install_error_handlers
 from server.inference import Inference
 from server.jobs.callbacks import AllowList, CallbackSender, signing_key
 from server.jobs.queue import JobQueue
@@ -25,12 +26,46 @@ from server.readiness import Readiness
 from server.routes import callbacks, hf_compat, jobs, keys, models, operations, predict
 from server.routes.body import BodyTimeout
 from server.settings import ServerSettings
+from server.storage.database import engine_for, migrate
 from server.storage.jobs import JobStore
 from server.storage.keys import KeyStore
+from server.storage.postgres_jobs import PostgresJobStore
+from server.storage.postgres_keys import PostgresKeyStore
 
 log = logging.getLogger("fhe_server")
 
 COMPUTE_HEADERS = ["x-compute-time", "x-compute-type"]
+
+
+def open_stores(
+    settings: ServerSettings,
+) -> tuple[JobStore | PostgresJobStore, KeyStore | PostgresKeyStore, Engine | None]:
+    """The job and key stores: in the shared database when one is configured (migrated first,
+    under its lock), else SQLite and files in the data directory; and the engine to dispose."""
+    url = settings.database()
+    if url is None:
+        job_store = JobStore(settings.data_dir / "jobs", settings.job_max_attempts)
+        key_store = KeyStore(
+            settings.data_dir / "keys",
+            settings.keystore_max_bytes,
+            pinned_by_jobs=job_store.key_ids_in_flight,
+        )
+        return job_store, key_store, None
+    if not settings.callback_signing_key.get_secret_value():
+        raise ConfigurationError(
+            "with FHE_SERVER_DATABASE_URL, set FHE_SERVER_CALLBACK_SIGNING_KEY to the same secret "
+            "on every replica, so that each signs callbacks as the secret its clients hold"
+        )
+    engine = engine_for(url)
+    migrate(engine)
+    shared_jobs = PostgresJobStore(
+        engine, settings.replica_name, settings.job_max_attempts, settings.job_lease_seconds
+    )
+    shared_keys = PostgresKeyStore(
+        engine, settings.data_dir / "uploads", settings.keystore_max_bytes
+    )
+    log.warning("shared state in the database as replica %s", settings.replica_name)
+    return shared_jobs, shared_keys, engine
 
 
 @asynccontextmanager
@@ -45,12 +80,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     for model in registry.all():
         status = "ready" if model.ready else f"unloadable: {model.reason}"
         log.warning("model %s (%s): %s", model.name, model.kind, status)
-    job_store = JobStore(settings.data_dir / "jobs", settings.job_max_attempts)
-    key_store = KeyStore(
-        settings.data_dir / "keys",
-        settings.keystore_max_bytes,
-        pinned_by_jobs=job_store.key_ids_in_flight,
-    )
+    job_store, key_store, engine = open_stores(settings)
     compute = make_compute(settings)
     compute.follow(key_store)
     compute.warm([str(m.path) for m in registry.all() if m.ready])
@@ -65,6 +95,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             ttl_seconds=settings.job_ttl_seconds,
             callback_attempts=settings.callback_attempts,
             callback_backoff_seconds=settings.callback_backoff_seconds,
+            lease_seconds=settings.job_lease_seconds,
         ),
         CallbackSender(allow, callback_key, settings.callback_timeout_seconds),
     )
@@ -101,6 +132,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await runner.stop()
         compute.close()
         job_store.close()
+        if engine is not None:
+            engine.dispose()
 
 
 def create_app(settings: ServerSettings | None = None) -> FastAPI:

@@ -128,6 +128,7 @@ def worker(
         settings.data_dir / "worker-keys",
         settings.redis_url,
         settings.keystore_max_bytes,
+        settings.database(),
     )
     register_tasks(celery, lambda: state, settings.job_ttl_seconds)
 

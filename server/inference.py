@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from pathlib import Path
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import cachetools
@@ -22,18 +23,19 @@ from server.models.clear_inputs import parse_inputs, predict_strict
 from server.models.registry import FHEModel, Model, ModelRegistry
 from server.storage.jobs import Job
 from server.storage.keys import KeyStore, StoredKey
+from server.storage.postgres_keys import PostgresKeyStore
 
 KEYGEN_HINT = "run `fhe-client keygen --model {model}` to generate and upload evaluation keys"
 KEY_CHECKS_AT_ONCE = 2
 """Structural key checks read up to a whole key file: at most this many at once."""
 
 
-def keyset_differences(model: FHEModel, key_path: Path) -> list[str]:
-    """What in the serialized keys at `key_path` differs from the model's key set (blocking)."""
+def keyset_differences(model: FHEModel, read: Callable[[], bytes]) -> list[str]:
+    """What in the serialized keys `read()` gives differs from the model's key set (blocking)."""
     if model.keyset is None:
         return ["the model's client spec lists no key set"]
     try:
-        return model.keyset.differences(uploaded_keyset(key_path.read_bytes()))
+        return model.keyset.differences(uploaded_keyset(read()))
     except MalformedKeys as error:
         return [str(error)]
 
@@ -68,7 +70,9 @@ def parsed_inputs(body: bytes) -> Any:
 class Inference:
     """Checks and runs predictions over the models, the key store and a compute backend."""
 
-    def __init__(self, registry: ModelRegistry, keys: KeyStore, compute: Compute) -> None:
+    def __init__(
+        self, registry: ModelRegistry, keys: KeyStore | PostgresKeyStore, compute: Compute
+    ) -> None:
         self.registry = registry
         self.keys = keys
         self.compute = compute
@@ -149,7 +153,7 @@ class Inference:
                 with self.keys.in_use(stored.key_id):
                     try:
                         differences = await asyncio.to_thread(
-                            keyset_differences, model, stored.path
+                            keyset_differences, model, partial(self.keys.read_bytes, stored.key_id)
                         )
                     except OSError:
                         raise unknown_key(stored.key_id, model) from None
@@ -168,7 +172,7 @@ class Inference:
         try:
             with self.keys.in_use(key.key_id):
                 result, seconds, key_cached = await self.compute.run_circuit(
-                    str(model.path), key.key_id, str(key.path), ciphertext
+                    str(model.path), key.key_id, str(key.path or ""), ciphertext
                 )
             metrics.record_run(model.name, seconds, key_cached)
             return result, seconds

@@ -25,6 +25,7 @@ from server.storage.keys import (
     StoreFull,
     Upload,
 )
+from server.storage.postgres_keys import PostgresKeyStore
 
 
 def fitting_specs(models: list[FHEModel], upload: Upload) -> list[str]:
@@ -56,7 +57,7 @@ class KeyUploads:
     def __init__(
         self,
         registry: ModelRegistry,
-        keys: KeyStore,
+        keys: KeyStore | PostgresKeyStore,
         compute: Compute,
         max_key_bytes: int,
         token_max_key_bytes: int,
@@ -165,7 +166,9 @@ class KeyUploads:
             return await asyncio.to_thread(fitting_specs, models, upload)
         if existing is not None and existing.fits(spec_model.client_spec):
             return []
-        differences = await asyncio.to_thread(keyset_differences, spec_model, upload.path)
+        differences = await asyncio.to_thread(
+            keyset_differences, spec_model, upload.path.read_bytes
+        )
         metrics.KEY_CHECKS.labels(result="misfit" if differences else "fits").inc()
         if differences:
             raise key_mismatch(spec_model, upload.key_id, differences)

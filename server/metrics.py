@@ -98,25 +98,40 @@ class StateCollector(Collector):
         self.in_flight = in_flight
 
     def collect(self) -> Iterable[Metric]:
+        """The gauges; while a store does not answer, its gauges are left out and
+        `fhe_state_up` is 0 (a scrape never fails with the database)."""
+        try:
+            counts = self.job_counts()
+            keys, stored, bound = self.key_totals()
+        except Exception:  # the stores' outage shows as fhe_state_up 0, not as a failed scrape
+            yield GaugeMetricFamily(
+                "fhe_state_up", "Whether the job and key stores answered this scrape", value=0
+            )
+        else:
+            yield from self._state(counts, keys, stored, bound)
+        yield GaugeMetricFamily(
+            "fhe_runs_in_flight",
+            "FHE runs this replica has sent and not yet answered",
+            value=self.in_flight(),
+        )
+
+    @staticmethod
+    def _state(counts: dict[str, int], keys: int, stored: int, bound: int) -> Iterable[Metric]:
+        yield GaugeMetricFamily(
+            "fhe_state_up", "Whether the job and key stores answered this scrape", value=1
+        )
         jobs = GaugeMetricFamily(
             "fhe_jobs", "Jobs by state (shared by every replica)", labels=["state"]
         )
-        counts = self.job_counts()
         for state in JOB_STATES:
             jobs.add_metric([state], counts.get(state, 0))
         yield jobs
-        keys, stored, bound = self.key_totals()
         yield GaugeMetricFamily("fhe_keys", "Evaluation keys stored", value=keys)
         yield GaugeMetricFamily(
             "fhe_key_store_bytes", "Bytes of evaluation keys stored", value=stored
         )
         yield GaugeMetricFamily(
             "fhe_key_store_max_bytes", "The key store's bound before LRU eviction", value=bound
-        )
-        yield GaugeMetricFamily(
-            "fhe_runs_in_flight",
-            "FHE runs this replica has sent and not yet answered",
-            value=self.in_flight(),
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -59,7 +60,23 @@ class ServerSettings(BaseSettings):
         description="origins browsers may call from (CORS); x-compute-* headers are exposed",
     )
     data_dir: Path = Field(
-        default_factory=default_data_dir, description="keys and jobs are kept here"
+        default_factory=default_data_dir,
+        description="keys and jobs are kept here (with a database: only uploads being received)",
+    )
+    database_url: SecretStr | None = Field(
+        None,
+        description="Postgres shared by every replica and worker for jobs, results and keys "
+        "(postgresql://user:password@host/db); unset: SQLite and files in the data directory",
+    )
+    job_lease_seconds: float = Field(
+        60,
+        gt=0,
+        description="with a database: a running job whose replica stops renewing its lease for "
+        "this long is claimed by another replica",
+    )
+    replica_name: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
+        description="this replica's name in job leases (default: host name and process id)",
     )
     host: str = Field("127.0.0.1", description="interface to listen on")
     port: int = Field(8000, description="TCP port")
@@ -199,6 +216,10 @@ class ServerSettings(BaseSettings):
             return self.public_url
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/"
+
+    def database(self) -> str | None:
+        """The shared database's URL, or None for the embedded stores."""
+        return self.database_url.get_secret_value() if self.database_url else None
 
     def threads_per_run(self) -> int:
         """Threads each FHE run may use: the setting, or cores // runs at once (at least 1)."""

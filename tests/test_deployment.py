@@ -97,12 +97,21 @@ def test_compose_file_passes_docker_compose_config() -> None:
         text=True,
         timeout=120,
         check=False,
-        env={"FHE_API_TOKEN": "validation-only", "PATH": "/usr/bin:/bin"},
+        env={
+            "FHE_API_TOKEN": "validation-only",
+            "FHE_DB_PASSWORD": "validation-only",
+            "FHE_CALLBACK_SIGNING_KEY": "validation-only",
+            "PATH": "/usr/bin:/bin",
+        },
         cwd=DEPLOYMENT,
     )
     assert run.returncode == 0, run.stdout + run.stderr
     services = yaml.safe_load((DEPLOYMENT / "compose.yaml").read_text())["services"]
-    assert {"api", "worker", "redis", "demo", "proxy"} <= set(services)
+    assert {"api", "worker", "redis", "postgres", "demo", "proxy"} <= set(services)
+    assert services["api"]["deploy"]["replicas"] == 2 and "volumes" not in services["api"]
+    for role in ("api", "worker"):
+        url = services[role]["environment"]["FHE_SERVER_DATABASE_URL"]
+        assert url.startswith("postgresql://") and "@postgres:5432/" in url
     published = {name for name, service in services.items() if service.get("ports")}
     assert published == {"proxy"}, "only nginx may publish a port"
     proxy = services["proxy"]

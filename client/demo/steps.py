@@ -147,10 +147,15 @@ class DemoTab:
             info = session.generate_keys()
         except Exception as error:
             return session, self.error(error)
+        sent = (
+            f"uploaded in **{info.upload_seconds:.2f} s**"
+            if info.uploaded
+            else f"already held by the server (asked in **{info.upload_seconds:.2f} s**)"
+        )
         return session, (
             f"**Keys ready.** Key id `{info.key_id}`. Evaluation keys: "
             f"**{size_text(info.evaluation_key_bytes)}**, generated in "
-            f"**{info.keygen_seconds:.2f} s** and uploaded in **{info.upload_seconds:.2f} s**. "
+            f"**{info.keygen_seconds:.2f} s** and {sent}. "
             "The private key stays in this session's client; the server only has the evaluation "
             "keys, which can compute on ciphertexts but cannot decrypt them."
         )

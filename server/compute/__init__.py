@@ -93,6 +93,7 @@ def make_compute(settings: ServerSettings) -> Compute:
             settings.celery_max_in_flight,
             settings.celery_task_timeout,
             settings.celery_key_ttl_seconds,
+            shared_keys=settings.database_url is not None,
         )
     from server.compute.local import FHEExecutor
 
@@ -101,4 +102,5 @@ def make_compute(settings: ServerSettings) -> Compute:
         settings.max_queue,
         settings.key_cache_entries,
         settings.threads_per_run(),
+        settings.database(),
     )

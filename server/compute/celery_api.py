@@ -1,5 +1,7 @@
-"""The API side of Celery mode: send FHE work to the workers and wait for it, keeping the keys in
-Redis in step with the API's own key store."""
+"""The API side of Celery mode: send FHE work to the workers and wait for it. Without a shared
+database the keys go to the workers through Redis, kept in step with the API's own key store;
+with one, workers read them from the database and Redis is the broker only (a key passes through
+it only to be checked before it is stored)."""
 
 from __future__ import annotations
 
@@ -41,7 +43,13 @@ class CeleryExecutor:
     """
 
     def __init__(
-        self, app: Celery, redis_url: str, capacity: int, timeout: float, key_ttl: float
+        self,
+        app: Celery,
+        redis_url: str,
+        capacity: int,
+        timeout: float,
+        key_ttl: float,
+        shared_keys: bool = False,
     ) -> None:
         import redis
 
@@ -51,6 +59,7 @@ class CeleryExecutor:
         )
         self.timeout = timeout
         self.key_ttl = key_ttl
+        self.shared_keys = shared_keys
         self.in_flight = InFlight(capacity)
         self.workers = capacity
         self._waiters = ThreadPoolExecutor(max_workers=capacity, thread_name_prefix="celery-wait")
@@ -100,7 +109,8 @@ class CeleryExecutor:
         loop = asyncio.get_running_loop()
 
         async def publish_and_send() -> dict[str, Any]:
-            await loop.run_in_executor(self._waiters, self._publish_key, key_id, Path(key_path))
+            if key_path:  # a file of the API's own store, or an upload being checked
+                await loop.run_in_executor(self._waiters, self._publish_key, key_id, Path(key_path))
             return await loop.run_in_executor(self._waiters, self._send_and_wait, name, args)
 
         with self.in_flight.slot():
@@ -108,7 +118,7 @@ class CeleryExecutor:
                 try:
                     return await publish_and_send()
                 except TaskFailed as failed:
-                    if failed.code != "unknown_key" or not Path(key_path).is_file():
+                    if failed.code != "unknown_key" or not key_path or not Path(key_path).is_file():
                         raise
                     log.info("key %s was missing in Redis; published again", key_id)
                     return await publish_and_send()
@@ -140,13 +150,16 @@ class CeleryExecutor:
         )
 
     async def check_keys(self, key_id: str, key_path: str) -> None:
-        """Have a worker deserialize the keys; keys that did not pass are taken out of the
-        shared store again, whatever stopped them."""
+        """Have a worker deserialize the keys; keys that did not pass are taken out of Redis
+        again, whatever stopped them (and, with a shared database, all keys are: workers read
+        them from the database once stored, so Redis held this copy only for the check)."""
         try:
             await self._task(key_id, key_path, TASK_CHECK_KEYS, [key_id])
         except BaseException:
             self._waiters.submit(self.forget_key, key_id)
             raise
+        if self.shared_keys:
+            self._waiters.submit(self.forget_key, key_id)
 
     async def ping(self) -> str | None:
         """The broker answers a PING (in a waiter thread, bounded by the Redis timeout)."""

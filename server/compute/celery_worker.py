@@ -1,5 +1,6 @@
 """The worker side of Celery mode: the tasks `fhe-server worker` runs, and what a worker keeps (its
-bounded key cache fetched from Redis, delivery counts, the dead-letter list)."""
+bounded key cache fetched from the shared database, or from Redis without one, delivery counts,
+the dead-letter list)."""
 
 from __future__ import annotations
 
@@ -35,10 +36,20 @@ class WorkerState:
     """What a worker process knows: where bundles are, its bounded key cache, and Redis."""
 
     def __init__(
-        self, models_dir: Path, key_dir: Path, redis_url: str, max_key_bytes: int = 8 << 30
+        self,
+        models_dir: Path,
+        key_dir: Path,
+        redis_url: str,
+        max_key_bytes: int = 8 << 30,
+        database_url: str | None = None,
     ) -> None:
         import redis
 
+        self.reader = None
+        if database_url:
+            from server.storage.postgres_keys import KeyReader
+
+            self.reader = KeyReader(database_url)
         self.models_dir = models_dir
         self.key_dir = key_dir
         self.key_dir.mkdir(parents=True, exist_ok=True)
@@ -47,13 +58,27 @@ class WorkerState:
             redis_url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
         )
 
-    def key_path(self, key_id: str) -> Path:
-        """The key's file in this worker's cache, fetched from Redis the first time.
+    def key_path(self, key_id: str, shared: bool = True) -> Path:
+        """The key's file in this worker's cache, fetched the first time from the shared
+        database (when one is configured and `shared`) or from Redis.
 
-        A key Redis no longer has (the API evicted it, or its TTL passed) is dropped from the
-        cache too, and reported unknown: the API publishes it again if it still holds it.
+        A key the store no longer has (evicted, deleted, or its Redis TTL passed) is dropped
+        from the cache too, and reported unknown: the API publishes it to Redis again if it
+        still holds it.
         """
         path = self.key_dir / f"{key_id}.keys"
+        if shared and self.reader is not None:
+            if not self.reader.exists(key_id):
+                path.unlink(missing_ok=True)
+                raise KeyError(key_id)
+            if not path.is_file():
+                try:
+                    self.reader.copy_to(key_id, path)
+                except FileNotFoundError:
+                    raise KeyError(key_id) from None
+                self._evict(keep=path)
+            os.utime(path)
+            return path
         if not self.redis.exists(KEY_PREFIX + key_id):
             path.unlink(missing_ok=True)
             raise KeyError(key_id)
@@ -168,7 +193,8 @@ def register_tasks(app: Celery, state_of: Any, delivery_ttl: float = 86400) -> N
                 f"deserializing these evaluation keys stopped {MAX_DELIVERIES} FHE workers",
             )
         try:
-            circuits.check_keys(str(state.key_path(key_id)))
+            # Keys are checked before they are stored: this one comes through Redis.
+            circuits.check_keys(str(state.key_path(key_id, shared=False)))
         except KeyError:
             return _error(404, "unknown_key", f"evaluation key {key_id} is not in the key store")
         except circuits.BadInput as error:

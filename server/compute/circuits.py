@@ -9,15 +9,17 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import cachetools
 
 from fhe.contract.signals import ignore_sigpipe
 
 _circuits: dict[str, Any] = {}
-_keys: OrderedDict[str, Any] = OrderedDict()
-_key_cache_entries = 4
+_keys: cachetools.LRUCache[str, Any] = cachetools.LRUCache(maxsize=4)
+_key_reader: Callable[[str], bytes] | None = None
 
 
 class BadInput(Exception):
@@ -30,7 +32,9 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(0)
 
 
-def prepare(key_cache_entries: int, threads: int | None = None) -> None:
+def prepare(
+    key_cache_entries: int, threads: int | None = None, database_url: str | None = None
+) -> None:
     """Start a worker process (a child of the API's pool, or a Celery worker's pool child): set
     the key cache bound and the threads one run may use, and import Concrete once, before any
     request.
@@ -39,8 +43,12 @@ def prepare(key_cache_entries: int, threads: int | None = None) -> None:
     bound is set before Concrete is imported. A watchdog thread ends the process if its parent
     dies without stopping it.
     """
-    global _key_cache_entries
-    _key_cache_entries = key_cache_entries
+    global _keys, _key_reader
+    _keys = cachetools.LRUCache(maxsize=key_cache_entries)
+    if database_url:
+        from server.storage.postgres_keys import KeyReader
+
+        _key_reader = KeyReader(database_url).read
     if threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(threads)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
@@ -67,19 +75,26 @@ def _deserialize_keys(data: bytes) -> Any:
         raise BadInput(f"evaluation keys could not be deserialized: {error}") from None
 
 
-def _evaluation_keys(key_id: str, key_path: str) -> tuple[Any, bool]:
-    """The deserialized keys and whether they were already in this process's cache."""
-    if key_id in _keys:
-        _keys.move_to_end(key_id)
-        return _keys[key_id], True
+def _read_keys(key_id: str, key_path: str) -> bytes:
+    """A key's bytes: its file, or the shared store; KeyError when neither holds it."""
     try:
-        data = Path(key_path).read_bytes()
+        if key_path:
+            return Path(key_path).read_bytes()
+        if _key_reader is not None:
+            return _key_reader(key_id)
     except FileNotFoundError:
-        raise KeyError(key_id) from None
-    keys = _deserialize_keys(data)
+        pass
+    raise KeyError(key_id)
+
+
+def _evaluation_keys(key_id: str, key_path: str) -> tuple[Any, bool]:
+    """The deserialized keys and whether they were already in this process's cache (a key is
+    immutable once stored, so a cached one is never stale)."""
+    keys = _keys.get(key_id)
+    if keys is not None:
+        return keys, True
+    keys = _deserialize_keys(_read_keys(key_id, key_path))
     _keys[key_id] = keys
-    while len(_keys) > _key_cache_entries:
-        _keys.popitem(last=False)
     return keys, False
 
 

@@ -27,7 +27,12 @@ class FHEExecutor:
     """Runs worker functions in separate processes with a bound on work in flight."""
 
     def __init__(
-        self, workers: int, max_queue: int, key_cache_entries: int, threads: int | None = None
+        self,
+        workers: int,
+        max_queue: int,
+        key_cache_entries: int,
+        threads: int | None = None,
+        database_url: str | None = None,
     ) -> None:
         self.workers = workers
         self.threads = threads
@@ -35,7 +40,7 @@ class FHEExecutor:
         self._pool = ProcessPool(
             max_workers=workers,
             initializer=circuits.prepare,
-            initargs=(key_cache_entries, threads),
+            initargs=(key_cache_entries, threads, database_url),
             context=multiprocessing.get_context("spawn"),
         )
 

@@ -44,6 +44,9 @@ log = logging.getLogger("fhe_server.callbacks")
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+"""Names one job's end: every delivery of it (retries, or another replica's) carries the same
+value, also in the body as `delivery_id`, so a receiver keeps the first and drops the rest."""
 SIGNING_KEY_FILE = "callback-signing.key"
 """The server's callback signing key in the data directory (32 random bytes, mode 0600)."""
 MAX_URL_LENGTH = 2048
@@ -415,6 +418,8 @@ class CallbackSender:
             "User-Agent": "fhe-server-callback",
             SIGNATURE_HEADER: signature,
         }
+        if isinstance(payload.get("delivery_id"), str):
+            headers[IDEMPOTENCY_HEADER] = payload["delivery_id"]
         extensions = {} if parsed.literal is not None else {"sni_hostname": _host_name(parsed.host)}
         failures: list[str] = []
         async with httpx.AsyncClient(

@@ -4,12 +4,12 @@ the queued row (the 202's promise), and a job's status and result for its owner.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from server import errors
 from server.jobs.callbacks import AllowList, checked_callback_url
 from server.jobs.runner import JobRunner
 from server.storage.jobs import Job, JobStore, new_job_id
+from server.storage.postgres_jobs import PostgresJobStore
 
 
 class JobQueue:
@@ -17,7 +17,7 @@ class JobQueue:
 
     def __init__(
         self,
-        store: JobStore,
+        store: JobStore | PostgresJobStore,
         runner: JobRunner,
         callback_allow: AllowList,
         base_url: str,
@@ -89,8 +89,8 @@ class JobQueue:
         """The caller's newest jobs first."""
         return self.store.list(owner=owner, limit=limit)
 
-    def result(self, job_id: str, owner: str | None) -> tuple[Job, Path]:
-        """A finished job and its result file; 409 while it runs or when it failed."""
+    def result(self, job_id: str, owner: str | None) -> tuple[Job, bytes]:
+        """A finished job and its result; 409 while it runs or when it failed."""
         job = self.owned(job_id, owner)
         if job.status in ("queued", "running"):
             raise errors.JobNotFinished(
@@ -102,7 +102,7 @@ class JobQueue:
             raise errors.JobFailed(
                 f"job {job_id} failed: {job.error}", job_error=job.public()["error"]
             )
-        path = self.store.result_path(job_id)
-        if not path.is_file():
+        result = self.store.read_result(job_id)
+        if result is None:
             raise errors.UnknownJob(f"the result of job {job_id} has expired")
-        return job, path
+        return job, result

@@ -1,8 +1,13 @@
 """Runs queued jobs on the server's worker pool, notifies callbacks and deletes expired jobs.
 
 At most `concurrency` jobs run at once, so synchronous predictions keep the rest of the pool's
-queue. Stopping leaves running jobs marked running; the next start queues them again, so a job
-runs at least once and its result is kept once.
+queue. Stopping leaves running jobs marked running; with the embedded store the next start queues
+them again, with a shared store their leases pass and any replica claims them, so a job runs at
+least once and its result is kept once. With a shared store the runner also renews the leases of
+the jobs it runs and sweeps for callbacks that a replica which died did not deliver.
+
+A database that stops answering stops the claims for a while, never the loops: they log and try
+again, and a finished run keeps trying to record its result (for up to `settle_seconds`).
 """
 
 from __future__ import annotations
@@ -13,9 +18,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
 from server import errors, metrics
 from server.jobs.callbacks import CallbackSender, Delivery
 from server.storage.jobs import Job, JobStore
+from server.storage.postgres_jobs import PostgresJobStore
 
 log = logging.getLogger("fhe_server.jobs")
 
@@ -36,19 +44,27 @@ class JobPolicy:
     callback_attempts: int
     callback_backoff_seconds: float
     expiry_interval_seconds: float = 30.0
+    lease_seconds: float = 60.0
+    settle_seconds: float = 300.0
 
 
 class JobRunner:
     """The background tasks of the jobs: dispatch, callbacks and expiry."""
 
     def __init__(
-        self, store: JobStore, execute: Execute, policy: JobPolicy, callbacks: CallbackSender
+        self,
+        store: JobStore | PostgresJobStore,
+        execute: Execute,
+        policy: JobPolicy,
+        callbacks: CallbackSender,
     ) -> None:
         self.store = store
         self.execute = execute
         self.policy = policy
         self.callbacks = callbacks
         self.running = 0
+        self._running_ids: set[str] = set()
+        self._notifying: set[str] = set()
         self._wakeup = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
 
@@ -62,10 +78,17 @@ class JobRunner:
         requeued = self.store.requeue_interrupted(self.policy.ttl_seconds)
         if requeued:
             log.warning("%d interrupted jobs queued again", requeued)
-        for job in self.store.undelivered_callbacks(self.policy.callback_attempts):
-            self._spawn(self._notify(job.job_id))
+        self._resume_callbacks()
         self._spawn(self._dispatch())
         self._spawn(self._expire())
+        if self.store.shared:
+            self._spawn(self._renew_leases())
+
+    def _resume_callbacks(self) -> None:
+        """Deliver the callbacks that have attempts left and that nobody is delivering."""
+        for job in self.store.undelivered_callbacks(self.policy.callback_attempts):
+            if job.job_id not in self._notifying:
+                self._spawn(self._notify(job.job_id))
 
     def wake(self) -> None:
         """A job was queued or a slot freed: look at the queue now."""
@@ -81,47 +104,87 @@ class JobRunner:
 
     async def _dispatch(self) -> None:
         while True:
-            while self.running < self.policy.concurrency:
-                job = self.store.claim_next()
-                if job is None:
-                    break
-                self.running += 1
-                if job.attempts == 1 and job.started is not None:
-                    metrics.QUEUE_WAIT.observe(max(0.0, job.started - job.created))
-                self._spawn(self._run(job))
+            try:
+                while self.running < self.policy.concurrency:
+                    job = self.store.claim_next()
+                    if job is None:
+                        break
+                    self.running += 1
+                    self._running_ids.add(job.job_id)
+                    if job.attempts == 1 and job.started is not None:
+                        metrics.QUEUE_WAIT.observe(max(0.0, job.started - job.created))
+                    self._spawn(self._run(job))
+            except errors.StateUnavailable:
+                log.warning("cannot claim jobs: the database does not answer; trying again")
             self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout=1.0)
+
+    async def _renew_leases(self) -> None:
+        """Keep the leases of this replica's running jobs from passing."""
+        while True:
+            await asyncio.sleep(self.policy.lease_seconds / 3)
+            try:
+                await asyncio.to_thread(self.store.renew, sorted(self._running_ids))
+            except errors.StateUnavailable:
+                log.warning("cannot renew job leases: the database does not answer")
+
+    async def _settle(self, record: Callable[..., None], *args: object) -> None:
+        """Record a job's end, trying again while the database does not answer; past
+        `settle_seconds` the job stays running and its lease hands it to another replica."""
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(errors.StateUnavailable),
+            stop=stop_after_delay(self.policy.settle_seconds),
+            wait=wait_exponential(multiplier=0.5, max=5),
+            reraise=True,
+        ):
+            with attempt:
+                await asyncio.to_thread(record, *args)
 
     async def _run(self, job: Job) -> None:
         ttl = self.policy.ttl_seconds
         finished = True
         try:
-            payload = await asyncio.to_thread(self.store.input_path(job.job_id).read_bytes)
-            result, media_type, fhe_seconds = await self.execute(job, payload)
-            await asyncio.to_thread(
-                self.store.finish, job.job_id, result, media_type, fhe_seconds, ttl
-            )
-        except errors.ServiceError as error:
-            if isinstance(error, errors.Busy):
-                finished = False
-                self.store.release(job.job_id)
-                await asyncio.sleep(1.0)
-            elif (
-                isinstance(error, errors.UnprocessableCiphertext) and job.attempts < CRASH_ATTEMPTS
-            ):
-                finished = False
-                log.warning("job %s crashed its worker; running it once more", job.job_id)
-                self.store.retry(job.job_id)
-            else:
-                self.store.fail(job.job_id, error.status, error.code, error.message, ttl)
-        except FileNotFoundError:
-            self.store.fail(job.job_id, 500, "input_lost", "the job's input is gone", ttl)
-        except Exception as error:  # a job must end failed, never stay running forever
-            log.exception("job %s failed unexpectedly", job.job_id)
-            self.store.fail(job.job_id, 500, "internal_error", f"{type(error).__name__}", ttl)
+            try:
+                payload = await asyncio.to_thread(self.store.read_input, job.job_id)
+                result, media_type, fhe_seconds = await self.execute(job, payload)
+                await self._settle(
+                    self.store.finish, job.job_id, result, media_type, fhe_seconds, ttl
+                )
+            except errors.StateUnavailable:
+                finished = False  # the lease hands the job to a replica that can reach it
+                log.warning("job %s left to its lease: the database does not answer", job.job_id)
+            except errors.ServiceError as error:
+                if isinstance(error, errors.Busy):
+                    finished = False
+                    await self._settle(self.store.release, job.job_id)
+                    await asyncio.sleep(1.0)
+                elif (
+                    isinstance(error, errors.UnprocessableCiphertext)
+                    and job.attempts < CRASH_ATTEMPTS
+                ):
+                    finished = False
+                    log.warning("job %s crashed its worker; running it once more", job.job_id)
+                    await self._settle(self.store.retry, job.job_id)
+                else:
+                    await self._settle(
+                        self.store.fail, job.job_id, error.status, error.code, error.message, ttl
+                    )
+            except FileNotFoundError:
+                await self._settle(
+                    self.store.fail, job.job_id, 500, "input_lost", "the job's input is gone", ttl
+                )
+            except Exception as error:  # a job must end failed, never stay running forever
+                log.exception("job %s failed unexpectedly", job.job_id)
+                await self._settle(
+                    self.store.fail, job.job_id, 500, "internal_error", type(error).__name__, ttl
+                )
+        except errors.StateUnavailable:
+            finished = False
+            log.error("job %s: its end could not be recorded; its lease passes it on", job.job_id)
         finally:
             self.running -= 1
+            self._running_ids.discard(job.job_id)
             self.wake()
         if finished and job.callback_url:
             self._spawn(self._notify(job.job_id))
@@ -132,10 +195,20 @@ class JobRunner:
         Each attempt checks the URL again; whatever goes wrong is recorded as a failed delivery
         of this job, so one bad URL never stops the notifier.
         """
+        self._notifying.add(job_id)
+        try:
+            await self._deliver(job_id)
+        except errors.StateUnavailable:
+            log.warning("callback of job %s paused: the database does not answer", job_id)
+        finally:
+            self._notifying.discard(job_id)
+
+    async def _deliver(self, job_id: str) -> None:
         job = self.store.get(job_id)
         if job is None or not job.callback_url:
             return
         body = {
+            "delivery_id": f"{job.job_id}.{job.status}",
             "job_id": job.job_id,
             "model": job.model,
             "status": job.status,
@@ -149,14 +222,22 @@ class JobRunner:
             except Exception as error:  # a bad stored URL must fail its job's callback only
                 log.exception("callback of job %s failed unexpectedly", job.job_id)
                 delivery = Delivery(False, f"internal_error: {type(error).__name__}", retry=False)
-            self.store.record_callback(job.job_id, delivery.delivered, delivery.error)
+            final = not delivery.retry or attempt + 1 >= self.policy.callback_attempts
+            self.store.record_callback(job.job_id, delivery.delivered, delivery.error, final)
             if delivery.delivered or not delivery.retry:
                 return
             await asyncio.sleep(self.policy.callback_backoff_seconds * 2**attempt)
 
     async def _expire(self) -> None:
+        """Delete expired jobs; with a shared store, also take over callbacks that a replica
+        which died left undelivered."""
         while True:
-            removed = await asyncio.to_thread(self.store.expire)
-            if removed:
-                log.info("%d expired jobs deleted", removed)
+            try:
+                removed = await asyncio.to_thread(self.store.expire)
+                if removed:
+                    log.info("%d expired jobs deleted", removed)
+                if self.store.shared:
+                    self._resume_callbacks()
+            except errors.StateUnavailable:
+                log.warning("cannot expire jobs: the database does not answer")
             await asyncio.sleep(self.policy.expiry_interval_seconds)

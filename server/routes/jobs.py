@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from server.deps import InferenceService, Owner, Queue, Settings
 from server.models.clear import ClearModel
@@ -64,13 +64,13 @@ async def job_status(job_id: str, queue: Queue, owner: Owner) -> dict:
 
 @router.get(
     "/v1/jobs/{job_id}/result",
-    response_class=FileResponse,
+    response_class=Response,
     responses={200: {"content": {"application/octet-stream": {}, "application/json": {}}}},
 )
-async def job_result(job_id: str, queue: Queue, owner: Owner) -> FileResponse:
+async def job_result(job_id: str, queue: Queue, owner: Owner) -> Response:
     """The result of a finished job: ciphertext bytes (FHE) or `{"output", "warnings"}`."""
-    job, path = queue.result(job_id, owner)
+    job, result = queue.result(job_id, owner)
     headers = {"X-Job-Id": job.job_id}
     if job.fhe_seconds is not None:
         headers["X-FHE-Seconds"] = f"{job.fhe_seconds:.4f}"
-    return FileResponse(path, media_type=job.result_type, headers=headers)
+    return Response(result, media_type=job.result_type, headers=headers)

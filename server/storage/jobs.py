@@ -139,7 +139,14 @@ def is_job_id(text: str) -> bool:
 
 
 class JobStore:
-    """Jobs in `<root>/jobs.sqlite`, inputs and results in `<root>/<id>.input|.result`."""
+    """Jobs in `<root>/jobs.sqlite`, inputs and results in `<root>/<id>.input|.result`.
+
+    One server owns them: its own restart queues its running jobs again (`requeue_interrupted`),
+    so it needs no leases (`renew` does nothing). `PostgresJobStore` has the same methods for
+    many replicas.
+    """
+
+    shared = False
 
     def __init__(self, root: Path, max_attempts: int = 3) -> None:
         self.root = root
@@ -163,6 +170,20 @@ class JobStore:
 
     def result_path(self, job_id: str) -> Path:
         return self.root / f"{job_id}.result"
+
+    def read_input(self, job_id: str) -> bytes:
+        """The job's input; FileNotFoundError when it is gone."""
+        return self.input_path(job_id).read_bytes()
+
+    def read_result(self, job_id: str) -> bytes | None:
+        """The done job's result, or None once it expired."""
+        try:
+            return self.result_path(job_id).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def renew(self, job_ids: list[str]) -> None:
+        """No leases here: this server alone runs its jobs."""
 
     def _update(self, job_id: str, **values: Any) -> None:
         assignments = ", ".join(f"{name} = ?" for name in values)
@@ -322,8 +343,11 @@ class JobStore:
                 self._update(row["job_id"], status="queued", started=None)
         return len(rows)
 
-    def record_callback(self, job_id: str, delivered: bool, error: str | None) -> None:
-        """Count one callback attempt and its outcome."""
+    def record_callback(
+        self, job_id: str, delivered: bool, error: str | None, final: bool = False
+    ) -> None:
+        """Count one callback attempt and its outcome (`final` matters only to shared stores,
+        whose replicas sweep for undelivered callbacks)."""
         with self._lock, self._db:
             self._db.execute(
                 "UPDATE jobs SET callback_attempts = callback_attempts + 1, "

@@ -47,12 +47,13 @@ class KeyPinned(RuntimeError):
 
 @dataclass(frozen=True)
 class StoredKey:
-    """One stored key: its id, size, the client specs it was uploaded for, and its file."""
+    """One stored key: its id, size, the client specs it was checked for, its file (None in a
+    shared database: workers read it by id), owners, and when it was stored and last used."""
 
     key_id: str
     size: int
     client_specs: tuple[str, ...]
-    path: Path
+    path: Path | None
     owners: tuple[str, ...] = ()
     created: float | None = None
     last_used: float | None = None
@@ -104,7 +105,8 @@ class Upload:
 
 
 class KeyStore:
-    """Keys on local disk; thread-safe within one process.
+    """Keys on local disk; thread-safe within one process (`PostgresKeyStore` has the same
+    methods for many replicas).
 
     Keys that work in flight needs are pinned and never evicted: the keys of queued and running
     jobs (asked of `pinned_by_jobs`) and of runs holding `in_use`. Uploads still streaming count
@@ -206,6 +208,10 @@ class KeyStore:
         return StoredKey(
             key_id, size, _specs(meta), data_path, _owners(meta), _created(meta), time.time()
         )
+
+    def read_bytes(self, key_id: str) -> bytes:
+        """A stored key's whole bytes; FileNotFoundError when it is gone."""
+        return self._paths(key_id)[0].read_bytes()
 
     def status(self, key_id: str) -> StoredKey | None:
         """The stored key with when it was created and last used, without marking it used."""

@@ -1,0 +1,353 @@
+"""Jobs in the shared database, so that any replica answers for any job and runs any queued one.
+
+A replica claims the oldest queued job with `FOR UPDATE SKIP LOCKED` (two replicas never claim
+the same row) and holds it under a lease it renews while the run goes on. A job whose replica
+died is claimed again by another once its lease has passed, and runs once more at most per lost
+lease, up to `max_attempts` runs. Only the replica holding the lease may finish a job, so a
+replica that lost its lease (and the job) cannot overwrite the result of the one that took it
+over. Lease times are the database's clock, not the replicas'.
+
+The job's input and result live in `job_payloads` beside the row and are committed with it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, fields
+from typing import Any
+
+from sqlalchemy import Engine, and_, delete, func, insert, or_, select, update
+from sqlalchemy.engine import Connection, Row
+
+from server.storage.database import shared_state
+from server.storage.jobs import Job, is_job_id
+from server.storage.tables import job_payloads, jobs
+
+NEVER = 1e18
+"""A callback lease that no sweep reaches: its deliveries are over."""
+
+
+def _now(connection: Connection) -> float:
+    """The database's clock, in Unix seconds."""
+    return float(connection.execute(select(func.extract("epoch", func.now()))).scalar_one())
+
+
+def _job(row: Row) -> Job:
+    values = row._mapping
+    return Job(**{field.name: values[field.name] for field in fields(Job)})
+
+
+class PostgresJobStore:
+    """The job store of many replicas (the same methods as the embedded `JobStore`)."""
+
+    shared = True
+
+    def __init__(
+        self, engine: Engine, holder: str, max_attempts: int = 3, lease_seconds: float = 60.0
+    ) -> None:
+        self.engine = engine
+        self.holder = holder
+        self.max_attempts = max_attempts
+        self.lease_seconds = lease_seconds
+
+    def close(self) -> None:
+        """Nothing to close: the engine belongs to the application."""
+
+    @shared_state
+    def add(self, job: Job, payload: bytes) -> Job:
+        """Commit the row and its input together; only then is the job accepted."""
+        job.input_bytes = len(payload)
+        with self.engine.begin() as connection:
+            connection.execute(insert(jobs).values(**asdict(job)))
+            connection.execute(
+                insert(job_payloads).values(job_id=job.job_id, kind="input", data=payload)
+            )
+        return job
+
+    @shared_state
+    def get(self, job_id: str) -> Job | None:
+        """The job, or None when unknown or expired."""
+        if not is_job_id(job_id):
+            return None
+        with self.engine.connect() as connection:
+            row = connection.execute(select(jobs).where(jobs.c.job_id == job_id)).first()
+        if row is None or (row.expires is not None and row.expires <= time.time()):
+            return None
+        return _job(row)
+
+    @shared_state
+    def list(self, owner: str | None = None, limit: int = 100) -> list[Job]:
+        """The newest jobs first, of one owner when given."""
+        query = select(jobs).order_by(jobs.c.created.desc()).limit(limit)
+        if owner is not None:
+            query = query.where(jobs.c.owner == owner)
+        with self.engine.connect() as connection:
+            return [_job(row) for row in connection.execute(query)]
+
+    @shared_state
+    def count(self, *statuses: str, owner: str | None = None) -> int:
+        """How many jobs are in any of `statuses` (of one owner when given)."""
+        query = select(func.count()).select_from(jobs).where(jobs.c.status.in_(statuses))
+        if owner is not None:
+            query = query.where(jobs.c.owner == owner)
+        with self.engine.connect() as connection:
+            return int(connection.execute(query).scalar_one())
+
+    @shared_state
+    def counts_by_status(self) -> dict[str, int]:
+        """How many jobs are in each status."""
+        query = select(jobs.c.status, func.count()).group_by(jobs.c.status)
+        with self.engine.connect() as connection:
+            return {status: int(n) for status, n in connection.execute(query)}
+
+    @shared_state
+    def ping(self) -> None:
+        """Raise when the database does not answer."""
+        with self.engine.connect() as connection:
+            connection.execute(select(1))
+
+    @shared_state
+    def key_ids_in_flight(self) -> set[str]:
+        """Keys that queued and running jobs of every replica will need (pinned)."""
+        query = (
+            select(jobs.c.key_id)
+            .distinct()
+            .where(jobs.c.status.in_(("queued", "running")), jobs.c.key_id.is_not(None))
+        )
+        with self.engine.connect() as connection:
+            return {row[0] for row in connection.execute(query)}
+
+    @shared_state
+    def claim_next(self) -> Job | None:
+        """Lease the oldest queued job, or a running one whose lease has passed (its replica is
+        gone); a job that has used its attempts fails instead. None when nothing waits."""
+        while True:
+            with self.engine.begin() as connection:
+                now = _now(connection)
+                row = connection.execute(
+                    select(jobs)
+                    .where(
+                        or_(
+                            jobs.c.status == "queued",
+                            and_(jobs.c.status == "running", jobs.c.lease_until < now),
+                        )
+                    )
+                    .order_by(jobs.c.created)
+                    .limit(1)
+                    .with_for_update(skip_locked=True)
+                ).first()
+                if row is None:
+                    return None
+                if row.status == "running" and row.attempts >= self.max_attempts:
+                    self._finish_row(
+                        connection,
+                        row.job_id,
+                        status="failed",
+                        error_status=500,
+                        error_code="interrupted",
+                        error=f"the replica running this job stopped {row.attempts} times",
+                    )
+                    continue
+                started = time.time()
+                connection.execute(
+                    update(jobs)
+                    .where(jobs.c.job_id == row.job_id)
+                    .values(
+                        status="running",
+                        started=started,
+                        attempts=jobs.c.attempts + 1,
+                        lease_holder=self.holder,
+                        lease_until=now + self.lease_seconds,
+                    )
+                )
+            job = _job(row)
+            job.status, job.started, job.attempts = "running", started, row.attempts + 1
+            return job
+
+    def _finish_row(self, connection: Connection, job_id: str, **values: Any) -> None:
+        finished = time.time()
+        connection.execute(
+            update(jobs)
+            .where(jobs.c.job_id == job_id)
+            .values(finished=finished, expires=finished + values.pop("ttl", 86400), **values)
+        )
+        connection.execute(
+            delete(job_payloads).where(
+                job_payloads.c.job_id == job_id, job_payloads.c.kind == "input"
+            )
+        )
+
+    def _held(self, job_id: str) -> Any:
+        """The condition that this replica still holds the job's lease."""
+        return and_(
+            jobs.c.job_id == job_id, jobs.c.status == "running", jobs.c.lease_holder == self.holder
+        )
+
+    @shared_state
+    def renew(self, job_ids: list[str]) -> None:
+        """Extend the leases of the jobs this replica is running."""
+        if not job_ids:
+            return
+        with self.engine.begin() as connection:
+            until = _now(connection) + self.lease_seconds
+            connection.execute(
+                update(jobs)
+                .where(
+                    jobs.c.job_id.in_(job_ids),
+                    jobs.c.status == "running",
+                    jobs.c.lease_holder == self.holder,
+                )
+                .values(lease_until=until)
+            )
+
+    @shared_state
+    def retry(self, job_id: str) -> None:
+        """Put a running job back in the queue, counting the attempt it used."""
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(jobs)
+                .where(self._held(job_id))
+                .values(status="queued", started=None, lease_holder=None, lease_until=None)
+            )
+
+    @shared_state
+    def release(self, job_id: str) -> None:
+        """Put a running job back in the queue without counting the attempt (no worker free)."""
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(jobs)
+                .where(self._held(job_id))
+                .values(
+                    status="queued",
+                    started=None,
+                    attempts=jobs.c.attempts - 1,
+                    lease_holder=None,
+                    lease_until=None,
+                )
+            )
+
+    @shared_state
+    def finish(
+        self, job_id: str, result: bytes, media_type: str, fhe_seconds: float | None, ttl: float
+    ) -> None:
+        """Keep the result and mark the job done, in one transaction, if this replica still
+        holds it (otherwise another replica took it over and answers for it)."""
+        with self.engine.begin() as connection:
+            held = connection.execute(
+                select(jobs.c.job_id).where(self._held(job_id)).with_for_update()
+            ).first()
+            if held is None:
+                return
+            connection.execute(
+                insert(job_payloads).values(job_id=job_id, kind="result", data=result)
+            )
+            self._finish_row(
+                connection,
+                job_id,
+                status="done",
+                result_bytes=len(result),
+                result_type=media_type,
+                fhe_seconds=fhe_seconds,
+                lease_until=None,
+                ttl=ttl,
+            )
+
+    @shared_state
+    def fail(self, job_id: str, status: int, code: str, message: str, ttl: float) -> None:
+        """Mark the job failed with the error a synchronous call would have answered."""
+        with self.engine.begin() as connection:
+            held = connection.execute(
+                select(jobs.c.job_id).where(self._held(job_id)).with_for_update()
+            ).first()
+            if held is None:
+                return
+            self._finish_row(
+                connection,
+                job_id,
+                status="failed",
+                error_status=status,
+                error_code=code,
+                error=message,
+                lease_until=None,
+                ttl=ttl,
+            )
+
+    def requeue_interrupted(self, ttl: float) -> int:
+        """Nothing to do at start-up: other replicas may be running their jobs, and a dead
+        replica's jobs are claimed again when their leases pass."""
+        return 0
+
+    @shared_state
+    def record_callback(
+        self, job_id: str, delivered: bool, error: str | None, final: bool = False
+    ) -> None:
+        """Count one callback attempt and its outcome; a `final` one ends the deliveries."""
+        values: dict[str, Any] = {
+            "callback_attempts": jobs.c.callback_attempts + 1,
+            "callback_delivered": delivered,
+            "callback_error": error,
+        }
+        if delivered or final:
+            values["callback_lease_until"] = NEVER
+        with self.engine.begin() as connection:
+            connection.execute(update(jobs).where(jobs.c.job_id == job_id).values(**values))
+
+    @shared_state
+    def undelivered_callbacks(self, max_attempts: int) -> list[Job]:
+        """Claim finished jobs whose callback has not gone through and has attempts left, for
+        this replica to deliver for a while (another replica takes over after that)."""
+        with self.engine.begin() as connection:
+            now = _now(connection)
+            rows = connection.execute(
+                select(jobs)
+                .where(
+                    jobs.c.status.in_(("done", "failed")),
+                    jobs.c.callback_url.is_not(None),
+                    jobs.c.callback_delivered.is_(False),
+                    jobs.c.callback_attempts < max_attempts,
+                    or_(jobs.c.callback_lease_until.is_(None), jobs.c.callback_lease_until < now),
+                )
+                .limit(100)
+                .with_for_update(skip_locked=True)
+            ).all()
+            if rows:
+                connection.execute(
+                    update(jobs)
+                    .where(jobs.c.job_id.in_([row.job_id for row in rows]))
+                    .values(callback_lease_until=now + self.lease_seconds)
+                )
+        return [_job(row) for row in rows]
+
+    @shared_state
+    def expire(self, now: float | None = None) -> int:
+        """Delete finished jobs past their expiry with their payloads; returns how many."""
+        now = time.time() if now is None else now
+        with self.engine.begin() as connection:
+            removed = connection.execute(
+                delete(jobs).where(jobs.c.expires.is_not(None), jobs.c.expires <= now)
+            )
+        return int(removed.rowcount or 0)
+
+    @shared_state
+    def read_input(self, job_id: str) -> bytes:
+        """The job's input; FileNotFoundError when it is gone."""
+        return self._payload(job_id, "input")
+
+    @shared_state
+    def read_result(self, job_id: str) -> bytes | None:
+        """The done job's result, or None once it expired."""
+        try:
+            return self._payload(job_id, "result")
+        except FileNotFoundError:
+            return None
+
+    def _payload(self, job_id: str, kind: str) -> bytes:
+        with self.engine.connect() as connection:
+            data = connection.execute(
+                select(job_payloads.c.data).where(
+                    job_payloads.c.job_id == job_id, job_payloads.c.kind == kind
+                )
+            ).scalar()
+        if data is None:
+            raise FileNotFoundError(f"the {kind} of job {job_id}")
+        return bytes(data)

@@ -1,0 +1,404 @@
+"""Evaluation keys in the shared database, so that every replica and worker reads the same store.
+
+The same contract as the embedded `KeyStore`: content-addressed ids, owners per token, a bound in
+bytes with least-recently-used eviction that never takes a key that queued or running jobs need
+(the jobs of every replica, read from the same database), quotas per token. The bound, the quotas
+and each write are checked under one advisory lock, so replicas cannot pass them together.
+
+Key bytes stream in and out in 1 MiB rows (`key_chunks`): an upload is spooled to a local file
+while it arrives and checked there, then copied into the database a chunk at a time, so no replica
+holds a whole key in memory to store it. A key is immutable once stored; deleting it (eviction,
+quota, explicit DELETE) deletes its rows, which every replica and worker then sees.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import Engine, delete, func, insert, select, text, update
+from sqlalchemy.engine import Connection
+
+from server.storage.database import STORE_LOCK, shared_state
+from server.storage.keys import (
+    KeyPinned,
+    KeyTooLarge,
+    QuotaExceeded,
+    StoredKey,
+    StoreFull,
+    Upload,
+    is_key_id,
+)
+from server.storage.tables import jobs, key_chunks, key_owners, keys
+
+CHUNK_BYTES = 1 << 20
+TOUCH_EVERY_SECONDS = 30.0
+"""A key's last use is written at most this often (a predict should not always write a row)."""
+
+
+def read_key(connection: Connection, key_id: str) -> Iterator[bytes]:
+    """A stored key's bytes, a chunk at a time (server-side cursor)."""
+    rows = connection.execution_options(stream_results=True, yield_per=4).execute(
+        select(key_chunks.c.data).where(key_chunks.c.key_id == key_id).order_by(key_chunks.c.seq)
+    )
+    for (data,) in rows:
+        yield bytes(data)
+
+
+class PostgresKeyStore:
+    """Keys in Postgres; the same methods as the embedded `KeyStore`, with no file per key
+    (`StoredKey.path` is None: read the bytes with `read_bytes`, or by id in a worker)."""
+
+    shared = True
+
+    def __init__(self, engine: Engine, spool_dir: Path, max_bytes: int) -> None:
+        self.engine = engine
+        self.spool_dir = spool_dir
+        self.max_bytes = max_bytes
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.spool_dir.glob("upload-*"):
+            stale.unlink(missing_ok=True)
+        self._lock = threading.Lock()
+        self._pending: dict[Path, int] = {}
+        self._in_use: Counter[str] = Counter()
+        self.evicted: list[Callable[[str], None]] = []
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes of all stored keys."""
+        return self.totals()[1]
+
+    @property
+    def receiving_bytes(self) -> int:
+        """Bytes of uploads this replica is receiving."""
+        with self._lock:
+            return sum(self._pending.values())
+
+    def __len__(self) -> int:
+        return self.totals()[0]
+
+    @contextmanager
+    def in_use(self, key_id: str) -> Iterator[None]:
+        """Pin a key against eviction by this replica while one of its runs uses it."""
+        with self._lock:
+            self._in_use[key_id] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_use[key_id] -= 1
+                if self._in_use[key_id] <= 0:
+                    del self._in_use[key_id]
+
+    def _pinned(self, connection: Connection) -> set[str]:
+        """Keys that queued or running jobs of any replica need, or runs of this one use."""
+        rows = connection.execute(
+            select(jobs.c.key_id)
+            .distinct()
+            .where(jobs.c.status.in_(("queued", "running")), jobs.c.key_id.is_not(None))
+        )
+        with self._lock:
+            return {row[0] for row in rows} | set(self._in_use)
+
+    @shared_state
+    def totals(self) -> tuple[int, int, int]:
+        """Keys stored, their bytes, and the store's bound."""
+        with self.engine.connect() as connection:
+            count, stored = connection.execute(
+                select(func.count(), func.coalesce(func.sum(keys.c.size), 0))
+            ).one()
+        return int(count), int(stored), self.max_bytes
+
+    @shared_state
+    def ping(self) -> None:
+        """Raise when the database does not answer."""
+        with self.engine.connect() as connection:
+            connection.execute(select(1))
+
+    @shared_state
+    def owner_bytes(self, owner: str) -> int:
+        """Bytes of the keys `owner` holds (what its quota counts)."""
+        with self.engine.connect() as connection:
+            return self._owner_bytes(connection, owner)
+
+    @staticmethod
+    def _owner_bytes(connection: Connection, owner: str) -> int:
+        held = connection.execute(
+            select(func.coalesce(func.sum(keys.c.size), 0))
+            .select_from(keys.join(key_owners))
+            .where(key_owners.c.owner == owner)
+        ).scalar_one()
+        return int(held)
+
+    def _stored(self, connection: Connection, key_id: str) -> StoredKey | None:
+        row = connection.execute(select(keys).where(keys.c.key_id == key_id)).first()
+        if row is None:
+            return None
+        owners = connection.execute(
+            select(key_owners.c.owner).where(key_owners.c.key_id == key_id)
+        ).scalars()
+        return StoredKey(
+            key_id,
+            int(row.size),
+            tuple(row.checked_specs),
+            None,
+            tuple(sorted(owners)),
+            row.created,
+            row.last_used,
+        )
+
+    @shared_state
+    def get(self, key_id: str) -> StoredKey | None:
+        """The stored key, marked as used now, or None when unknown, evicted or deleted."""
+        if not is_key_id(key_id):
+            return None
+        now = time.time()
+        with self.engine.begin() as connection:
+            stored = self._stored(connection, key_id)
+            if stored is None:
+                return None
+            if stored.last_used is None or stored.last_used < now - TOUCH_EVERY_SECONDS:
+                connection.execute(
+                    update(keys).where(keys.c.key_id == key_id).values(last_used=now)
+                )
+        return stored
+
+    @shared_state
+    def status(self, key_id: str) -> StoredKey | None:
+        """The stored key with when it was created and last used, without marking it used."""
+        if not is_key_id(key_id):
+            return None
+        with self.engine.connect() as connection:
+            return self._stored(connection, key_id)
+
+    @shared_state
+    def read_bytes(self, key_id: str) -> bytes:
+        """A stored key's whole bytes (for a structural check); FileNotFoundError when gone."""
+        with self.engine.connect() as connection:
+            data = b"".join(read_key(connection, key_id))
+        if not data:
+            raise FileNotFoundError(f"evaluation key {key_id}")
+        return data
+
+    async def receive(self, chunks: AsyncIterator[bytes], limit: int) -> Upload:
+        """Spool an upload to a local file while hashing it; refuse past `limit` bytes or this
+        replica's uploads in progress past the store's bound."""
+        digest = hashlib.sha256()
+        size = 0
+        # Kept on success (the caller adds or discards it), removed on any failure.
+        handle = tempfile.NamedTemporaryFile(dir=self.spool_dir, prefix="upload-", delete=False)  # noqa: SIM115
+        path = Path(handle.name)
+        try:
+            with handle:
+                async for chunk in chunks:
+                    if size + len(chunk) > limit:
+                        raise KeyTooLarge(f"evaluation keys exceed the limit of {limit} bytes")
+                    if size + len(chunk) > self.max_bytes:
+                        raise KeyTooLarge(
+                            f"evaluation keys exceed the whole store ({self.max_bytes} bytes)"
+                        )
+                    with self._lock:
+                        if sum(self._pending.values()) + len(chunk) > self.max_bytes:
+                            raise StoreFull(
+                                f"other evaluation key uploads in progress fill the store's "
+                                f"{self.max_bytes} bytes; try again shortly"
+                            )
+                        self._pending[path] = self._pending.get(path, 0) + len(chunk)
+                    size += len(chunk)
+                    digest.update(chunk)
+                    handle.write(chunk)
+        except BaseException:
+            self.discard(Upload(path, "", size))
+            raise
+        return Upload(path, digest.hexdigest(), size)
+
+    def discard(self, upload: Upload) -> None:
+        """Drop a spooled upload that will not be stored (idempotent)."""
+        upload.path.unlink(missing_ok=True)
+        with self._lock:
+            self._pending.pop(upload.path, None)
+
+    @shared_state
+    def add(
+        self,
+        upload: Upload,
+        client_spec: str | None,
+        owner: str | None = None,
+        owner_quota: int | None = None,
+    ) -> tuple[StoredKey, bool]:
+        """Store a spooled upload for `owner`, checked against `client_spec`: the quota and the
+        bound are checked and least recently used unpinned keys evicted under the store lock,
+        then the bytes copied in chunks, all in one transaction. Returns the key and whether its
+        bytes are new."""
+        key_id, size = upload.key_id, upload.size
+        evicted: list[str] = []
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": STORE_LOCK})
+                existing = self._stored(connection, key_id)
+                owned = existing is not None and owner in existing.owners
+                if owner is not None and owner_quota is not None and not owned:
+                    held = self._owner_bytes(connection, owner)
+                    if held + size > owner_quota:
+                        raise QuotaExceeded(
+                            f"this token holds {held} bytes of keys; {size} more would pass its "
+                            f"quota of {owner_quota}"
+                        )
+                if existing is None:
+                    evicted = self._make_room(connection, size)
+                    now = time.time()
+                    specs = [client_spec] if client_spec else []
+                    connection.execute(
+                        insert(keys).values(
+                            key_id=key_id,
+                            size=size,
+                            created=now,
+                            last_used=now,
+                            checked_specs=specs,
+                        )
+                    )
+                    self._copy_in(connection, key_id, upload.path)
+                else:
+                    connection.execute(
+                        update(keys).where(keys.c.key_id == key_id).values(last_used=time.time())
+                    )
+                    if client_spec:
+                        self._record_spec(connection, key_id, client_spec)
+                if owner is not None and not owned:
+                    connection.execute(insert(key_owners).values(key_id=key_id, owner=owner))
+                stored = self._stored(connection, key_id)
+        finally:
+            self.discard(upload)
+        self._notify(evicted)
+        assert stored is not None
+        return stored, existing is None
+
+    def _make_room(self, connection: Connection, size: int) -> list[str]:
+        """Evict least recently used, unpinned keys until `size` more bytes fit (lock held);
+        StoreFull when the keys that queued or running work needs leave no room."""
+        total = int(
+            connection.execute(select(func.coalesce(func.sum(keys.c.size), 0))).scalar_one()
+        )
+        if total + size <= self.max_bytes:
+            return []
+        pinned = self._pinned(connection)
+        dropped: list[str] = []
+        rows = connection.execute(select(keys.c.key_id, keys.c.size).order_by(keys.c.last_used))
+        for key_id, key_size in rows.all():
+            if total + size <= self.max_bytes:
+                break
+            if key_id in pinned:
+                continue
+            connection.execute(delete(keys).where(keys.c.key_id == key_id))
+            total -= int(key_size)
+            dropped.append(key_id)
+        if total + size > self.max_bytes:
+            raise StoreFull(
+                f"the key store ({self.max_bytes} bytes) is full of keys that queued or running "
+                "work needs; try again when it has finished"
+            )
+        return dropped
+
+    @staticmethod
+    def _copy_in(connection: Connection, key_id: str, path: Path) -> None:
+        """Copy the spooled file into the key's chunk rows, one chunk in memory at a time."""
+        with path.open("rb") as handle:
+            seq = 0
+            while chunk := handle.read(CHUNK_BYTES):
+                connection.execute(insert(key_chunks).values(key_id=key_id, seq=seq, data=chunk))
+                seq += 1
+
+    @staticmethod
+    def _record_spec(connection: Connection, key_id: str, client_spec: str) -> None:
+        connection.execute(
+            update(keys)
+            .where(keys.c.key_id == key_id, ~keys.c.checked_specs.any(client_spec))
+            .values(checked_specs=func.array_append(keys.c.checked_specs, client_spec))
+        )
+
+    @shared_state
+    def add_spec(self, key_id: str, client_spec: str) -> None:
+        """Record that the stored key has been checked against `client_spec`'s key set."""
+        with self.engine.begin() as connection:
+            self._record_spec(connection, key_id, client_spec)
+
+    @shared_state
+    def delete(self, key_id: str, owner: str | None) -> bool:
+        """Take `owner`'s claim on a key away; the bytes go when no owner is left (without
+        access control, at once). False when the owner holds no such key; KeyPinned while
+        queued or running work needs the key."""
+        if not is_key_id(key_id):
+            return False
+        with self.engine.begin() as connection:
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": STORE_LOCK})
+            stored = self._stored(connection, key_id)
+            if stored is None or (owner is not None and owner not in stored.owners):
+                return False
+            if key_id in self._pinned(connection):
+                raise KeyPinned(
+                    f"evaluation key {key_id} is needed by queued or running work; delete it "
+                    "when that work has finished"
+                )
+            left = [o for o in stored.owners if o != owner] if owner is not None else []
+            if left:
+                connection.execute(
+                    delete(key_owners).where(
+                        key_owners.c.key_id == key_id, key_owners.c.owner == owner
+                    )
+                )
+                return True
+            connection.execute(delete(keys).where(keys.c.key_id == key_id))
+        self._notify([key_id])
+        return True
+
+    def _notify(self, key_ids: list[str]) -> None:
+        """Tell the listeners (the Celery executor) which keys left the store."""
+        for key_id in key_ids:
+            for listener in self.evicted:
+                listener(key_id)
+
+
+class KeyReader:
+    """A worker process's reader of stored keys by id, on an engine of its own (one connection):
+    workers read the same store as the API, and a deleted key is gone for them too."""
+
+    def __init__(self, database_url: str) -> None:
+        from server.storage.database import engine_for
+
+        self.engine = engine_for(database_url, pool_size=1)
+
+    def exists(self, key_id: str) -> bool:
+        """Whether the store still holds the key."""
+        with self.engine.connect() as connection:
+            found = connection.execute(select(keys.c.key_id).where(keys.c.key_id == key_id))
+            return found.first() is not None
+
+    def read(self, key_id: str) -> bytes:
+        """The key's bytes; FileNotFoundError when the store does not hold it."""
+        with self.engine.connect() as connection:
+            data = b"".join(read_key(connection, key_id))
+        if not data:
+            raise FileNotFoundError(f"evaluation key {key_id}")
+        return data
+
+    def copy_to(self, key_id: str, path: Path) -> None:
+        """Write the key's bytes to `path` a chunk at a time (through a temporary file beside
+        it); FileNotFoundError when the store does not hold it."""
+        partial = path.with_name(f".{path.name}.partial")
+        wrote = 0
+        try:
+            with self.engine.connect() as connection, partial.open("wb") as handle:
+                for chunk in read_key(connection, key_id):
+                    handle.write(chunk)
+                    wrote += len(chunk)
+            if not wrote:
+                raise FileNotFoundError(f"evaluation key {key_id}")
+            partial.replace(path)
+        finally:
+            partial.unlink(missing_ok=True)

@@ -1,0 +1,92 @@
+"""The shared state's tables (Postgres): jobs and their payloads, keys, their owners and their
+bytes in chunks. Alembic's migrations in `migrations/` create them; this is what the code reads."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+
+metadata = MetaData()
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("job_id", String(32), primary_key=True),
+    Column("model", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("created", Float, nullable=False),
+    Column("base_url", Text, nullable=False),
+    Column("owner", Text),
+    Column("key_id", String(64)),
+    Column("client_spec", Text),
+    Column("callback_url", Text),
+    Column("started", Float),
+    Column("finished", Float),
+    Column("expires", Float),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("input_bytes", Integer, nullable=False, server_default="0"),
+    Column("result_bytes", Integer),
+    Column("result_type", Text),
+    Column("fhe_seconds", Float),
+    Column("error_status", Integer),
+    Column("error_code", Text),
+    Column("error", Text),
+    Column("callback_attempts", Integer, nullable=False, server_default="0"),
+    Column("callback_delivered", Boolean, nullable=False, server_default="false"),
+    Column("callback_error", Text),
+    Column("lease_holder", Text),
+    Column("lease_until", Float),
+    Column("callback_lease_until", Float),
+    Index("jobs_by_status", "status", "created"),
+    Index("jobs_by_owner", "owner", "created"),
+    Index("jobs_by_expiry", "expires"),
+)
+
+job_payloads = Table(
+    "job_payloads",
+    metadata,
+    Column("job_id", String(32), ForeignKey("jobs.job_id", ondelete="CASCADE"), primary_key=True),
+    Column("kind", String(8), primary_key=True),
+    Column("data", LargeBinary, nullable=False),
+)
+
+keys = Table(
+    "keys",
+    metadata,
+    Column("key_id", String(64), primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("created", Float, nullable=False),
+    Column("last_used", Float, nullable=False),
+    Column("checked_specs", ARRAY(Text), nullable=False, server_default="{}"),
+    Index("keys_by_last_use", "last_used"),
+)
+
+key_owners = Table(
+    "key_owners",
+    metadata,
+    Column("key_id", String(64), ForeignKey("keys.key_id", ondelete="CASCADE"), primary_key=True),
+    Column("owner", Text, primary_key=True),
+    Index("key_owners_by_owner", "owner"),
+)
+
+key_chunks = Table(
+    "key_chunks",
+    metadata,
+    Column("key_id", String(64), ForeignKey("keys.key_id", ondelete="CASCADE"), primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("data", LargeBinary, nullable=False),
+)
