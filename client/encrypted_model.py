@@ -335,17 +335,24 @@ class EncryptedModel:
 
     def keys(self, force: bool = False, upload: bool = True, check: bool = True) -> KeyInfo:
         """Generate keys once (cached on disk) and upload the evaluation keys to the server,
-        unless it says it holds them already (`check`)."""
-        record, serialized, generated = self._generate(force)
+        unless it says it holds them already (`check`: asked before the cached keys are even
+        read)."""
+        cached = None if force else self.cache.record()
         started = time.perf_counter()
-        uploaded = False
-        if upload and (generated or not check or not self.server_holds(record.key_id)):
-            answer = self.api.upload_keys(serialized, self.client_spec)
-            if answer["key_id"] != record.key_id:
-                raise ClientError(
-                    f"server computed key id {answer['key_id']}, expected {record.key_id}"
-                )
-            uploaded = True
+        asked = cached is not None and upload and check
+        uploaded = generated = False
+        if asked and self.server_holds(cached.key_id):
+            record = cached
+        else:
+            record, serialized, generated = self._generate(force)
+            started = time.perf_counter()
+            if upload and (generated or not check or asked or not self.server_holds(record.key_id)):
+                answer = self.api.upload_keys(serialized, self.client_spec)
+                if answer["key_id"] != record.key_id:
+                    raise ClientError(
+                        f"server computed key id {answer['key_id']}, expected {record.key_id}"
+                    )
+                uploaded = True
         self._key_checked = self._key_checked or upload
         return KeyInfo(
             record.key_id,

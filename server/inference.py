@@ -180,6 +180,8 @@ class Inference:
             raise errors.Busy(str(error), headers={"Retry-After": "2"}) from None
         except circuits.BadInput as error:
             raise errors.MalformedCiphertext(str(error)) from None
+        except circuits.StoreUnavailable as error:
+            raise errors.StateUnavailable(str(error), headers={"Retry-After": "5"}) from None
         except KeyError:
             raise errors.UnknownKey("evaluation key was evicted; upload it again") from None
         except TimedOut as error:

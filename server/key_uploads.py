@@ -148,8 +148,14 @@ class KeyUploads:
         if existing is None:
             await self._check_deserializes(upload)
         try:
-            stored, created = self.keys.add(
-                upload, checked[0] if checked else None, owner, self.token_max_key_bytes
+            # Off the event loop: with a database this copies the key in and may wait for
+            # another replica's upload to release the store lock.
+            stored, created = await asyncio.to_thread(
+                self.keys.add,
+                upload,
+                checked[0] if checked else None,
+                owner,
+                self.token_max_key_bytes,
             )
         except QuotaExceeded as error:
             raise errors.KeyQuotaExceeded(str(error)) from None

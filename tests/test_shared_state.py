@@ -439,3 +439,38 @@ def test_replicas_migrating_together_migrate_once(postgres: LocalPostgres) -> No
     for engine in engines:
         engine.dispose()
     assert {"jobs", "job_payloads", "keys", "key_owners", "key_chunks"} <= tables
+
+
+def test_only_the_claim_holding_the_lease_ends_a_job(database: str) -> None:
+    """The store itself: a lease that passed hands the job over; the claim that lost it can
+    neither record a result nor requeue the job, even when its own replica took it back."""
+    from server.storage.jobs import Job, new_job_id
+    from server.storage.postgres_jobs import PostgresJobStore
+
+    engine = engine_for(database)
+    migrate(engine)
+    first = PostgresJobStore(engine, "replica-1", max_attempts=3, lease_seconds=0.5)
+    second = PostgresJobStore(engine, "replica-2", max_attempts=3, lease_seconds=60)
+    job = Job(new_job_id(), "tiny", "fhe", "queued", time.time(), "http://x/", owner="alice")
+    first.add(job, b"ciphertext")
+    assert first.claim_next().attempts == 1
+    assert second.claim_next() is None, "a held lease was claimed"
+    time.sleep(1.0)
+    taken = second.claim_next()
+    assert taken is not None and taken.attempts == 2
+    assert first.finish(job.job_id, b"stale", "application/octet-stream", 1.0, 60) is False
+    first.release(job.job_id)
+    assert second.get(job.job_id).status == "running", "a lost claim requeued the job"
+    assert second.finish(job.job_id, b"result", "application/octet-stream", 1.0, 60) is True
+    assert second.read_result(job.job_id) == b"result"
+    assert second.get(job.job_id).attempts == 2
+    # Past max_attempts, a job whose lease passes again fails instead of running once more.
+    other = Job(new_job_id(), "tiny", "fhe", "queued", time.time(), "http://x/")
+    first.add(other, b"ciphertext")
+    for _ in range(3):
+        assert first.claim_next().job_id == other.job_id
+        time.sleep(0.6)
+    assert first.claim_next() is None
+    ended = first.get(other.job_id)
+    assert ended.status == "failed" and ended.error_code == "interrupted"
+    engine.dispose()

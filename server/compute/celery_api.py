@@ -127,6 +127,8 @@ class CeleryExecutor:
                     raise KeyError(str(failed)) from None
                 if failed.code in ("malformed_ciphertext", "malformed_keys"):
                     raise circuits.BadInput(str(failed)) from None
+                if failed.code == "state_unavailable":
+                    raise circuits.StoreUnavailable(str(failed)) from None
                 raise RunRefused(failed.status, failed.code, str(failed)) from None
 
     async def run_circuit(

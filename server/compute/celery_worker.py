@@ -167,6 +167,9 @@ def register_tasks(app: Celery, state_of: Any, delivery_ttl: float = 86400) -> N
             key_path = state.key_path(key_id)
         except KeyError:
             return _error(404, "unknown_key", f"evaluation key {key_id} is not in the key store")
+        except Exception as error:  # the shared database did not answer: worth trying again
+            log.warning("key %s could not be read: %s", key_id, error)
+            return _error(503, "state_unavailable", f"worker {host} cannot read the key store")
         try:
             result, seconds, cached = circuits.run_circuit(
                 str(bundle), key_id, str(key_path), base64.b64decode(ciphertext_b64)

@@ -26,6 +26,10 @@ class BadInput(Exception):
     """The client's bytes could not be used (malformed ciphertext or keys)."""
 
 
+class StoreUnavailable(Exception):
+    """The shared key store did not answer; the run may be tried again later."""
+
+
 def _exit_with_parent(parent: int) -> None:
     while os.getppid() == parent:
         time.sleep(1.0)
@@ -84,6 +88,8 @@ def _read_keys(key_id: str, key_path: str) -> bytes:
             return _key_reader(key_id)
     except FileNotFoundError:
         pass
+    except Exception as error:  # the database, not the caller: worth trying again
+        raise StoreUnavailable(f"the key store did not answer: {type(error).__name__}") from None
     raise KeyError(key_id)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -63,7 +64,7 @@ class JobRunner:
         self.policy = policy
         self.callbacks = callbacks
         self.running = 0
-        self._running_ids: set[str] = set()
+        self._running_ids: Counter[str] = Counter()
         self._notifying: set[str] = set()
         self._wakeup = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
@@ -78,15 +79,18 @@ class JobRunner:
         requeued = self.store.requeue_interrupted(self.policy.ttl_seconds)
         if requeued:
             log.warning("%d interrupted jobs queued again", requeued)
-        self._resume_callbacks()
+        await self._resume_callbacks()
         self._spawn(self._dispatch())
         self._spawn(self._expire())
         if self.store.shared:
             self._spawn(self._renew_leases())
 
-    def _resume_callbacks(self) -> None:
+    async def _resume_callbacks(self) -> None:
         """Deliver the callbacks that have attempts left and that nobody is delivering."""
-        for job in self.store.undelivered_callbacks(self.policy.callback_attempts):
+        jobs = await asyncio.to_thread(
+            self.store.undelivered_callbacks, self.policy.callback_attempts
+        )
+        for job in jobs:
             if job.job_id not in self._notifying:
                 self._spawn(self._notify(job.job_id))
 
@@ -95,27 +99,38 @@ class JobRunner:
         self._wakeup.set()
 
     async def stop(self) -> None:
-        """Cancel the loops and the waits on running jobs (they stay marked running)."""
+        """Cancel the loops and the waits on running jobs. With the embedded store they stay
+        marked running (the next start queues them again); with a shared store they go back to
+        the queue at once, without counting the attempt, for any replica to take."""
+        running = list(self._running_ids)
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self.store.shared:
+            for job_id in running:
+                try:
+                    await asyncio.to_thread(self.store.release, job_id)
+                except Exception:  # unreachable database: the lease hands the job on
+                    log.warning("job %s left to its lease at shutdown", job_id)
 
     async def _dispatch(self) -> None:
         while True:
             try:
                 while self.running < self.policy.concurrency:
-                    job = self.store.claim_next()
+                    job = await asyncio.to_thread(self.store.claim_next)
                     if job is None:
                         break
                     self.running += 1
-                    self._running_ids.add(job.job_id)
+                    self._running_ids[job.job_id] += 1
                     if job.attempts == 1 and job.started is not None:
                         metrics.QUEUE_WAIT.observe(max(0.0, job.started - job.created))
                     self._spawn(self._run(job))
             except errors.StateUnavailable:
                 log.warning("cannot claim jobs: the database does not answer; trying again")
+            except Exception:  # the loop must outlive any one failure
+                log.exception("claiming jobs failed; trying again")
             self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout=1.0)
@@ -128,10 +143,13 @@ class JobRunner:
                 await asyncio.to_thread(self.store.renew, sorted(self._running_ids))
             except errors.StateUnavailable:
                 log.warning("cannot renew job leases: the database does not answer")
+            except Exception:  # the loop must outlive any one failure
+                log.exception("renewing job leases failed; trying again")
 
-    async def _settle(self, record: Callable[..., None], *args: object) -> None:
-        """Record a job's end, trying again while the database does not answer; past
-        `settle_seconds` the job stays running and its lease hands it to another replica."""
+    async def _settle(self, record: Callable[..., bool | None], *args: object) -> bool:
+        """Record a job's end (or its return to the queue), trying again while the database does
+        not answer; past `settle_seconds` the job stays running and its lease hands it to
+        another replica. False when the store says another replica took the job over."""
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(errors.StateUnavailable),
             stop=stop_after_delay(self.policy.settle_seconds),
@@ -139,7 +157,8 @@ class JobRunner:
             reraise=True,
         ):
             with attempt:
-                await asyncio.to_thread(record, *args)
+                recorded = await asyncio.to_thread(record, *args)
+        return recorded is not False
 
     async def _run(self, job: Job) -> None:
         ttl = self.policy.ttl_seconds
@@ -148,12 +167,16 @@ class JobRunner:
             try:
                 payload = await asyncio.to_thread(self.store.read_input, job.job_id)
                 result, media_type, fhe_seconds = await self.execute(job, payload)
-                await self._settle(
+                finished = await self._settle(
                     self.store.finish, job.job_id, result, media_type, fhe_seconds, ttl
                 )
             except errors.StateUnavailable:
-                finished = False  # the lease hands the job to a replica that can reach it
-                log.warning("job %s left to its lease: the database does not answer", job.job_id)
+                # The run could not read its input or keys: back to the queue, this attempt
+                # not counted, once the database answers again.
+                finished = False
+                log.warning("job %s waits for the database to answer again", job.job_id)
+                await self._settle(self.store.release, job.job_id)
+                await asyncio.sleep(1.0)
             except errors.ServiceError as error:
                 if isinstance(error, errors.Busy):
                     finished = False
@@ -167,16 +190,16 @@ class JobRunner:
                     log.warning("job %s crashed its worker; running it once more", job.job_id)
                     await self._settle(self.store.retry, job.job_id)
                 else:
-                    await self._settle(
+                    finished = await self._settle(
                         self.store.fail, job.job_id, error.status, error.code, error.message, ttl
                     )
             except FileNotFoundError:
-                await self._settle(
+                finished = await self._settle(
                     self.store.fail, job.job_id, 500, "input_lost", "the job's input is gone", ttl
                 )
             except Exception as error:  # a job must end failed, never stay running forever
                 log.exception("job %s failed unexpectedly", job.job_id)
-                await self._settle(
+                finished = await self._settle(
                     self.store.fail, job.job_id, 500, "internal_error", type(error).__name__, ttl
                 )
         except errors.StateUnavailable:
@@ -184,7 +207,9 @@ class JobRunner:
             log.error("job %s: its end could not be recorded; its lease passes it on", job.job_id)
         finally:
             self.running -= 1
-            self._running_ids.discard(job.job_id)
+            self._running_ids[job.job_id] -= 1
+            if self._running_ids[job.job_id] <= 0:
+                del self._running_ids[job.job_id]
             self.wake()
         if finished and job.callback_url:
             self._spawn(self._notify(job.job_id))
@@ -204,8 +229,8 @@ class JobRunner:
             self._notifying.discard(job_id)
 
     async def _deliver(self, job_id: str) -> None:
-        job = self.store.get(job_id)
-        if job is None or not job.callback_url:
+        job = await asyncio.to_thread(self.store.get, job_id)
+        if job is None or not job.callback_url or job.status not in ("done", "failed"):
             return
         body = {
             "delivery_id": f"{job.job_id}.{job.status}",
@@ -223,7 +248,15 @@ class JobRunner:
                 log.exception("callback of job %s failed unexpectedly", job.job_id)
                 delivery = Delivery(False, f"internal_error: {type(error).__name__}", retry=False)
             final = not delivery.retry or attempt + 1 >= self.policy.callback_attempts
-            self.store.record_callback(job.job_id, delivery.delivered, delivery.error, final)
+            pause = self.policy.callback_backoff_seconds * 2**attempt
+            await asyncio.to_thread(
+                self.store.record_callback,
+                job.job_id,
+                delivery.delivered,
+                delivery.error,
+                final,
+                pause + self.callbacks.timeout_seconds,
+            )
             if delivery.delivered or not delivery.retry:
                 return
             await asyncio.sleep(self.policy.callback_backoff_seconds * 2**attempt)
@@ -237,7 +270,9 @@ class JobRunner:
                 if removed:
                     log.info("%d expired jobs deleted", removed)
                 if self.store.shared:
-                    self._resume_callbacks()
+                    await self._resume_callbacks()
             except errors.StateUnavailable:
                 log.warning("cannot expire jobs: the database does not answer")
+            except Exception:  # the loop must outlive any one failure
+                log.exception("expiring jobs failed; trying again")
             await asyncio.sleep(self.policy.expiry_interval_seconds)

@@ -6,12 +6,16 @@ keeps `/metrics` on the internal network (deployment/nginx).
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from server import errors
 from server.deps import ReadinessCheck
 from server.metrics import CONTENT_TYPE, exposition
+
+log = logging.getLogger("fhe_server")
 
 router = APIRouter()
 
@@ -27,10 +31,11 @@ async def readyz(readiness: ReadinessCheck) -> dict[str, object]:
     """Readiness: 503 while the database, the key store or the broker cannot be reached."""
     problems = await readiness.problems()
     if problems:
+        log.warning("not ready: %s", problems)
         raise errors.NotReady(
-            "not ready: " + "; ".join(f"{name}: {why}" for name, why in problems.items()),
+            "not ready: " + ", ".join(problems) + " did not answer (the server log says why)",
             headers={"Retry-After": "5"},
-            checks=problems,
+            checks=sorted(problems),
         )
     return {"status": "ready", "checks": readiness.names()}
 

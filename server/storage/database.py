@@ -34,7 +34,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-def engine_for(url: str, pool_size: int = 5) -> Engine:
+def engine_for(url: str, pool_size: int = 10) -> Engine:
     """An engine on `url` (postgresql://... uses psycopg 3): connections checked before use,
     short connect and pool timeouts so an unreachable database fails requests fast."""
     parsed = make_url(url)

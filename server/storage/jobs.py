@@ -295,8 +295,9 @@ class JobStore:
 
     def finish(
         self, job_id: str, result: bytes, media_type: str, fhe_seconds: float | None, ttl: float
-    ) -> None:
-        """Keep the result, then mark the job done; its input is no longer needed."""
+    ) -> bool:
+        """Keep the result, then mark the job done; its input is no longer needed. True: the
+        end is recorded (always, here; a shared store may have handed the job on)."""
         write_atomic(self.result_path(job_id), result)
         finished = time.time()
         self._update(
@@ -309,9 +310,10 @@ class JobStore:
             fhe_seconds=fhe_seconds,
         )
         self.input_path(job_id).unlink(missing_ok=True)
+        return True
 
-    def fail(self, job_id: str, status: int, code: str, message: str, ttl: float) -> None:
-        """Mark the job failed with the error a synchronous call would have answered."""
+    def fail(self, job_id: str, status: int, code: str, message: str, ttl: float) -> bool:
+        """Mark the job failed with the error a synchronous call would have answered; True."""
         finished = time.time()
         self._update(
             job_id,
@@ -323,6 +325,7 @@ class JobStore:
             error=message,
         )
         self.input_path(job_id).unlink(missing_ok=True)
+        return True
 
     def requeue_interrupted(self, ttl: float) -> int:
         """After a restart: running jobs go back to the queue, or fail past `max_attempts`."""
@@ -344,10 +347,15 @@ class JobStore:
         return len(rows)
 
     def record_callback(
-        self, job_id: str, delivered: bool, error: str | None, final: bool = False
+        self,
+        job_id: str,
+        delivered: bool,
+        error: str | None,
+        final: bool = False,
+        hold_seconds: float = 0.0,
     ) -> None:
-        """Count one callback attempt and its outcome (`final` matters only to shared stores,
-        whose replicas sweep for undelivered callbacks)."""
+        """Count one callback attempt and its outcome (`final` and `hold_seconds` matter only
+        to shared stores, whose replicas sweep for undelivered callbacks)."""
         with self._lock, self._db:
             self._db.execute(
                 "UPDATE jobs SET callback_attempts = callback_attempts + 1, "

@@ -3,9 +3,12 @@
 A replica claims the oldest queued job with `FOR UPDATE SKIP LOCKED` (two replicas never claim
 the same row) and holds it under a lease it renews while the run goes on. A job whose replica
 died is claimed again by another once its lease has passed, and runs once more at most per lost
-lease, up to `max_attempts` runs. Only the replica holding the lease may finish a job, so a
-replica that lost its lease (and the job) cannot overwrite the result of the one that took it
-over. Lease times are the database's clock, not the replicas'.
+lease, up to `max_attempts` runs. Only the claim that holds the lease (this replica's name and
+the attempt it started) may finish, fail or requeue a job, so a run that lost its lease cannot
+overwrite or undo the one that took the job over. Lease times are the database's clock.
+
+A finished job's callback is leased too, from the moment the job ends, to the replica that ends
+it; the others sweep up callbacks whose lease passed (their replica died before delivering).
 
 The job's input and result live in `job_payloads` beside the row and are committed with it.
 """
@@ -43,12 +46,20 @@ class PostgresJobStore:
     shared = True
 
     def __init__(
-        self, engine: Engine, holder: str, max_attempts: int = 3, lease_seconds: float = 60.0
+        self,
+        engine: Engine,
+        holder: str,
+        max_attempts: int = 3,
+        lease_seconds: float = 60.0,
+        ttl_seconds: float = 86400.0,
     ) -> None:
         self.engine = engine
         self.holder = holder
         self.max_attempts = max_attempts
         self.lease_seconds = lease_seconds
+        self.ttl_seconds = ttl_seconds
+        self._claims: dict[str, int] = {}
+        """The attempt each job this replica claimed is on: the fence of its later writes."""
 
     def close(self) -> None:
         """Nothing to close: the engine belongs to the application."""
@@ -146,6 +157,8 @@ class PostgresJobStore:
                         error_status=500,
                         error_code="interrupted",
                         error=f"the replica running this job stopped {row.attempts} times",
+                        ttl=self.ttl_seconds,
+                        callback_lease_until=None,
                     )
                     continue
                 started = time.time()
@@ -162,14 +175,16 @@ class PostgresJobStore:
                 )
             job = _job(row)
             job.status, job.started, job.attempts = "running", started, row.attempts + 1
+            self._claims[job.job_id] = job.attempts
             return job
 
-    def _finish_row(self, connection: Connection, job_id: str, **values: Any) -> None:
+    def _finish_row(self, connection: Connection, job_id: str, ttl: float, **values: Any) -> None:
+        """Mark the job ended and drop its input (transaction open)."""
         finished = time.time()
         connection.execute(
             update(jobs)
             .where(jobs.c.job_id == job_id)
-            .values(finished=finished, expires=finished + values.pop("ttl", 86400), **values)
+            .values(finished=finished, expires=finished + ttl, **values)
         )
         connection.execute(
             delete(job_payloads).where(
@@ -178,9 +193,13 @@ class PostgresJobStore:
         )
 
     def _held(self, job_id: str) -> Any:
-        """The condition that this replica still holds the job's lease."""
+        """The condition that this replica's claim of the job still holds its lease: running,
+        under this replica's name, on the attempt this replica started."""
         return and_(
-            jobs.c.job_id == job_id, jobs.c.status == "running", jobs.c.lease_holder == self.holder
+            jobs.c.job_id == job_id,
+            jobs.c.status == "running",
+            jobs.c.lease_holder == self.holder,
+            jobs.c.attempts == self._claims.get(job_id, -1),
         )
 
     @shared_state
@@ -209,6 +228,7 @@ class PostgresJobStore:
                 .where(self._held(job_id))
                 .values(status="queued", started=None, lease_holder=None, lease_until=None)
             )
+        self._claims.pop(job_id, None)
 
     @shared_state
     def release(self, job_id: str) -> None:
@@ -225,52 +245,60 @@ class PostgresJobStore:
                     lease_until=None,
                 )
             )
+        self._claims.pop(job_id, None)
 
     @shared_state
     def finish(
         self, job_id: str, result: bytes, media_type: str, fhe_seconds: float | None, ttl: float
-    ) -> None:
-        """Keep the result and mark the job done, in one transaction, if this replica still
-        holds it (otherwise another replica took it over and answers for it)."""
+    ) -> bool:
+        """Keep the result and mark the job done, in one transaction, if this replica's claim
+        still holds it; False when another replica took it over (and answers for it)."""
         with self.engine.begin() as connection:
             held = connection.execute(
                 select(jobs.c.job_id).where(self._held(job_id)).with_for_update()
             ).first()
             if held is None:
-                return
+                return False
             connection.execute(
                 insert(job_payloads).values(job_id=job_id, kind="result", data=result)
             )
             self._finish_row(
                 connection,
                 job_id,
+                ttl,
                 status="done",
                 result_bytes=len(result),
                 result_type=media_type,
                 fhe_seconds=fhe_seconds,
                 lease_until=None,
-                ttl=ttl,
+                callback_lease_until=_now(connection) + self.lease_seconds,
             )
+        self._claims.pop(job_id, None)
+        return True
 
     @shared_state
-    def fail(self, job_id: str, status: int, code: str, message: str, ttl: float) -> None:
-        """Mark the job failed with the error a synchronous call would have answered."""
+    def fail(self, job_id: str, status: int, code: str, message: str, ttl: float) -> bool:
+        """Mark the job failed with the error a synchronous call would have answered, if this
+        replica's claim still holds it; False when another replica took it over."""
         with self.engine.begin() as connection:
             held = connection.execute(
                 select(jobs.c.job_id).where(self._held(job_id)).with_for_update()
             ).first()
             if held is None:
-                return
+                return False
             self._finish_row(
                 connection,
                 job_id,
+                ttl,
                 status="failed",
                 error_status=status,
                 error_code=code,
                 error=message,
                 lease_until=None,
-                ttl=ttl,
+                callback_lease_until=_now(connection) + self.lease_seconds,
             )
+        self._claims.pop(job_id, None)
+        return True
 
     def requeue_interrupted(self, ttl: float) -> int:
         """Nothing to do at start-up: other replicas may be running their jobs, and a dead
@@ -279,17 +307,28 @@ class PostgresJobStore:
 
     @shared_state
     def record_callback(
-        self, job_id: str, delivered: bool, error: str | None, final: bool = False
+        self,
+        job_id: str,
+        delivered: bool,
+        error: str | None,
+        final: bool = False,
+        hold_seconds: float = 0.0,
     ) -> None:
-        """Count one callback attempt and its outcome; a `final` one ends the deliveries."""
+        """Count one callback attempt and its outcome; a `final` one ends the deliveries, and
+        otherwise this replica keeps the callback's lease for `hold_seconds` more (its pause
+        before the next attempt, and that attempt)."""
         values: dict[str, Any] = {
             "callback_attempts": jobs.c.callback_attempts + 1,
             "callback_delivered": delivered,
             "callback_error": error,
         }
-        if delivered or final:
-            values["callback_lease_until"] = NEVER
         with self.engine.begin() as connection:
+            if delivered or final:
+                values["callback_lease_until"] = NEVER
+            else:
+                values["callback_lease_until"] = (
+                    _now(connection) + self.lease_seconds + hold_seconds
+                )
             connection.execute(update(jobs).where(jobs.c.job_id == job_id).values(**values))
 
     @shared_state

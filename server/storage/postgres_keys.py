@@ -38,6 +38,7 @@ from server.storage.keys import (
 from server.storage.tables import jobs, key_chunks, key_owners, keys
 
 CHUNK_BYTES = 1 << 20
+LOCK_WAIT = "30s"
 TOUCH_EVERY_SECONDS = 30.0
 """A key's last use is written at most this often (a predict should not always write a row)."""
 
@@ -49,6 +50,27 @@ def read_key(connection: Connection, key_id: str) -> Iterator[bytes]:
     )
     for (data,) in rows:
         yield bytes(data)
+
+
+def read_whole_key(connection: Connection, key_id: str) -> bytes:
+    """A stored key's bytes as one object, through a temporary file, so that memory holds the
+    whole key once (not its chunks and their join); FileNotFoundError when it is not stored."""
+    with tempfile.TemporaryFile() as spool:
+        wrote = 0
+        for chunk in read_key(connection, key_id):
+            spool.write(chunk)
+            wrote += len(chunk)
+        if not wrote:
+            raise FileNotFoundError(f"evaluation key {key_id}")
+        spool.seek(0)
+        return spool.read()
+
+
+def take_store_lock(connection: Connection) -> None:
+    """Wait (at most LOCK_WAIT) for the store lock of this transaction; past that the database
+    answers an error that becomes 503, rather than a request hanging on another replica."""
+    connection.execute(text(f"SET LOCAL lock_timeout = '{LOCK_WAIT}'"))
+    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": STORE_LOCK})
 
 
 class PostgresKeyStore:
@@ -181,10 +203,7 @@ class PostgresKeyStore:
     def read_bytes(self, key_id: str) -> bytes:
         """A stored key's whole bytes (for a structural check); FileNotFoundError when gone."""
         with self.engine.connect() as connection:
-            data = b"".join(read_key(connection, key_id))
-        if not data:
-            raise FileNotFoundError(f"evaluation key {key_id}")
-        return data
+            return read_whole_key(connection, key_id)
 
     async def receive(self, chunks: AsyncIterator[bytes], limit: int) -> Upload:
         """Spool an upload to a local file while hashing it; refuse past `limit` bytes or this
@@ -240,7 +259,7 @@ class PostgresKeyStore:
         evicted: list[str] = []
         try:
             with self.engine.begin() as connection:
-                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": STORE_LOCK})
+                take_store_lock(connection)
                 existing = self._stored(connection, key_id)
                 owned = existing is not None and owner in existing.owners
                 if owner is not None and owner_quota is not None and not owned:
@@ -336,7 +355,7 @@ class PostgresKeyStore:
         if not is_key_id(key_id):
             return False
         with self.engine.begin() as connection:
-            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": STORE_LOCK})
+            take_store_lock(connection)
             stored = self._stored(connection, key_id)
             if stored is None or (owner is not None and owner not in stored.owners):
                 return False
@@ -382,10 +401,7 @@ class KeyReader:
     def read(self, key_id: str) -> bytes:
         """The key's bytes; FileNotFoundError when the store does not hold it."""
         with self.engine.connect() as connection:
-            data = b"".join(read_key(connection, key_id))
-        if not data:
-            raise FileNotFoundError(f"evaluation key {key_id}")
-        return data
+            return read_whole_key(connection, key_id)
 
     def copy_to(self, key_id: str, path: Path) -> None:
         """Write the key's bytes to `path` a chunk at a time (through a temporary file beside
