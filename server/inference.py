@@ -21,6 +21,7 @@ from server.compute import Busy, Compute, RunRefused, TimedOut, WorkerCrashed, c
 from server.models.clear import ClearModel, InvalidInputs, PredictionFailed
 from server.models.clear_inputs import parse_inputs, predict_strict
 from server.models.registry import FHEModel, Model, ModelRegistry
+from server.storage.calls import store_call
 from server.storage.jobs import Job
 from server.storage.keys import KeyStore, StoredKey
 from server.storage.postgres_keys import PostgresKeyStore
@@ -122,14 +123,14 @@ class Inference:
                 server_client_spec=model.client_spec,
             )
 
-    def stored_key(self, key_id: str | None, model: FHEModel, owner: str | None) -> StoredKey:
+    async def stored_key(self, key_id: str | None, model: FHEModel, owner: str | None) -> StoredKey:
         """The stored evaluation key: 400 without an id, 404 unknown (or another token's: its
         existence is not revealed)."""
         if not key_id:
             raise errors.MissingKeyId(
                 "the X-Key-Id header is required; " + KEYGEN_HINT.format(model=model.name)
             )
-        stored = self.keys.get(key_id)
+        stored = await store_call(self.keys.get, key_id)
         if stored is None or not stored.usable_by(owner):
             raise unknown_key(key_id, model)
         return stored
@@ -143,7 +144,7 @@ class Inference:
         checked the first time it is used with the model and the result recorded (a misfit is
         remembered), so Concrete is never handed keys that would abort its process.
         """
-        stored = self.stored_key(key_id, model, owner)
+        stored = await self.stored_key(key_id, model, owner)
         if stored.fits(model.client_spec):
             return stored
         pair = (stored.key_id, model.client_spec or "")
@@ -162,7 +163,7 @@ class Inference:
             metrics.KEY_CHECKS.labels(result="misfit" if differences else "fits").inc()
         if differences:
             raise key_mismatch(model, stored.key_id, differences)
-        self.keys.add_spec(stored.key_id, model.client_spec)
+        await store_call(self.keys.add_spec, stored.key_id, model.client_spec)
         return stored
 
     async def run_fhe(

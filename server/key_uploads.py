@@ -16,6 +16,7 @@ from server import errors, metrics
 from server.compute import Busy, Compute, RunRefused, TimedOut, WorkerCrashed, circuits
 from server.inference import key_mismatch, keyset_differences
 from server.models.registry import FHEModel, ModelRegistry
+from server.storage.calls import store_call
 from server.storage.keys import (
     KeyPinned,
     KeyStore,
@@ -77,10 +78,10 @@ class KeyUploads:
             f"no model here has client spec {client_spec}; download client.zip again"
         )
 
-    def status(self, key_id: str, owner: str | None) -> dict[str, object]:
+    async def status(self, key_id: str, owner: str | None) -> dict[str, object]:
         """What the server holds of the owner's key: its size, the models it was checked for,
         when it was stored and last used; 404 when it holds none (or another token's)."""
-        stored = self.keys.status(key_id)
+        stored = await store_call(self.keys.status, key_id)
         if stored is None or not stored.usable_by(owner):
             raise errors.UnknownKey(
                 f"evaluation key {key_id} is not held here (never uploaded, evicted or deleted); "
@@ -103,11 +104,11 @@ class KeyUploads:
             "last_used": stored.last_used,
         }
 
-    def delete(self, key_id: str, owner: str | None) -> None:
+    async def delete(self, key_id: str, owner: str | None) -> None:
         """Delete the owner's key (its bytes go once no token holds them); 404 when it holds
         none, 409 while queued or running work needs it."""
         try:
-            deleted = self.keys.delete(key_id, owner)
+            deleted = await store_call(self.keys.delete, key_id, owner)
         except KeyPinned as error:
             raise errors.KeyInUse(str(error), headers={"Retry-After": "10"}) from None
         if not deleted:
@@ -136,9 +137,9 @@ class KeyUploads:
         some model here, deserializable, within the token's quota) and store it."""
         if upload.size == 0:
             raise errors.EmptyBody("the body must hold serialized evaluation keys")
-        existing = self.keys.get(upload.key_id)
+        existing = await store_call(self.keys.get, upload.key_id)
         if owner is not None and (existing is None or not existing.usable_by(owner)):
-            held = self.keys.owner_bytes(owner)
+            held = await store_call(self.keys.owner_bytes, owner)
             if held + upload.size > self.token_max_key_bytes:
                 raise errors.KeyQuotaExceeded(
                     f"this token holds {held} bytes of keys; {upload.size} more would pass its "
@@ -160,8 +161,8 @@ class KeyUploads:
         except QuotaExceeded as error:
             raise errors.KeyQuotaExceeded(str(error)) from None
         for spec in checked[1:]:
-            self.keys.add_spec(stored.key_id, spec)
-        return self.keys.get(stored.key_id) or stored, created
+            await store_call(self.keys.add_spec, stored.key_id, spec)
+        return await store_call(self.keys.get, stored.key_id) or stored, created
 
     async def _fitting(
         self, upload: Upload, spec_model: FHEModel | None, existing: StoredKey | None

@@ -474,3 +474,49 @@ def test_only_the_claim_holding_the_lease_ends_a_job(database: str) -> None:
     ended = first.get(other.job_id)
     assert ended.status == "failed" and ended.error_code == "interrupted"
     engine.dispose()
+
+
+def test_a_hung_database_answers_503_in_bounded_time_and_liveness_stays_up(
+    database: str, postgres: LocalPostgres, shared_models: Path, tmp_path: Path
+) -> None:
+    """Postgres frozen (SIGSTOP: connections open, no answer, unlike a stopped server): requests
+    that need it answer 503 within the store call's bound, /healthz at once, /readyz 503."""
+    import signal
+
+    import psutil
+
+    from server.storage.calls import SHARED_CALL_SECONDS
+
+    def signal_all(signum: int) -> None:
+        """The postmaster and every backend (each in a session of its own)."""
+        postmaster = psutil.Process(postgres.process.pid)
+        for process in [postmaster, *postmaster.children(recursive=True)]:
+            process.send_signal(signum)
+
+    replica = ServerProcess(shared_models, tmp_path / "a", env=replica_env(database)).start()
+    status_url = f"{replica.url}/v1/jobs/{'0' * 32}"
+    try:
+        assert httpx.get(status_url, headers=bearer("alice"), timeout=30).status_code == 404
+        signal_all(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                waiting = pool.submit(httpx.get, status_url, headers=bearer("alice"), timeout=60)
+                time.sleep(1)
+                alive = httpx.get(f"{replica.url}/healthz", timeout=5)
+                ready = httpx.get(f"{replica.url}/readyz", timeout=30)
+                answer = waiting.result()
+            took = time.monotonic() - started
+        finally:
+            signal_all(signal.SIGCONT)
+        assert alive.status_code == 200, "liveness waited for the database"
+        assert ready.status_code == 503 and ready.json()["code"] == "not_ready"
+        assert answer.status_code == 503 and answer.json()["code"] == "state_unavailable"
+        assert answer.headers["Retry-After"]
+        assert took < SHARED_CALL_SECONDS + 5, took
+        deadline = time.monotonic() + 30
+        while httpx.get(status_url, headers=bearer("alice"), timeout=30).status_code != 404:
+            assert time.monotonic() < deadline, "the replica did not recover"
+            time.sleep(0.5)
+    finally:
+        replica.stop()

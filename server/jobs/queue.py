@@ -8,6 +8,7 @@ import time
 from server import errors
 from server.jobs.callbacks import AllowList, checked_callback_url
 from server.jobs.runner import JobRunner
+from server.storage.calls import store_call
 from server.storage.jobs import Job, JobStore, new_job_id
 from server.storage.postgres_jobs import PostgresJobStore
 
@@ -31,17 +32,17 @@ class JobQueue:
         self.token_max_jobs_in_flight = token_max_jobs_in_flight
         self.max_queued_jobs = max_queued_jobs
 
-    def check_room(self, owner: str | None) -> None:
+    async def check_room(self, owner: str | None) -> None:
         """429 when the token has its limit of jobs in flight, 503 when the queue is full."""
         if owner is not None:
-            in_flight = self.store.count("queued", "running", owner=owner)
+            in_flight = await store_call(self.store.count, "queued", "running", owner=owner)
             if in_flight >= self.token_max_jobs_in_flight:
                 raise errors.TooManyJobs(
                     f"this token has {in_flight} jobs queued or running, its limit; wait for "
                     "some to finish",
                     headers={"Retry-After": "10"},
                 )
-        if self.store.count("queued") >= self.max_queued_jobs:
+        if await store_call(self.store.count, "queued") >= self.max_queued_jobs:
             raise errors.Busy(
                 f"{self.max_queued_jobs} jobs are already queued; try again later",
                 headers={"Retry-After": "30"},
@@ -51,7 +52,7 @@ class JobQueue:
         """The callback URL when the operator's policy lets the server POST to it; 400 if not."""
         return await checked_callback_url(url, self.callback_allow)
 
-    def enqueue(
+    async def enqueue(
         self,
         model: str,
         kind: str,
@@ -74,24 +75,24 @@ class JobQueue:
             owner=owner,
             callback_url=callback_url,
         )
-        self.store.add(job, payload)
+        await store_call(self.store.add, job, payload)
         self.runner.wake()
         return job
 
-    def owned(self, job_id: str, owner: str | None) -> Job:
+    async def owned(self, job_id: str, owner: str | None) -> Job:
         """The caller's job; 404 for unknown ones and other tokens' (not revealed)."""
-        job = self.store.get(job_id)
+        job = await store_call(self.store.get, job_id)
         if job is None or (owner is not None and job.owner != owner):
             raise errors.UnknownJob(f"no job {job_id!r} here (unknown, or its result expired)")
         return job
 
-    def list(self, owner: str | None, limit: int) -> list[Job]:
+    async def list(self, owner: str | None, limit: int) -> list[Job]:
         """The caller's newest jobs first."""
-        return self.store.list(owner=owner, limit=limit)
+        return await store_call(self.store.list, owner=owner, limit=limit)
 
-    def result(self, job_id: str, owner: str | None) -> tuple[Job, bytes]:
+    async def result(self, job_id: str, owner: str | None) -> tuple[Job, bytes]:
         """A finished job and its result; 409 while it runs or when it failed."""
-        job = self.owned(job_id, owner)
+        job = await self.owned(job_id, owner)
         if job.status in ("queued", "running"):
             raise errors.JobNotFinished(
                 f"job {job_id} is {job.status}; poll {job.status_url}",
@@ -102,7 +103,7 @@ class JobQueue:
             raise errors.JobFailed(
                 f"job {job_id} failed: {job.error}", job_error=job.public()["error"]
             )
-        result = self.store.read_result(job_id)
+        result = await store_call(self.store.read_result, job_id)
         if result is None:
             raise errors.UnknownJob(f"the result of job {job_id} has expired")
         return job, result

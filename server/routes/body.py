@@ -96,7 +96,7 @@ async def read_fhe_request(
         limit = min(limit, model.max_ciphertext_bytes)
     check_declared_length(request, limit, f"a ciphertext for model {model.name!r}")
     inference.check_client_spec(model, client_spec)
-    inference.stored_key(key_id, model, owner)
+    await inference.stored_key(key_id, model, owner)
     ciphertext = await read_body(request, limit, "ciphertext")
     if not ciphertext:
         raise errors.EmptyBody("the body must hold a serialized ciphertext")

@@ -33,18 +33,18 @@ async def submit_job(
     """Queue a prediction: the same body and headers as predict, plus an optional
     `X-Callback-Url` notified when the job ends. Answers 202 with the job id and its URLs."""
     model = inference.model(name)
-    queue.check_room(owner)
+    await queue.check_room(owner)
     callback = await queue.callback_url(x_callback_url)
     if isinstance(model, ClearModel):
         inference.ready_clear(model)
         payload, _ = await read_clear_request(request, settings.max_json_bytes)
-        job = queue.enqueue(name, "clear", payload, owner, callback)
+        job = await queue.enqueue(name, "clear", payload, owner, callback)
     else:
         fhe_model, limit = inference.fhe_model(name), settings.max_ciphertext_bytes
         key, payload = await read_fhe_request(
             request, inference, fhe_model, x_key_id, x_client_spec, limit, owner
         )
-        job = queue.enqueue(name, "fhe", payload, owner, callback, key.key_id, x_client_spec)
+        job = await queue.enqueue(name, "fhe", payload, owner, callback, key.key_id, x_client_spec)
     return JSONResponse(job.public(), status_code=202, headers={"Location": job.status_url})
 
 
@@ -53,13 +53,13 @@ async def list_jobs(
     queue: Queue, owner: Owner, limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ) -> dict[str, list[dict]]:
     """The caller's newest jobs first, with their status."""
-    return {"jobs": [job.public() for job in queue.list(owner, limit)]}
+    return {"jobs": [job.public() for job in await queue.list(owner, limit)]}
 
 
 @router.get("/v1/jobs/{job_id}")
 async def job_status(job_id: str, queue: Queue, owner: Owner) -> dict:
     """queued, running, done or failed, with timings, the error and callback delivery."""
-    return queue.owned(job_id, owner).public()
+    return (await queue.owned(job_id, owner)).public()
 
 
 @router.get(
@@ -69,7 +69,7 @@ async def job_status(job_id: str, queue: Queue, owner: Owner) -> dict:
 )
 async def job_result(job_id: str, queue: Queue, owner: Owner) -> Response:
     """The result of a finished job: ciphertext bytes (FHE) or `{"output", "warnings"}`."""
-    job, result = queue.result(job_id, owner)
+    job, result = await queue.result(job_id, owner)
     headers = {"X-Job-Id": job.job_id}
     if job.fhe_seconds is not None:
         headers["X-FHE-Seconds"] = f"{job.fhe_seconds:.4f}"

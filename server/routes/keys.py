@@ -43,12 +43,12 @@ async def upload_keys(
 async def key_status(key_id: str, uploads: KeyUploadService, owner: Owner) -> dict[str, object]:
     """Whether the server holds this key of yours: its size, the models it was checked for and
     when it was last used. 404 `unknown_key` means: upload it again."""
-    return uploads.status(key_id, owner)
+    return await uploads.status(key_id, owner)
 
 
 @router.delete("/v1/keys/{key_id}", status_code=204)
 async def delete_key(key_id: str, uploads: KeyUploadService, owner: Owner) -> Response:
     """Delete your key: every replica and worker refuses it from now on. 409 `key_in_use` while
     your queued or running jobs need it."""
-    uploads.delete(key_id, owner)
+    await uploads.delete(key_id, owner)
     return Response(status_code=204)

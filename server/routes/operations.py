@@ -6,6 +6,7 @@ keeps `/metrics` on the internal network (deployment/nginx).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from fastapi import APIRouter, Request
@@ -43,4 +44,6 @@ async def readyz(readiness: ReadinessCheck) -> dict[str, object]:
 @router.get("/metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
     """Prometheus text: request, run, queue, key and crash metrics of this replica."""
-    return Response(exposition(request.app.state.metrics_registry), media_type=CONTENT_TYPE)
+    # In a thread: the state gauges ask the stores, which may wait on the database.
+    text = await asyncio.to_thread(exposition, request.app.state.metrics_registry)
+    return Response(text, media_type=CONTENT_TYPE)
