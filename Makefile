@@ -12,10 +12,12 @@ DEMO_PORT ?= 7860
 # deployment/nginx/fhe-server.conf in front of a real server, prometheus brings promtool, which
 # checks and unit-tests deployment/monitoring's alert rules, postgresql is the shared state of the
 # many-replica tests (started by the tests in a temporary directory, never as a system service).
-SYSTEM_PACKAGES := chromium redis-server docker-compose nginx prometheus postgresql
+# podman and mmdebstrap build the images and run the compose stack of `make image-test`.
+SYSTEM_PACKAGES := chromium redis-server docker-compose nginx prometheus postgresql podman \
+	mmdebstrap
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install client-install system-packages run test test-fast lint model tabular-models clean
+.PHONY: install client-install server-install system-packages run test test-fast lint model tabular-models clean
 
 install: $(VENV)/.installed
 
@@ -38,6 +40,21 @@ client-install:
 	$(CLIENT_VENV)/bin/fhe-client --help >/dev/null
 	@du -sm $(CLIENT_VENV) | awk '{print "client install: " $$1 " MB in " $$2}'
 
+# fhe-server alone (the API and its pool or Celery workers), into VENV (.venv-server when VENV is
+# not given): circuits are compiled and run with concrete.compiler, so no torch, transformers,
+# Concrete-ML or CUDA libraries; under 1 GB. Every package is pinned and installed without its
+# declared dependencies (see requirements-server.txt for why). Compiling a circuit needs the
+# system linker `ld` (Debian: binutils).
+SERVER_VENV := $(if $(filter command line environment,$(origin VENV)),$(VENV),.venv-server)
+server-install:
+	$(PYTHON) -m venv $(SERVER_VENV)
+	$(SERVER_VENV)/bin/pip install --quiet --upgrade pip
+	$(SERVER_VENV)/bin/pip install --quiet --no-deps -r requirements-server.txt
+	rm -rf build
+	$(SERVER_VENV)/bin/pip install --quiet --no-deps .
+	$(SERVER_VENV)/bin/fhe-server --help >/dev/null
+	@du -sm $(SERVER_VENV) | awk '{print "server install: " $$1 " MB in " $$2}'
+
 # The API on $(HOST):$(PORT) and the demo page on $(HOST):$(DEMO_PORT), stopped together by Ctrl-C.
 run: install
 	$(BIN)/fhe-client demo --start-server --server-host $(HOST) --server-port $(PORT) \
@@ -47,6 +64,7 @@ system-packages:
 	@command -v chromium >/dev/null && command -v redis-server >/dev/null && \
 		command -v docker-compose >/dev/null && command -v promtool >/dev/null && \
 		ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && \
+		command -v podman >/dev/null && command -v mmdebstrap >/dev/null && \
 		{ command -v nginx || test -x /usr/sbin/nginx; } >/dev/null || { \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(SYSTEM_PACKAGES); }
@@ -87,3 +105,6 @@ tabular-models: install
 
 clean:
 	rm -rf $(VENV) .cache test-artifacts
+
+# Container images by role (make base-image, make images, make image-test): deployment/images.mk.
+include deployment/images.mk

@@ -196,12 +196,27 @@ class LocalServer:
         if self.data_dir is not None:
             self.data_dir.mkdir(parents=True, exist_ok=True)
         self.process = spawn(self.command(), self.log, {**env, **self.env})
+        started = time.monotonic()
         try:
             wait_for_url(f"{self.url}/healthz", self.process, self.log, timeout, "fhe-server")
+            self.wait_compiled(timeout - (time.monotonic() - started))
         except BaseException:
             self.kill()
             raise
         return self
+
+    def wait_compiled(self, timeout: float) -> None:
+        """Wait until the server has tried every circuit it serves (its /readyz no longer says
+        it is compiling); ready or not for another reason is the caller's to check."""
+        deadline = time.monotonic() + max(timeout, 1.0)
+        while time.monotonic() < deadline:
+            try:
+                if "compiling circuits" not in httpx.get(f"{self.url}/readyz", timeout=5).text:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"fhe-server did not compile its circuits: {log_tail(self.log)}")
 
     def alive(self) -> bool:
         """Whether the server process is running."""

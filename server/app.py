@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 
 from server.compute import make_compute
+from server.compute.compilation import CircuitCompilation
 from server.deps import Access, authenticate
 from server.errors import ConfigurationError, install_error_handlers
 from server.inference import Inference
@@ -21,7 +22,7 @@ from server.jobs.queue import JobQueue
 from server.jobs.runner import JobPolicy, JobRunner
 from server.key_uploads import KeyUploads
 from server.metrics import RequestMetrics, StateCollector
-from server.models.registry import ModelRegistry, single_model
+from server.models.registry import FHEModel, ModelRegistry, single_model
 from server.readiness import Readiness
 from server.routes import callbacks, hf_compat, jobs, keys, models, operations, predict
 from server.routes.body import BodyTimeout
@@ -83,7 +84,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     job_store, key_store, engine = open_stores(settings)
     compute = make_compute(settings)
     compute.follow(key_store)
-    compute.warm([str(m.path) for m in registry.all() if m.ready])
+    compilation = CircuitCompilation(
+        [m for m in registry.all() if isinstance(m, FHEModel) and m.ready],
+        settings.circuit_cache(),
+    )
+    compiling = asyncio.create_task(
+        compilation.run(then=lambda loaded: compute.warm([str(m.path) for m in loaded]))
+    )
     inference = Inference(registry, key_store, compute)
     callback_key = signing_key(settings)
     allow = AllowList.parse(settings.callback_allow)
@@ -123,12 +130,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             "jobs": lambda: asyncio.to_thread(job_store.ping),
             "keys": lambda: asyncio.to_thread(key_store.ping),
             "compute": compute.ping,
-        }
+            "circuits": compilation.check,
+        },
+        explained={"circuits"},
     )
     await runner.start()
     try:
         yield
     finally:
+        compiling.cancel()
         await runner.stop()
         compute.close()
         job_store.close()

@@ -73,6 +73,46 @@ def serve(
 
 
 @app.command()
+def compile(
+    models: Annotated[Optional[Path], typer.Option(help="model bundles directory")] = None,
+    cache: Annotated[
+        Optional[Path], typer.Option(help="compiled circuit cache [DATA_DIR/circuits]")
+    ] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="where keys and jobs are kept")] = None,
+) -> None:
+    """Compile every FHE bundle's circuit for this host into the cache (as `serve` does at
+    start-up), so that a server or worker sharing the cache starts without compiling. Exits 1
+    when a circuit cannot be compiled, with the reason."""
+    import time
+
+    from server.compute import circuits
+    from server.models.registry import FHEModel, ModelRegistry
+
+    given = {"models_dir": models, "circuit_cache_dir": cache, "data_dir": data_dir}
+    settings = ServerSettings(**{key: value for key, value in given.items() if value is not None})
+    target = settings.circuit_cache()
+    failed = 0
+    for model in ModelRegistry.scan(settings.models_dir).all():
+        if not isinstance(model, FHEModel):
+            continue
+        started = time.perf_counter()
+        reason = model.reason or model.circuit_error
+        if reason is None:
+            reason = circuits.compile_circuit(str(model.path), str(target))
+        seconds = time.perf_counter() - started
+        if reason is None:
+            typer.echo(f"{model.name}: ready in {target} ({seconds:.2f} s)")
+        else:
+            failed += 1
+            typer.echo(f"{model.name}: cannot load: {reason}", err=True)
+    if failed:
+        host = circuits.host_problem(str(target))
+        if host:
+            typer.echo(f"fhe-server: {host}", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
 def worker(
     redis: Annotated[
         Optional[str], typer.Option(help="Redis URL [redis://127.0.0.1:6379/0]")
@@ -95,6 +135,7 @@ def worker(
     import os
     import shutil
     import socket
+    import threading
 
     given = {"redis_url": redis, "models_dir": models, "data_dir": data_dir}
     settings = ServerSettings(**{key: value for key, value in given.items() if value is not None})
@@ -135,8 +176,16 @@ def worker(
     @worker_process_init.connect
     def load_concrete(**_: object) -> None:
         """Import Concrete in the child only: its runtime does not survive a fork. The one run
-        at a time may use every core unless FHE_SERVER_FHE_THREADS says otherwise."""
-        circuits.prepare(settings.key_cache_entries, settings.fhe_threads or os.cpu_count())
+        at a time may use every core unless FHE_SERVER_FHE_THREADS says otherwise. Circuits are
+        loaded (compiled into the cache first if it lacks them) in the background, so the child
+        starts within Celery's start-up bound."""
+        circuits.prepare(
+            settings.key_cache_entries,
+            settings.fhe_threads or os.cpu_count(),
+            cache_dir=settings.circuit_cache(),
+        )
+        bundles = [str(path.parent) for path in sorted(settings.models_dir.glob("*/server.zip"))]
+        threading.Thread(target=circuits.warm, args=(bundles,), daemon=True).start()
 
     hostname = name or f"fhe-{os.getpid()}@{socket.gethostname()}"
     typer.echo(

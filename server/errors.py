@@ -219,6 +219,12 @@ class Busy(ServiceError):
     status, code = 503, "busy"
 
 
+class CircuitUnavailable(ServiceError):
+    """The model's circuit cannot be compiled or loaded on this server (the listing says why)."""
+
+    status, code = 503, "circuit_unavailable"
+
+
 class NotReady(ServiceError):
     """A store or the broker this replica needs cannot be reached (readiness fails)."""
 

@@ -18,6 +18,7 @@ import cachetools
 from fhe.contract.keyset import MalformedKeys, uploaded_keyset
 from server import errors, metrics
 from server.compute import Busy, Compute, RunRefused, TimedOut, WorkerCrashed, circuits
+from server.compute.compiled_circuit import CircuitUnavailable
 from server.models.clear import ClearModel, InvalidInputs, PredictionFailed
 from server.models.clear_inputs import parse_inputs, predict_strict
 from server.models.registry import FHEModel, Model, ModelRegistry
@@ -95,8 +96,12 @@ class Inference:
         model = self.model(name)
         if not isinstance(model, FHEModel):
             raise errors.NotFHE(f"model {model.name!r} is a {model.kind} model, not FHE")
-        if not model.ready:
+        if model.reason is not None:
             raise errors.ModelUnloadable(f"model {model.name!r} cannot load: {model.reason}")
+        if model.circuit_error is not None:
+            raise errors.CircuitUnavailable(
+                f"model {model.name!r} cannot run on this server: {model.circuit_error}"
+            )
         return model
 
     @staticmethod
@@ -181,6 +186,10 @@ class Inference:
             raise errors.Busy(str(error), headers={"Retry-After": "2"}) from None
         except circuits.BadInput as error:
             raise errors.MalformedCiphertext(str(error)) from None
+        except CircuitUnavailable as error:
+            raise errors.CircuitUnavailable(
+                f"model {model.name!r} cannot run on this server: {error}"
+            ) from None
         except circuits.StoreUnavailable as error:
             raise errors.StateUnavailable(str(error), headers={"Retry-After": "5"}) from None
         except KeyError:

@@ -15,9 +15,16 @@ Check = Callable[[], Awaitable[str | None]]
 class Readiness:
     """Named checks run together under one timeout."""
 
-    def __init__(self, checks: dict[str, Check], timeout_seconds: float = 3.0) -> None:
+    def __init__(
+        self,
+        checks: dict[str, Check],
+        timeout_seconds: float = 3.0,
+        explained: set[str] | None = None,
+    ) -> None:
         self.checks = checks
         self.timeout_seconds = timeout_seconds
+        # Checks whose reasons callers may read (of this host, not of its databases).
+        self.explained = explained or set()
 
     def names(self) -> list[str]:
         """The parts checked."""

@@ -63,6 +63,11 @@ class ServerSettings(BaseSettings):
         default_factory=default_data_dir,
         description="keys and jobs are kept here (with a database: only uploads being received)",
     )
+    circuit_cache_dir: Path | None = Field(
+        None,
+        description="where circuits compiled for this host are kept, shared by restarts and "
+        "workers (default: circuits/ in the data directory)",
+    )
     database_url: SecretStr | None = Field(
         None,
         description="Postgres shared by every replica and worker for jobs, results and keys "
@@ -220,6 +225,10 @@ class ServerSettings(BaseSettings):
     def database(self) -> str | None:
         """The shared database's URL, or None for the embedded stores."""
         return self.database_url.get_secret_value() if self.database_url else None
+
+    def circuit_cache(self) -> Path:
+        """Where compiled circuits are kept: the setting, else circuits/ in the data directory."""
+        return self.circuit_cache_dir or self.data_dir / "circuits"
 
     def threads_per_run(self) -> int:
         """Threads each FHE run may use: the setting, or cores // runs at once (at least 1)."""

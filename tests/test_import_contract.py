@@ -61,3 +61,41 @@ def test_a_forbidden_import_breaks_it(tmp_path: Path) -> None:
         assert run.returncode != 0, f"{file}: {run.stdout}"
         assert "BROKEN" in run.stdout and "0 broken" not in run.stdout, run.stdout
         assert file.removesuffix(".py").replace("/", ".") in run.stdout, run.stdout
+
+
+def _concrete_imports(path: Path) -> list[str]:
+    """The `concrete...` modules a source file imports, wherever in the file."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names if alias.name.startswith("concrete")]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("concrete"):
+            found.append(node.module or "")
+    return found
+
+
+def test_the_server_imports_only_concrete_compiler() -> None:
+    """import-linter sees external packages at their top level (`concrete`), so the two server
+    modules that run circuits are let through it; this holds them to `concrete.compiler` (no
+    `concrete.fhe`, no `concrete.ml`), and it fails on a file that breaks the rule."""
+    imports = {
+        str(path.relative_to(REPO)): _concrete_imports(path)
+        for path in sorted((REPO / "server").rglob("*.py"))
+    }
+    used = {file: names for file, names in imports.items() if names}
+    assert set(used) == {"server/compute/compiled_circuit.py", "server/compute/circuits.py"}
+    assert all(name == "concrete.compiler" for names in used.values() for name in names), used
+    assert _concrete_imports_text("from concrete.ml.deployment import FHEModelServer\n") == [
+        "concrete.ml.deployment"
+    ]
+
+
+def _concrete_imports_text(source: str) -> list[str]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "module.py"
+        path.write_text(source)
+        return _concrete_imports(path)

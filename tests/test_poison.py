@@ -127,7 +127,9 @@ def test_a_run_that_kills_its_worker_fails_alone(tmp_path: Path) -> None:
     bundle = str(REPO / "models" / "sentiment")
 
     async def runs() -> list[object]:
-        pool = FHEExecutor(workers=2, max_queue=8, key_cache_entries=2)
+        pool = FHEExecutor(
+            workers=2, max_queue=8, key_cache_entries=2, cache_dir=tmp_path / "circuits"
+        )
         try:
             calls = [
                 pool.run_circuit(bundle, "h", str(honest_keys), ciphertext),

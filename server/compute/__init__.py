@@ -103,4 +103,5 @@ def make_compute(settings: ServerSettings) -> Compute:
         settings.key_cache_entries,
         settings.threads_per_run(),
         settings.database(),
+        settings.circuit_cache(),
     )

@@ -27,6 +27,7 @@ from server.compute.celery_app import (
     TASK_RUN,
     bundle_client_spec,
 )
+from server.compute.compiled_circuit import CircuitUnavailable
 from server.storage.atomic import write_atomic
 
 log = logging.getLogger("fhe_server.celery")
@@ -176,6 +177,8 @@ def register_tasks(app: Celery, state_of: Any, delivery_ttl: float = 86400) -> N
             )
         except circuits.BadInput as error:
             return _error(400, "malformed_ciphertext", str(error))
+        except CircuitUnavailable as error:
+            return _error(503, "circuit_unavailable", f"worker {host}: {error}")
         metrics.record_run(model, seconds, cached)
         return {
             "result": base64.b64encode(result).decode(),

@@ -1,7 +1,8 @@
 """What runs inside an FHE worker process: circuit runs and key checks, with per-process caches.
 
-Each worker keeps its loaded circuits and a bounded LRU of deserialized evaluation keys, so a
-request pays neither for loading server.zip nor for deserializing keys it has seen recently.
+Each worker keeps its loaded circuits (compiled once per host into the circuit cache, through
+`concrete.compiler` only) and a bounded LRU of deserialized evaluation keys, so a request pays
+neither for loading server.zip nor for deserializing keys it has seen recently.
 """
 
 from __future__ import annotations
@@ -16,8 +17,16 @@ from typing import Any
 import cachetools
 
 from fhe.contract.signals import ignore_sigpipe
+from server.compute.compiled_circuit import (
+    CircuitUnavailable,
+    CompiledCircuit,
+    deserialize_keys,
+    probe_host,
+)
 
-_circuits: dict[str, Any] = {}
+_circuits: dict[str, CompiledCircuit | CircuitUnavailable] = {}
+_loading = threading.Lock()
+_cache_dir: Path | None = None
 _keys: cachetools.LRUCache[str, Any] = cachetools.LRUCache(maxsize=4)
 _key_reader: Callable[[str], bytes] | None = None
 
@@ -37,18 +46,22 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def prepare(
-    key_cache_entries: int, threads: int | None = None, database_url: str | None = None
+    key_cache_entries: int,
+    threads: int | None = None,
+    database_url: str | None = None,
+    cache_dir: Path | None = None,
 ) -> None:
     """Start a worker process (a child of the API's pool, or a Celery worker's pool child): set
-    the key cache bound and the threads one run may use, and import Concrete once, before any
-    request.
+    the key cache bound, the threads one run may use and where compiled circuits are kept, and
+    import Concrete's compiler once, before any request.
 
     Concrete parallelizes a run with OpenMP, which reads OMP_NUM_THREADS when it starts, so the
     bound is set before Concrete is imported. A watchdog thread ends the process if its parent
     dies without stopping it.
     """
-    global _keys, _key_reader
+    global _keys, _key_reader, _cache_dir
     _keys = cachetools.LRUCache(maxsize=key_cache_entries)
+    _cache_dir = cache_dir
     if database_url:
         from server.storage.postgres_keys import KeyReader
 
@@ -56,25 +69,37 @@ def prepare(
     if threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(threads)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
-    import concrete.fhe
-    import concrete.ml.deployment  # noqa: F401
+    import concrete.compiler  # noqa: F401
 
     ignore_sigpipe()
 
 
-def _circuit(bundle_dir: str) -> Any:
-    from concrete.ml.deployment import FHEModelServer
+def _circuit_cache() -> Path:
+    if _cache_dir is None:
+        raise CircuitUnavailable("this worker was started without a circuit cache directory")
+    return _cache_dir
 
-    if bundle_dir not in _circuits:
-        _circuits[bundle_dir] = FHEModelServer(bundle_dir)
-    return _circuits[bundle_dir]
+
+def _circuit(bundle_dir: str) -> CompiledCircuit:
+    """The bundle's circuit, loaded once per process (compiled first if the cache lacks it); a
+    bundle that cannot load raises CircuitUnavailable, remembered: its files do not change."""
+    with _loading:
+        if bundle_dir not in _circuits:
+            try:
+                _circuits[bundle_dir] = CompiledCircuit(
+                    Path(bundle_dir) / "server.zip", _circuit_cache()
+                )
+            except CircuitUnavailable as error:
+                _circuits[bundle_dir] = error
+        loaded = _circuits[bundle_dir]
+    if isinstance(loaded, CircuitUnavailable):
+        raise CircuitUnavailable(str(loaded))
+    return loaded
 
 
 def _deserialize_keys(data: bytes) -> Any:
-    from concrete import fhe
-
     try:
-        return fhe.EvaluationKeys.deserialize(data)
+        return deserialize_keys(data)
     except RuntimeError as error:
         raise BadInput(f"evaluation keys could not be deserialized: {error}") from None
 
@@ -109,11 +134,32 @@ def check_keys(key_path: str) -> None:
     _deserialize_keys(Path(key_path).read_bytes())
 
 
-def warm(bundle_dirs: list[str]) -> int:
-    """Load circuits ahead of the first request; returns how many this process holds."""
+def warm(bundle_dirs: list[str]) -> dict[str, str | None]:
+    """Load circuits ahead of the first request; returns why each one that cannot load does not
+    (None for those that do)."""
+    reasons: dict[str, str | None] = {}
     for bundle_dir in bundle_dirs:
-        _circuit(bundle_dir)
-    return len(_circuits)
+        try:
+            _circuit(bundle_dir)
+            reasons[bundle_dir] = None
+        except CircuitUnavailable as error:
+            reasons[bundle_dir] = str(error)
+    return reasons
+
+
+def compile_circuit(bundle_dir: str, cache_dir: str) -> str | None:
+    """Compile one bundle's circuit into the cache unless it is there (in a process of its own,
+    at start-up); returns why it cannot load, or None."""
+    try:
+        CompiledCircuit(Path(bundle_dir) / "server.zip", Path(cache_dir))
+    except CircuitUnavailable as error:
+        return str(error)
+    return None
+
+
+def host_problem(cache_dir: str) -> str | None:
+    """Why this host cannot compile any circuit (no linker, say), or None."""
+    return probe_host(Path(cache_dir))
 
 
 def run_circuit(
@@ -121,12 +167,12 @@ def run_circuit(
 ) -> tuple[bytes, float, bool]:
     """Evaluate the bundle's circuit on one serialized ciphertext; returns the result, the
     seconds it took and whether the keys were already deserialized here."""
-    server = _circuit(bundle_dir)
+    circuit = _circuit(bundle_dir)
     keys, cached = _evaluation_keys(key_id, key_path)
     started = time.perf_counter()
     try:
-        result = server.run(ciphertext, keys)
-    except (RuntimeError, ValueError, AssertionError) as error:
+        result = circuit.run(ciphertext, keys)
+    except (RuntimeError, ValueError, TypeError) as error:
         raise BadInput(f"ciphertext could not be evaluated: {error}") from None
     finally:
         ignore_sigpipe()

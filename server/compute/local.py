@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from pebble import ProcessExpired, ProcessPool
@@ -33,6 +34,7 @@ class FHEExecutor:
         key_cache_entries: int,
         threads: int | None = None,
         database_url: str | None = None,
+        cache_dir: Path | None = None,
     ) -> None:
         self.workers = workers
         self.threads = threads
@@ -40,7 +42,7 @@ class FHEExecutor:
         self._pool = ProcessPool(
             max_workers=workers,
             initializer=circuits.prepare,
-            initargs=(key_cache_entries, threads, database_url),
+            initargs=(key_cache_entries, threads, database_url, cache_dir),
             context=multiprocessing.get_context("spawn"),
         )
 
@@ -74,7 +76,7 @@ class FHEExecutor:
         """Workers read keys from the API's own store, so there is no copy to keep in step."""
 
     def warm(self, bundle_dirs: list[str]) -> None:
-        """Start the workers and load circuits in the background."""
+        """Start the workers and load circuits (compiled at start-up) in the background."""
         for _ in range(self.workers):
             self._pool.schedule(circuits.warm, args=(bundle_dirs,))
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,7 @@ from fhe.contract.keyset import (
 )
 from fhe.contract.model_card import FheModelCard
 from fhe.contract.raw_card import render_raw_card
+from fhe.contract.server_zip import VERSION_MISMATCH, UnsupportedServerZip, read_server_zip
 from server.errors import ConfigurationError
 from server.models.clear import (
     TASKS,
@@ -54,13 +53,14 @@ class FHEModel:
     keyset: KeysetDescription | None = None
     max_ciphertext_bytes: int | None = None
     generated_card: str | None = None
+    circuit_error: str | None = None
 
     kind = "fhe"
 
     @property
     def ready(self) -> bool:
-        """True when the bundle can serve predictions."""
-        return self.reason is None
+        """True when the bundle can serve predictions (its circuit compiled here too)."""
+        return self.reason is None and self.circuit_error is None
 
     def client_file(self, what: str) -> tuple[str, str] | None:
         """(file name, sha256) of a file its clients download, `embedder delta` or
@@ -109,7 +109,7 @@ class FHEModel:
             "columns": self.columns,
             "origin": self.origin,
             "status": "ready" if self.ready else "unloadable",
-            "reason": self.reason,
+            "reason": self.reason or self.circuit_error,
         }
 
     def card(self) -> dict[str, Any]:
@@ -124,33 +124,6 @@ class FHEModel:
             card=text,
         )
         return card.model_dump(mode="json")
-
-
-CHECKED_PACKAGES = ("concrete-python", "concrete-ml")
-
-
-def version_mismatch(server_zip: Path) -> str | None:
-    """Why server.zip cannot load here (Concrete versions differ), or None.
-
-    The same rule as Concrete-ML's own check, read from the zip's versions.json without importing
-    Concrete, so the API process stays small; the workers load the circuit itself.
-    """
-    try:
-        with zipfile.ZipFile(server_zip) as archive:
-            built = json.loads(archive.read("versions.json"))
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
-        return f"server.zip has no readable versions.json: {error}"
-    differences = []
-    for package in CHECKED_PACKAGES:
-        try:
-            running = version(package)
-        except PackageNotFoundError:
-            running = "not installed"
-        if built.get(package) != running:
-            differences.append(f"{package}: {built.get(package)} != {running}")
-    if differences:
-        return "Version mismatch (bundle != this server): " + "; ".join(differences)
-    return None
 
 
 def _described(path: Path) -> tuple[BundleMetadata, str | None]:
@@ -231,9 +204,12 @@ def load_fhe_model(path: Path) -> FHEModel:
     missing = _missing_client_file(path, metadata)
     if missing:
         return FHEModel(name, path, metadata, spec, missing)
-    mismatch = version_mismatch(path / SERVER_ZIP)
-    if mismatch:
-        return FHEModel(name, path, metadata, spec, mismatch)
+    try:  # what the server compiles: refused here, with the reason, if it would not run
+        read_server_zip(path / SERVER_ZIP)
+    except UnsupportedServerZip as error:
+        if str(error).startswith(VERSION_MISMATCH):  # the bundle's versions: it cannot load
+            return FHEModel(name, path, metadata, spec, str(error))
+        return FHEModel(name, path, metadata, spec, circuit_error=f"server.zip: {error}")
     try:
         specs = read_client_specs(path / CLIENT_ZIP)
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:

@@ -29,12 +29,17 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(readiness: ReadinessCheck) -> dict[str, object]:
-    """Readiness: 503 while the database, the key store or the broker cannot be reached."""
+    """Readiness: 503 while the database, the key store or the broker cannot be reached, and
+    until every served circuit was compiled (or while none can be, for a cause of this host)."""
     problems = await readiness.problems()
     if problems:
         log.warning("not ready: %s", problems)
+        hidden = [name for name in problems if name not in readiness.explained]
+        said = [f"{name}: {problems[name]}" for name in problems if name in readiness.explained]
+        if hidden:
+            said.append(", ".join(hidden) + " did not answer (the server log says why)")
         raise errors.NotReady(
-            "not ready: " + ", ".join(problems) + " did not answer (the server log says why)",
+            "not ready: " + "; ".join(said),
             headers={"Retry-After": "5"},
             checks=sorted(problems),
         )

@@ -1,0 +1,1 @@
+"""Test harnesses that run inside the processes under test (never shipped in a package)."""
