@@ -1,21 +1,26 @@
 """What serving costs on this machine: install sizes by role, each server process's memory after
-real runs, and the time from process start to ready, the lean server against an earlier one.
+real runs, and the time from process start to ready and to a first encrypted answer, the lean
+server against an earlier one.
 
 - installs: `du -sm` of each virtual environment given (client, server, full);
 - starts: `fhe-server serve --dev` over the shipped models, started `--rounds` times per variant
-  in turns; for each start: seconds from spawning the process to `/readyz` 200, then the first
-  `sentiment` prediction's round trip (an earlier server said ready before its circuits were
-  loaded, so its first prediction paid for that), then the RSS of the API and of each worker
-  process after `--runs` real `sentiment` predictions. Medians per variant.
+  in turns, all on one data directory whose key store already holds the client's keys. For each
+  start: seconds from spawning the process to `/readyz` 200; seconds from spawning it to the
+  answer of one encrypted `sentiment-linear` prediction sent the moment `/readyz` said 200 (its
+  circuit runs in 0.01 s, so this is the time until the server really serves: an earlier server
+  said ready before its workers had loaded Concrete-ML and the circuits); then the RSS of the
+  API and of each worker process after `--runs` real `sentiment` predictions. Medians.
 
-Variants: `lean` (this checkout in the server-role environment; its first start compiles the
-circuits into an empty cache, `lean, cold cache`, later ones reuse it), and with `--before REF`
-the server of that commit (a git worktree of it) in the full environment.
+Variants: `lean` (this checkout in the server-role environment, its circuit cache filled),
+`lean, cold cache` (the same, the cache emptied before each start: every circuit compiled), and
+with `--before REF` the server of that commit (a git worktree of it) in the full environment.
+With `--drop-caches` (root), each variant is also started after the kernel's page cache is
+dropped, as on a node that has just pulled the image ("cold page cache").
 
 Usage:
 
     make server-install client-install
-    .venv/bin/python -m benchmarks.server_footprint --before f33bd64 --rounds 5 \\
+    .venv/bin/python -m benchmarks.server_footprint --before f33bd64 --rounds 3 --drop-caches \\
         --json docs/bench-server-footprint.json
 """
 
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -41,6 +47,7 @@ from client.local_server import free_port, kill_process, spawn, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "sentiment"
+FIRST = "sentiment-linear"
 
 
 def du_mb(path: Path) -> int | None:
@@ -77,33 +84,67 @@ def _rss_mb(process: subprocess.Popen) -> dict[str, float]:
     return found
 
 
-def one_start(
-    python: Path, cwd: Path, data_dir: Path, client_dir: Path, runs: int, log: Path
-) -> dict:
-    """Start a server, time it to ready and its first prediction, measure RSS after real runs."""
+def _spawn(python: Path, cwd: Path, data_dir: Path, log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    command = [str(python), "-m", "server.cli", "serve", "--dev", "--port", str(port)]
+    # -P: the code under test is PYTHONPATH's, not that of the directory this runs in.
+    command = [str(python), "-P", "-m", "server.cli", "serve", "--dev", "--port", str(port)]
     command += ["--models", str(REPO / "models"), "--data-dir", str(data_dir)]
     env = {"PYTHONPATH": str(cwd), "FHE_SERVER_DEV_MODE": "true"}
+    return spawn(command, log, env), f"http://127.0.0.1:{port}"
+
+
+def prepare(python: Path, data_dir: Path, client_dir: Path, log: Path) -> dict:
+    """Upload both models' keys into the shared data directory and encrypt one linear input:
+    the request each timed start answers first."""
+    process, url = _spawn(python, REPO, data_dir, log)
+    try:
+        _wait_ready(url, process)
+        with FHEServerAPI(url) as api:
+            EncryptedModel(api, MODEL, client_dir).keys()
+            linear = EncryptedModel(api, FIRST, client_dir)
+            key_id = linear.keys().key_id
+            return {
+                "ciphertext": linear.encrypt(TEXTS[0]).ciphertext,
+                "headers": {"X-Key-Id": key_id, "X-Client-Spec": linear.client_spec},
+            }
+    finally:
+        stop_process(process, 30)
+        kill_process(process)
+
+
+def one_start(
+    python: Path, cwd: Path, data_dir: Path, client_dir: Path, first: dict, runs: int, log: Path
+) -> dict:
+    """Start a server; time it to ready and to its first encrypted answer; RSS after real runs."""
     started = time.monotonic()
-    process = spawn(command, log, env)
+    process, url = _spawn(python, cwd, data_dir, log)
     try:
         ready = _wait_ready(url, process) - started
+        answer = httpx.post(
+            f"{url}/v1/models/{FIRST}/predict",
+            content=first["ciphertext"],
+            headers={**first["headers"], "Content-Type": "application/octet-stream"},
+            timeout=300,
+        )
+        answered = time.monotonic() - started
+        if answer.status_code != 200:
+            raise RuntimeError(f"the first prediction answered {answer.status_code}: {answer.text}")
         with FHEServerAPI(url) as api:
             remote = EncryptedModel(api, MODEL, client_dir)
-            remote.keys()
-            ciphertext = remote.encrypt(TEXTS[0]).ciphertext
-            first = time.monotonic()
-            remote.run(ciphertext)
-            first_seconds = time.monotonic() - first
-            for text in TEXTS[1:runs]:
+            for text in TEXTS[:runs]:
                 remote.run(remote.encrypt(text).ciphertext)
         rss = _rss_mb(process)
     finally:
         stop_process(process, 30)
         kill_process(process)
-    return {"ready_seconds": ready, "first_prediction_seconds": first_seconds, "rss_mb": rss}
+    return {"ready_seconds": ready, "first_answer_seconds": answered, "rss_mb": rss}
+
+
+def _drop_page_cache() -> None:
+    """Empty the kernel's page cache, as on a node that has just pulled the image: every
+    library is read from disk again (root only)."""
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
 def _median_row(starts: list[dict]) -> dict:
@@ -111,9 +152,7 @@ def _median_row(starts: list[dict]) -> dict:
     return {
         "starts": len(starts),
         "ready_seconds": statistics.median(s["ready_seconds"] for s in starts),
-        "first_prediction_seconds": statistics.median(
-            s["first_prediction_seconds"] for s in starts
-        ),
+        "first_answer_seconds": statistics.median(s["first_answer_seconds"] for s in starts),
         "api_rss_mb": statistics.median(s["rss_mb"]["api"] for s in starts),
         "largest_worker_rss_mb": statistics.median(workers),
         "processes": statistics.median(len(s["rss_mb"]) for s in starts),
@@ -135,6 +174,10 @@ def main(
     ] = None,
     rounds: Annotated[int, typer.Option(help="starts per variant, in turns")] = 3,
     runs: Annotated[int, typer.Option(help="sentiment predictions before RSS is read")] = 3,
+    drop_caches: Annotated[
+        bool,
+        typer.Option(help="also start each variant after dropping the page cache (root only)"),
+    ] = False,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="write results")] = None,
 ) -> None:
     """Measure installs, memory and start-up; print a table and optionally write JSON."""
@@ -158,21 +201,24 @@ def main(
                 capture_output=True,
             )
             variants[f"before ({before})"] = (full_venv.resolve() / "bin" / "python", worktree)
+        variants["lean, cold cache"] = variants["lean"]
+        data = root / "data"
+        first = prepare(variants["lean"][0], data, root / "client", root / "prepare.log")
         starts: dict[str, list[dict]] = {name: [] for name in variants}
-        cold: dict | None = None
         try:
-            for round_ in range(rounds + 1):
-                for name, (python, cwd) in variants.items():
-                    if round_ == 0 and name != "lean":
-                        continue  # round 0 is the lean server's first start: an empty cache
-                    data = root / f"data-{name.split()[0]}"
-                    log = root / f"{name.split()[0]}.log"
-                    result = one_start(python, cwd, data, root / "client", runs, log)
-                    typer.echo(f"{name} round {round_}: {json.dumps(result)}")
-                    if round_ == 0:
-                        cold = result
-                    else:
-                        starts[name].append(result)
+            page_caches = ["warm", "cold"] if drop_caches else ["warm"]
+            for round_ in range(1, rounds + 1):
+                for page_cache in page_caches:
+                    for name, (python, cwd) in variants.items():
+                        if name == "lean, cold cache":
+                            shutil.rmtree(data / "circuits", ignore_errors=True)
+                        if page_cache == "cold":
+                            _drop_page_cache()
+                        label = name if page_cache == "warm" else f"{name}, cold page cache"
+                        log = root / f"{name.split()[0].strip(',')}.log"
+                        result = one_start(python, cwd, data, root / "client", first, runs, log)
+                        typer.echo(f"{label} round {round_}: {json.dumps(result)}")
+                        starts.setdefault(label, []).append(result)
         finally:
             if before:
                 subprocess.run(
@@ -181,12 +227,10 @@ def main(
                     capture_output=True,
                 )
     rows = {name: _median_row(found) for name, found in starts.items() if found}
-    if cold is not None:
-        rows["lean, cold cache"] = _median_row([cold])
-    typer.echo(f"{'variant':<26} {'ready s':>8} {'1st pred s':>10} {'API MB':>7} {'worker MB':>9}")
+    typer.echo(f"{'variant':<26} {'ready s':>8} {'answer s':>9} {'API MB':>7} {'worker MB':>9}")
     for name, row in rows.items():
         typer.echo(
-            f"{name:<26} {row['ready_seconds']:>8.2f} {row['first_prediction_seconds']:>10.2f} "
+            f"{name:<26} {row['ready_seconds']:>8.2f} {row['first_answer_seconds']:>9.2f} "
             f"{row['api_rss_mb']:>7.0f} {row['largest_worker_rss_mb']:>9.0f}"
         )
     result = {

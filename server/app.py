@@ -73,24 +73,33 @@ def open_stores(
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Start the registry, stores, compute backend, services and job runner; stop them after."""
     settings: ServerSettings = app.state.settings
-    registry = ModelRegistry.scan(settings.models_dir, settings.policy)
-    single = single_model(settings.task, settings.model_id, settings.models_dir, settings.policy)
-    app.state.single_model = single.name if single else None
-    if single is not None:
-        registry.add(single)
-    for model in registry.all():
-        status = "ready" if model.ready else f"unloadable: {model.reason}"
-        log.warning("model %s (%s): %s", model.name, model.kind, status)
-    job_store, key_store, engine = open_stores(settings)
+    # The compiling child and the FHE workers start first: they load Concrete's compiler while
+    # this process reads its models directory (on two cores, the two overlap).
+    compilation = CircuitCompilation(settings.circuit_cache())
+    compilation.start()
     compute = make_compute(settings)
+    try:  # neither may outlive a start-up that fails
+        registry = ModelRegistry.scan(settings.models_dir, settings.policy)
+        single = single_model(
+            settings.task, settings.model_id, settings.models_dir, settings.policy
+        )
+        app.state.single_model = single.name if single else None
+        if single is not None:
+            registry.add(single)
+        for model in registry.all():
+            status = "ready" if model.ready else f"unloadable: {model.reason}"
+            log.warning("model %s (%s): %s", model.name, model.kind, status)
+        job_store, key_store, engine = open_stores(settings)
+    except BaseException:
+        compilation.close()
+        compute.close()
+        raise
     compute.follow(key_store)
-    compilation = CircuitCompilation(
-        [m for m in registry.all() if isinstance(m, FHEModel) and m.ready],
-        settings.circuit_cache(),
-    )
-    compiling = asyncio.create_task(
-        compilation.run(then=lambda loaded: compute.warm([str(m.path) for m in loaded]))
-    )
+    fhe_models = [m for m in registry.all() if isinstance(m, FHEModel) and m.ready]
+    # The workers load circuits at once (from the cache when a restart finds them there) while
+    # the compiling child tries each one for readiness and the listing.
+    compute.warm([str(m.path) for m in fhe_models])
+    compiling = asyncio.create_task(compilation.run(fhe_models))
     inference = Inference(registry, key_store, compute)
     callback_key = signing_key(settings)
     allow = AllowList.parse(settings.callback_allow)
@@ -139,6 +148,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         compiling.cancel()
+        compilation.close()
         await runner.stop()
         compute.close()
         job_store.close()

@@ -147,6 +147,11 @@ def warm(bundle_dirs: list[str]) -> dict[str, str | None]:
     return reasons
 
 
+def load_compiler() -> None:
+    """Import Concrete's compiler (the first task of the start-up compiling child)."""
+    import concrete.compiler  # noqa: F401
+
+
 def compile_circuit(bundle_dir: str, cache_dir: str) -> str | None:
     """Compile one bundle's circuit into the cache unless it is there (in a process of its own,
     at start-up); returns why it cannot load, or None."""

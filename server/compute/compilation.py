@@ -30,20 +30,34 @@ COMPILE_TIMEOUT_SECONDS = 600.0
 class CircuitCompilation:
     """Compiles the models' circuits at start-up and answers readiness while it does."""
 
-    def __init__(self, models: list[FHEModel], cache_dir: Path) -> None:
-        self.models = models
+    def __init__(self, cache_dir: Path) -> None:
+        self.models: list[FHEModel] = []
         self.cache_dir = cache_dir
         self.tried = 0
         self.done = False
         self.host_problem: str | None = None
+        self._pool: ProcessPool | None = None
 
-    async def run(self, then: Callable[[list[FHEModel]], None] | None = None) -> None:
+    def start(self) -> None:
+        """Start the compiling child now, so that it loads Concrete's compiler while the API
+        reads its models directory (the two overlap on two cores)."""
+        self._pool = ProcessPool(max_workers=1, context=multiprocessing.get_context("spawn"))
+        self._pool.schedule(circuits.load_compiler)
+
+    async def run(
+        self, models: list[FHEModel], then: Callable[[list[FHEModel]], None] | None = None
+    ) -> None:
         """Compile each model's circuit, mark those that cannot load, probe the host when one
         failed; then call `then` with the models that loaded."""
+        self.models = models
+        pool = self._pool or ProcessPool(
+            max_workers=1, context=multiprocessing.get_context("spawn")
+        )
+        self._pool = None
         if not self.models:
+            pool.stop()
             self.done = True
             return
-        pool = ProcessPool(max_workers=1, context=multiprocessing.get_context("spawn"))
         try:
             for model in self.models:
                 reason = await self._one(pool, model)
@@ -90,6 +104,12 @@ class CircuitCompilation:
             return await asyncio.wrap_future(future)
         except Exception as error:  # a crash or time-out of the smallest circuit is the host's
             return f"this host cannot compile circuits: {type(error).__name__}: {error}"
+
+    def close(self) -> None:
+        """Stop the child if the server stops before compilation ran."""
+        if self._pool is not None:
+            self._pool.stop()
+            self._pool = None
 
     async def check(self) -> str | None:
         """Readiness: None once every circuit was tried and, if none loaded, the host is not the

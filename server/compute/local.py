@@ -45,6 +45,8 @@ class FHEExecutor:
             initargs=(key_cache_entries, threads, database_url, cache_dir),
             context=multiprocessing.get_context("spawn"),
         )
+        for _ in range(workers):  # start the workers now, while the circuits are compiled
+            self._pool.schedule(circuits.load_compiler)
 
     async def call(self, function: Callable[..., T], *args: Any) -> T:
         """Run `function(*args)` in a worker; raise Busy when the bound is reached and
