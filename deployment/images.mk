@@ -43,8 +43,9 @@ OFFICIAL_PYTHON_IMAGE ?= docker.io/library/python:3.11.7-slim-bookworm
 BASE_IMAGE ?= localhost/fhe-base:bookworm
 PYTHON_IMAGE ?=
 IMAGE_TAG ?= latest
-SERVER_IMAGE ?= fhe-server:$(IMAGE_TAG)
-CLIENT_IMAGE ?= fhe-client:$(IMAGE_TAG)
+# Named localhost/... under docker too, as compose.yaml's defaults name them.
+SERVER_IMAGE ?= localhost/fhe-server:$(IMAGE_TAG)
+CLIENT_IMAGE ?= localhost/fhe-client:$(IMAGE_TAG)
 CA_BUNDLE ?= $(wildcard /etc/ssl/certs/ca-certificates.crt)
 EXTRA_CA ?=
 PULL_TIMEOUT ?= 300
