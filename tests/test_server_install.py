@@ -17,6 +17,7 @@ from client.api import FHEServerAPI
 from client.encrypted_model import EncryptedModel
 from tests.conftest import REPO, SAMPLE_TEXTS
 from tests.server_process import ServerProcess
+from tests.test_lean_server import _raw_bundle
 
 MAX_MB = 1000
 FORBIDDEN = ("torch", "transformers", "xgboost", "gradio", "concrete-ml", "sentence-transformers")
@@ -79,10 +80,7 @@ def test_the_lean_server_serves_every_kind_as_the_full_one(
     models.mkdir()
     for name in ("sentiment-linear", "breast-cancer", "diabetes-clear"):
         shutil.copytree(REPO / "models" / name, models / name)
-    raw = models / "raw"
-    raw.mkdir()
-    for file in ("client.zip", "server.zip"):
-        shutil.copy(REPO / "models" / "diabetes" / file, raw / file)
+    _raw_bundle(models)
     row = {"age": 0.03, "sex": 0.05, "bmi": 0.06, "bp": 0.02}
     row |= {f"s{i}": 0.0 for i in range(1, 7)}
     answers = []

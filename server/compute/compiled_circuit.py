@@ -206,7 +206,8 @@ class CompiledCircuit:
             raise CircuitUnavailable(str(error)) from None
         entry, self.compiled = compile_entry(bundle, cache_dir)
         library = Library(str(entry))
-        _same_program(library, bundle)
+        if not self.compiled:  # a cached entry: checked as a fresh one was before it was kept
+            _same_program(library, bundle)
         circuits = library.get_program_info().get_circuits()
         self.function = circuits[0].get_name()
         self.circuit = ServerProgram(library, False).get_server_circuit(self.function)
