@@ -1,8 +1,9 @@
 """HTTP access to fhe-server: one method per route, errors turned into typed exceptions.
 
-Retries come from tenacity: a `503 busy` with `Retry-After` is tried again after the pause the
-server asks for (any method: the server did nothing with the request), and a GET whose connection
-failed after a doubling pause; the bounds are in `ClientSettings`.
+Retries come from tenacity: a `503 busy` or a `429 too_many_requests` (this token's share of the
+workers is waiting) with `Retry-After` is tried again after the pause the server asks for (any
+method: the server did nothing with the request), and a GET whose connection failed after a
+doubling pause; the bounds are in `ClientSettings`.
 """
 
 from __future__ import annotations
@@ -92,11 +93,11 @@ class FHEServerAPI:
         self.close()
 
     def _retryable(self, method: str, error: BaseException) -> bool:
-        """A 503 busy asking for a pause within the bound, or a GET whose connection failed."""
+        """A 503 busy or 429 too_many_requests asking for a pause within the bound, or a GET
+        whose connection failed."""
         if isinstance(error, ServerError):
             return (
-                error.status == 503
-                and error.code == "busy"
+                (error.status, error.code) in ((503, "busy"), (429, "too_many_requests"))
                 and error.retry_after is not None
                 and error.retry_after <= self.settings.retry_max_wait_seconds
             )

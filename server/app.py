@@ -13,22 +13,27 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 
 from server.compute import make_compute
+from server.compute.clear_workers import ClearWorkers
 from server.compute.compilation import CircuitCompilation
+from server.compute.fair_share import FairShare
 from server.deps import Access, authenticate
 from server.errors import ConfigurationError, install_error_handlers
+from server.executors import OPERATIONS, run_in
 from server.inference import Inference
 from server.jobs.callbacks import AllowList, CallbackSender, signing_key
 from server.jobs.queue import JobQueue
 from server.jobs.runner import JobPolicy, JobRunner
 from server.key_uploads import KeyUploads
 from server.metrics import RequestMetrics, StateCollector
+from server.models.clear import ClearModel
+from server.models.clear_worker import ClearSource, InputBounds
 from server.models.registry import FHEModel, ModelRegistry, single_model
 from server.readiness import Readiness
 from server.routes import callbacks, hf_compat, jobs, keys, models, operations, predict
 from server.routes.body import BodyTimeout
 from server.settings import ServerSettings
 from server.storage.database import engine_for, migrate
-from server.storage.jobs import JobStore
+from server.storage.jobs import JobLimits, JobStore
 from server.storage.keys import KeyStore
 from server.storage.postgres_jobs import PostgresJobStore
 from server.storage.postgres_keys import PostgresKeyStore
@@ -78,7 +83,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     compilation = CircuitCompilation(settings.circuit_cache())
     compilation.start()
     compute = make_compute(settings)
-    try:  # neither may outlive a start-up that fails
+    clear_workers = ClearWorkers(
+        settings.clear_workers,
+        settings.clear_timeout_seconds,
+        InputBounds(
+            settings.clear_max_rows, settings.clear_max_cells, settings.clear_max_text_chars
+        ),
+        settings.clear_max_queue,
+        settings.token_max_queue,
+    )
+    try:  # none may outlive a start-up that fails
         registry = ModelRegistry.scan(settings.models_dir, settings.policy)
         single = single_model(
             settings.task, settings.model_id, settings.models_dir, settings.policy
@@ -93,6 +107,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     except BaseException:
         compilation.close()
         compute.close()
+        clear_workers.close()
         raise
     compute.follow(key_store)
     fhe_models = [m for m in registry.all() if isinstance(m, FHEModel) and m.ready]
@@ -100,7 +115,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # the compiling child tries each one for readiness and the listing.
     compute.warm([str(m.path) for m in fhe_models])
     compiling = asyncio.create_task(compilation.run(fhe_models))
-    inference = Inference(registry, key_store, compute)
+    clear_workers.warm(
+        [ClearSource.of(m) for m in registry.all() if isinstance(m, ClearModel) and m.ready]
+    )
+    fhe_share = FairShare(
+        compute.workers if settings.backend == "embedded" else settings.celery_max_in_flight,
+        settings.max_queue,
+        settings.token_max_queue,
+        "FHE runs",
+    )
+    inference = Inference(registry, key_store, compute, fhe_share, clear_workers)
     callback_key = signing_key(settings)
     allow = AllowList.parse(settings.callback_allow)
     runner = JobRunner(
@@ -126,8 +150,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runner,
         allow,
         settings.public_base_url(),
-        settings.token_max_jobs_in_flight,
-        settings.max_queued_jobs,
+        JobLimits(
+            settings.token_max_jobs_in_flight,
+            settings.max_queued_jobs,
+            settings.token_max_stored_bytes,
+        ),
     )
     app.state.metrics_registry.register(
         StateCollector(
@@ -136,8 +163,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     app.state.readiness = Readiness(
         {
-            "jobs": lambda: asyncio.to_thread(job_store.ping),
-            "keys": lambda: asyncio.to_thread(key_store.ping),
+            "jobs": lambda: run_in(OPERATIONS, job_store.ping),
+            "keys": lambda: run_in(OPERATIONS, key_store.ping),
             "compute": compute.ping,
             "circuits": compilation.check,
         },
@@ -151,6 +178,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         compilation.close()
         await runner.stop()
         compute.close()
+        clear_workers.close()
         job_store.close()
         if engine is not None:
             engine.dispose()

@@ -201,6 +201,18 @@ class TooLarge(ServiceError):
     status, code = 413, "too_large"
 
 
+class InputsTooLarge(ServiceError):
+    """A clear request asks for more rows, cells or characters than the server's bounds."""
+
+    status, code = 413, "inputs_too_large"
+
+
+class PredictionTimeout(ServiceError):
+    """A clear prediction passed the time limit; its worker was stopped."""
+
+    status, code = 422, "prediction_timeout"
+
+
 class UnprocessableCiphertext(ServiceError):
     """The run killed the worker running it (only this request failed)."""
 
@@ -211,6 +223,18 @@ class TooManyJobs(ServiceError):
     """The token has its limit of jobs queued or running."""
 
     status, code = 429, "too_many_jobs"
+
+
+class TooManyRequests(ServiceError):
+    """The token already has its share of requests waiting for a worker."""
+
+    status, code = 429, "too_many_requests"
+
+
+class StoredBytesExceeded(ServiceError):
+    """The token's stored job inputs and results fill its share of the disk."""
+
+    status, code = 429, "stored_bytes_exceeded"
 
 
 class Busy(ServiceError):

@@ -18,9 +18,13 @@ import cachetools
 from fhe.contract.keyset import MalformedKeys, uploaded_keyset
 from server import errors, metrics
 from server.compute import Busy, Compute, RunRefused, TimedOut, WorkerCrashed, circuits
+from server.compute.clear_workers import ClearWorkerCrashed, ClearWorkers, PredictionTimedOut
 from server.compute.compiled_circuit import CircuitUnavailable
-from server.models.clear import ClearModel, InvalidInputs, PredictionFailed
-from server.models.clear_inputs import parse_inputs, predict_strict
+from server.compute.fair_share import FairShare, OwnerQueueFull, QueueFull
+from server.executors import KEY_WORK, run_in
+from server.models.clear import ClearModel, InvalidInputs
+from server.models.clear_inputs import parse_inputs
+from server.models.clear_worker import Answer, ClearSource
 from server.models.registry import FHEModel, Model, ModelRegistry
 from server.storage.calls import store_call
 from server.storage.jobs import Job
@@ -69,15 +73,41 @@ def parsed_inputs(body: bytes) -> Any:
         raise errors.InvalidInputsError(str(error)) from None
 
 
+def shared_turn_error(error: QueueFull | OwnerQueueFull) -> errors.ServiceError:
+    """429 when the token has its share waiting, 503 when every waiting place is taken."""
+    if isinstance(error, OwnerQueueFull):
+        return errors.TooManyRequests(str(error), headers={"Retry-After": "2"})
+    return errors.Busy(str(error), headers={"Retry-After": "2"})
+
+
+def clear_error(model: ClearModel, kind: str, message: str) -> errors.ServiceError:
+    """The caller's error for a clear worker's answer other than "ok"."""
+    if kind == "too_large":
+        return errors.InputsTooLarge(message)
+    if kind == "invalid":
+        return errors.InvalidInputsError(message)
+    if kind == "unloadable":
+        return errors.ModelUnloadable(f"model {model.name!r} cannot load: {message}")
+    return errors.PredictionFailedError(message)
+
+
 class Inference:
-    """Checks and runs predictions over the models, the key store and a compute backend."""
+    """Checks and runs predictions over the models, the key store and the compute backends
+    (FHE runs through a fair share across tokens, clear predictions in their own workers)."""
 
     def __init__(
-        self, registry: ModelRegistry, keys: KeyStore | PostgresKeyStore, compute: Compute
+        self,
+        registry: ModelRegistry,
+        keys: KeyStore | PostgresKeyStore,
+        compute: Compute,
+        fhe_share: FairShare,
+        clear: ClearWorkers,
     ) -> None:
         self.registry = registry
         self.keys = keys
         self.compute = compute
+        self.fhe_share = fhe_share
+        self.clear = clear
         self._checks = asyncio.Semaphore(KEY_CHECKS_AT_ONCE)
         self._misfits: cachetools.LRUCache[tuple[str, str], list[str]] = cachetools.LRUCache(
             maxsize=1024
@@ -158,8 +188,11 @@ class Inference:
             async with self._checks:
                 with self.keys.in_use(stored.key_id):
                     try:
-                        differences = await asyncio.to_thread(
-                            keyset_differences, model, partial(self.keys.read_bytes, stored.key_id)
+                        differences = await run_in(
+                            KEY_WORK,
+                            keyset_differences,
+                            model,
+                            partial(self.keys.read_bytes, stored.key_id),
                         )
                     except OSError:
                         raise unknown_key(stored.key_id, model) from None
@@ -171,17 +204,34 @@ class Inference:
         await store_call(self.keys.add_spec, stored.key_id, model.client_spec)
         return stored
 
+    def check_room(self, model: Model, owner: str | None) -> None:
+        """429 or 503 before the body is read, when the owner's run could not wait its turn."""
+        share = self.clear.share if isinstance(model, ClearModel) else self.fhe_share
+        try:
+            share.check_room(owner)
+        except (QueueFull, OwnerQueueFull) as error:
+            raise shared_turn_error(error) from None
+
     async def run_fhe(
-        self, model: FHEModel, key: StoredKey, ciphertext: bytes
+        self,
+        model: FHEModel,
+        key: StoredKey,
+        ciphertext: bytes,
+        owner: str | None = None,
+        bounded: bool = True,
     ) -> tuple[bytes, float]:
-        """Run the circuit on one ciphertext in a worker; returns the result and FHE seconds."""
+        """Run the circuit on one ciphertext in a worker when the owner's turn comes; returns
+        the result and FHE seconds."""
         try:
             with self.keys.in_use(key.key_id):
-                result, seconds, key_cached = await self.compute.run_circuit(
-                    str(model.path), key.key_id, str(key.path or ""), ciphertext
-                )
+                async with self.fhe_share.turn(owner, bounded):
+                    result, seconds, key_cached = await self.compute.run_circuit(
+                        str(model.path), key.key_id, str(key.path or ""), ciphertext
+                    )
             metrics.record_run(model.name, seconds, key_cached)
             return result, seconds
+        except (QueueFull, OwnerQueueFull) as error:
+            raise shared_turn_error(error) from None
         except Busy as error:
             raise errors.Busy(str(error), headers={"Retry-After": "2"}) from None
         except circuits.BadInput as error:
@@ -205,16 +255,46 @@ class Inference:
                 "requests were not affected",
             ) from None
 
-    async def run_clear(self, model: ClearModel, inputs: Any) -> dict[str, Any]:
-        """`{"output", "warnings"}` of one clear prediction; 400 when it cannot be made."""
-        self.ready_clear(model)
+    async def clear_answer(
+        self, model: ClearModel, payload: bytes, owner: str | None, bounded: bool = True
+    ) -> Answer:
+        """Parse, bound and predict a clear model's JSON body in a clear worker, when the
+        owner's turn comes: the worker's plain answer (see `clear_worker.Answer`)."""
         started = time.perf_counter()
         try:
-            output, warnings = await asyncio.to_thread(predict_strict, model, inputs)
-        except (InvalidInputs, PredictionFailed) as error:
+            answer = await self.clear.predict(ClearSource.of(model), payload, owner, bounded)
+        except (QueueFull, OwnerQueueFull) as error:
+            raise shared_turn_error(error) from None
+        except PredictionTimedOut as error:
+            raise errors.PredictionTimeout(str(error)) from None
+        except ClearWorkerCrashed as error:
+            metrics.WORKER_CRASHES.inc()
             raise errors.PredictionFailedError(str(error)) from None
-        metrics.CLEAR_SECONDS.labels(model=model.name).observe(time.perf_counter() - started)
-        return {"output": output, "warnings": warnings}
+        if answer[0] == "ok":
+            metrics.CLEAR_SECONDS.labels(model=model.name).observe(time.perf_counter() - started)
+        return answer
+
+    async def run_clear(
+        self, model: ClearModel, payload: bytes, owner: str | None, bounded: bool = True
+    ) -> dict[str, Any]:
+        """`{"output", "warnings"}` of one clear prediction; 4xx when it cannot be made."""
+        self.ready_clear(model)
+        kind, value, extra = await self.clear_answer(model, payload, owner, bounded)
+        if kind == "ok":
+            return {"output": value, "warnings": extra}
+        raise clear_error(model, kind, value)
+
+    async def check_clear(self, model: ClearModel, payload: bytes, owner: str | None) -> None:
+        """400 or 413 now, for a body the model's job would refuse (parsed in a worker)."""
+        self.ready_clear(model)
+        try:
+            kind, value, _ = await self.clear.check(ClearSource.of(model), payload, owner)
+        except (QueueFull, OwnerQueueFull) as error:
+            raise shared_turn_error(error) from None
+        except (PredictionTimedOut, ClearWorkerCrashed) as error:
+            raise errors.InvalidInputsError(str(error)) from None
+        if kind != "ok":
+            raise clear_error(model, kind, value)
 
     async def run_job(self, job: Job, payload: bytes) -> tuple[bytes, str, float | None]:
         """Run one job as its synchronous call would, checking again what may have changed;
@@ -223,10 +303,10 @@ class Inference:
             model = self.model(job.model)
             if not isinstance(model, ClearModel):
                 raise errors.ModelChanged(f"model {job.model!r} is no longer a clear model")
-            answer = await self.run_clear(model, parsed_inputs(payload))
+            answer = await self.run_clear(model, payload, job.owner, bounded=False)
             return json.dumps(answer).encode(), "application/json", None
         fhe_model = self.fhe_model(job.model)
         self.check_client_spec(fhe_model, job.client_spec)
         key = await self.fitting_key(job.key_id, fhe_model, job.owner)
-        result, seconds = await self.run_fhe(fhe_model, key, payload)
+        result, seconds = await self.run_fhe(fhe_model, key, payload, job.owner, bounded=False)
         return result, "application/octet-stream", seconds

@@ -100,6 +100,34 @@ class ServerSettings(BaseSettings):
     max_queue: int = Field(
         16, ge=0, description="FHE requests allowed to wait for a worker before 503 busy"
     )
+    token_max_queue: int = Field(
+        4,
+        ge=0,
+        description="FHE runs, and clear predictions, one token may have waiting for a worker "
+        "before 429 (waiting turns go round-robin across tokens)",
+    )
+    clear_workers: int = Field(
+        default_factory=lambda: default_runs(),
+        ge=1,
+        description="processes for clear-model predictions, one prediction each at a time "
+        "(default: half the host's cores, at least 1)",
+    )
+    clear_max_queue: int = Field(
+        16, ge=0, description="clear predictions allowed to wait for a worker before 503 busy"
+    )
+    clear_timeout_seconds: float = Field(
+        10, gt=0, description="longest clear prediction; its worker is stopped past it (422)"
+    )
+    clear_max_rows: int = Field(10_000, ge=1, description="rows of one tabular request (413)")
+    clear_max_cells: int = Field(
+        1_000_000,
+        ge=1,
+        description="rows x columns of one tabular request, counting the columns the model "
+        "fills in (413)",
+    )
+    clear_max_text_chars: int = Field(
+        100_000, ge=1, description="characters of one text-classification input (413)"
+    )
     max_key_bytes: int = Field(512 * MiB, ge=1, description="largest evaluation key upload")
     max_ciphertext_bytes: int = Field(16 * MiB, ge=1, description="largest ciphertext body")
     max_json_bytes: int = Field(16 * MiB, ge=1, description="largest JSON body (clear models)")
@@ -154,6 +182,17 @@ class ServerSettings(BaseSettings):
     )
     token_max_jobs_in_flight: int = Field(
         100, ge=1, description="queued and running jobs allowed per token"
+    )
+    token_max_stored_bytes: int = Field(
+        1 << 30,
+        ge=1,
+        description="bytes of job inputs and results one token may keep stored; past it new "
+        "jobs get 429 until results are fetched and deleted or expire",
+    )
+    metrics_token: SecretStr = Field(
+        SecretStr(""),
+        description="when set, GET /metrics takes `Authorization: Bearer <this>` (set it when "
+        "callers reach the server directly); empty: /metrics is public",
     )
     body_timeout_seconds: float = Field(
         30, gt=0, description="longest wait for the next piece of a request body"

@@ -9,8 +9,17 @@ from server import errors
 from server.jobs.callbacks import AllowList, checked_callback_url
 from server.jobs.runner import JobRunner
 from server.storage.calls import store_call
-from server.storage.jobs import Job, JobStore, new_job_id
+from server.storage.jobs import Job, JobLimits, JobRefused, JobStore, new_job_id
 from server.storage.postgres_jobs import PostgresJobStore
+
+
+def refusal(refused: JobRefused) -> errors.ServiceError:
+    """The caller's error for a limit that refused a job."""
+    if refused.reason == "owner_in_flight":
+        return errors.TooManyJobs(str(refused), headers={"Retry-After": "10"})
+    if refused.reason == "owner_stored_bytes":
+        return errors.StoredBytesExceeded(str(refused), headers={"Retry-After": "60"})
+    return errors.Busy(str(refused), headers={"Retry-After": "30"})
 
 
 class JobQueue:
@@ -22,18 +31,19 @@ class JobQueue:
         runner: JobRunner,
         callback_allow: AllowList,
         base_url: str,
-        token_max_jobs_in_flight: int,
-        max_queued_jobs: int,
+        limits: JobLimits,
     ) -> None:
         self.store = store
         self.runner = runner
         self.callback_allow = callback_allow
         self.base_url = base_url
-        self.token_max_jobs_in_flight = token_max_jobs_in_flight
-        self.max_queued_jobs = max_queued_jobs
+        self.limits = limits
+        self.token_max_jobs_in_flight = limits.owner_max_in_flight
+        self.max_queued_jobs = limits.max_queued
 
     async def check_room(self, owner: str | None) -> None:
-        """429 when the token has its limit of jobs in flight, 503 when the queue is full."""
+        """429 when the token has its limit of jobs in flight, 503 when the queue is full: a
+        cheap refusal before the body is read (`enqueue` checks again, atomically)."""
         if owner is not None:
             in_flight = await store_call(self.store.count, "queued", "running", owner=owner)
             if in_flight >= self.token_max_jobs_in_flight:
@@ -62,7 +72,8 @@ class JobQueue:
         key_id: str | None = None,
         client_spec: str | None = None,
     ) -> Job:
-        """Keep the job (input synced, row committed) and wake the runner: after this, a 202."""
+        """Keep the job (input synced, row committed, limits checked in the same transaction)
+        and wake the runner: after this, a 202."""
         job = Job(
             job_id=new_job_id(),
             model=model,
@@ -75,9 +86,23 @@ class JobQueue:
             owner=owner,
             callback_url=callback_url,
         )
-        await store_call(self.store.add, job, payload)
+        try:
+            await store_call(self.store.add, job, payload, self.limits)
+        except JobRefused as refused:
+            raise refusal(refused) from None
         self.runner.wake()
         return job
+
+    async def delete(self, job_id: str, owner: str | None) -> None:
+        """Delete the caller's finished job and its result; 409 while it is queued or
+        running, 404 for unknown ones and other tokens'."""
+        job = await self.owned(job_id, owner)
+        if not await store_call(self.store.delete, job.job_id):
+            raise errors.JobNotFinished(
+                f"job {job_id} is {job.status}; delete it when it has finished",
+                headers={"Retry-After": "1"},
+                job_status=job.status,
+            )
 
     async def owned(self, job_id: str, owner: str | None) -> Job:
         """The caller's job; 404 for unknown ones and other tokens' (not revealed)."""

@@ -18,10 +18,12 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from server import errors, metrics
+from server.executors import OPERATIONS, run_in
 from server.jobs.callbacks import CallbackSender, Delivery
 from server.storage.jobs import Job, JobStore
 from server.storage.postgres_jobs import PostgresJobStore
@@ -31,6 +33,15 @@ log = logging.getLogger("fhe_server.jobs")
 CRASH_ATTEMPTS = 2
 """Runs of a job whose run killed its worker before it fails: the crash may have had another
 cause (a worker killed from outside), so it gets one more run, and no more."""
+
+STOP_SECONDS = 10.0
+"""How long `stop` waits for the loops to end after cancelling them."""
+
+
+async def operations(function: Callable[..., Any], *args: Any) -> Any:
+    """A blocking store call on the operations pool, which tenants' requests never fill."""
+    return await run_in(OPERATIONS, function, *args)
+
 
 Execute = Callable[[Job, bytes], Awaitable[tuple[bytes, str, float | None]]]
 """Runs one job on its input: returns the result bytes, their media type and the FHE seconds."""
@@ -87,12 +98,15 @@ class JobRunner:
 
     async def _resume_callbacks(self) -> None:
         """Deliver the callbacks that have attempts left and that nobody is delivering."""
-        jobs = await asyncio.to_thread(
-            self.store.undelivered_callbacks, self.policy.callback_attempts
-        )
+        jobs = await operations(self.store.undelivered_callbacks, self.policy.callback_attempts)
         for job in jobs:
             if job.job_id not in self._notifying:
                 self._spawn(self._notify(job.job_id))
+
+    @property
+    def tasks_left(self) -> int:
+        """Loops, runs and deliveries not yet ended (none once `stop` has returned)."""
+        return sum(1 for task in self._tasks if not task.done())
 
     def wake(self) -> None:
         """A job was queued or a slot freed: look at the queue now."""
@@ -103,15 +117,19 @@ class JobRunner:
         marked running (the next start queues them again); with a shared store they go back to
         the queue at once, without counting the attempt, for any replica to take."""
         running = list(self._running_ids)
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if tasks:
+            # Bounded: a task that swallowed its cancellation must not hold the shutdown.
+            _, stuck = await asyncio.wait(tasks, timeout=STOP_SECONDS)
+            for task in stuck:
+                log.warning("a job task did not stop within %g s; left behind", STOP_SECONDS)
+                task.cancel()
         if self.store.shared:
             for job_id in running:
                 try:
-                    await asyncio.to_thread(self.store.release, job_id)
+                    await operations(self.store.release, job_id)
                 except Exception:  # unreachable database: the lease hands the job on
                     log.warning("job %s left to its lease at shutdown", job_id)
 
@@ -119,7 +137,7 @@ class JobRunner:
         while True:
             try:
                 while self.running < self.policy.concurrency:
-                    job = await asyncio.to_thread(self.store.claim_next)
+                    job = await operations(self.store.claim_next)
                     if job is None:
                         break
                     self.running += 1
@@ -132,15 +150,18 @@ class JobRunner:
             except Exception:  # the loop must outlive any one failure
                 log.exception("claiming jobs failed; trying again")
             self._wakeup.clear()
+            # asyncio.timeout, not wait_for: in Python 3.11 wait_for can swallow a cancellation
+            # that arrives as the event is set (runs set it as they end), and stop would hang.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout=1.0)
+                async with asyncio.timeout(1.0):
+                    await self._wakeup.wait()
 
     async def _renew_leases(self) -> None:
         """Keep the leases of this replica's running jobs from passing."""
         while True:
             await asyncio.sleep(self.policy.lease_seconds / 3)
             try:
-                await asyncio.to_thread(self.store.renew, sorted(self._running_ids))
+                await operations(self.store.renew, sorted(self._running_ids))
             except errors.StateUnavailable:
                 log.warning("cannot renew job leases: the database does not answer")
             except Exception:  # the loop must outlive any one failure
@@ -157,7 +178,7 @@ class JobRunner:
             reraise=True,
         ):
             with attempt:
-                recorded = await asyncio.to_thread(record, *args)
+                recorded = await operations(record, *args)
         return recorded is not False
 
     async def _run(self, job: Job) -> None:
@@ -165,7 +186,7 @@ class JobRunner:
         finished = True
         try:
             try:
-                payload = await asyncio.to_thread(self.store.read_input, job.job_id)
+                payload = await operations(self.store.read_input, job.job_id)
                 result, media_type, fhe_seconds = await self.execute(job, payload)
                 finished = await self._settle(
                     self.store.finish, job.job_id, result, media_type, fhe_seconds, ttl
@@ -229,7 +250,7 @@ class JobRunner:
             self._notifying.discard(job_id)
 
     async def _deliver(self, job_id: str) -> None:
-        job = await asyncio.to_thread(self.store.get, job_id)
+        job = await operations(self.store.get, job_id)
         if job is None or not job.callback_url or job.status not in ("done", "failed"):
             return
         body = {
@@ -249,7 +270,7 @@ class JobRunner:
                 delivery = Delivery(False, f"internal_error: {type(error).__name__}", retry=False)
             final = not delivery.retry or attempt + 1 >= self.policy.callback_attempts
             pause = self.policy.callback_backoff_seconds * 2**attempt
-            await asyncio.to_thread(
+            await operations(
                 self.store.record_callback,
                 job.job_id,
                 delivery.delivered,
@@ -266,7 +287,7 @@ class JobRunner:
         which died left undelivered."""
         while True:
             try:
-                removed = await asyncio.to_thread(self.store.expire)
+                removed = await operations(self.store.expire)
                 if removed:
                     log.info("%d expired jobs deleted", removed)
                 if self.store.shared:

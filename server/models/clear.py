@@ -70,6 +70,7 @@ class ClearModel:
     estimator: Any = None
     load_warnings: list[str] = field(default_factory=list)
     load_error: str | None = None
+    policy: ModelPolicy = field(default_factory=ModelPolicy)
 
     kind = "clear"
 
@@ -213,6 +214,7 @@ def load_clear_model(
         model_format=config.get("model_format", "pickle"),
         columns=config.get("columns"),
         load_warnings=load_warnings,
+        policy=policy,
     )
     if model.task is not None and model.task not in TASKS:
         model.load_error = f"unsupported task {model.task!r}; supported: {', '.join(TASKS)}"

@@ -10,7 +10,7 @@ from fastapi import Request
 
 from server import errors
 from server.errors import BodyTimedOut
-from server.inference import Inference, parsed_inputs
+from server.inference import Inference
 from server.models.registry import FHEModel
 from server.storage.keys import StoredKey
 
@@ -106,7 +106,6 @@ async def read_fhe_request(
     return key, ciphertext
 
 
-async def read_clear_request(request: Request, limit: int) -> tuple[bytes, Any]:
-    """A clear model's JSON body and its `inputs`; 400 when the body is not inputs it takes."""
-    payload = await read_body(request, limit, "the JSON body")
-    return payload, parsed_inputs(payload)
+async def read_clear_request(request: Request, limit: int) -> bytes:
+    """A clear model's JSON body, as bytes: a clear worker parses it, never this process."""
+    return await read_body(request, limit, "the JSON body")

@@ -7,7 +7,6 @@ carry only `error`, and answers carry `x-compute-time` and `x-compute-type`.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from typing import Any
@@ -15,9 +14,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from server.deps import Registry, Settings
-from server.models.clear import ClearModel, InvalidInputs, PredictionFailed
-from server.models.clear_inputs import WARNINGS_MESSAGE, parse_inputs, predict_strict
+from server.deps import InferenceService, Owner, Registry, Settings
+from server.inference import Inference
+from server.models.clear import ClearModel
+from server.models.clear_inputs import WARNINGS_MESSAGE
 from server.routes.body import BodyTooLarge, read_body
 
 router = APIRouter()
@@ -30,32 +30,47 @@ async def status() -> dict[str, str]:
 
 
 @router.post("/")
-async def single_model(request: Request, registry: Registry, settings: Settings) -> JSONResponse:
+async def single_model(
+    request: Request,
+    registry: Registry,
+    settings: Settings,
+    inference: InferenceService,
+    owner: Owner,
+) -> JSONResponse:
     """Single-model mode (TASK and MODEL_ID), api-inference-community compatible."""
     name = request.app.state.single_model
     if name is None:
         message = "single-model mode is off: set TASK and MODEL_ID, or POST /models/{name}"
         return JSONResponse({"error": message}, status_code=404)
-    return await compatible_answer(registry.get(name), request, settings)
+    return await compatible_answer(registry.get(name), request, settings, inference, owner)
 
 
 @router.post("/models/{name:path}")
 async def hosted_model(
-    request: Request, name: str, registry: Registry, settings: Settings
+    request: Request,
+    name: str,
+    registry: Registry,
+    settings: Settings,
+    inference: InferenceService,
+    owner: Owner,
 ) -> JSONResponse:
     """A hosted clear model, Hugging Face inference API compatible."""
     model = registry.get(name)
     if not isinstance(model, ClearModel):
         return JSONResponse({"error": f"no clear model named {name!r}"}, status_code=404)
-    return await compatible_answer(model, request, settings)
+    return await compatible_answer(model, request, settings, inference, owner)
 
 
 async def compatible_answer(
-    model: ClearModel, request: Request, settings: Settings
+    model: ClearModel,
+    request: Request,
+    settings: Settings,
+    inference: Inference,
+    owner: str | None,
 ) -> JSONResponse:
     """Answer as api-inference-community's sklearn image would, with its compute headers."""
     started = time.perf_counter()
-    status, body = await _compatible_body(model, request, settings.max_json_bytes)
+    status, body = await _compatible_body(model, request, settings.max_json_bytes, inference, owner)
     headers = {
         "x-compute-time": f"{time.perf_counter() - started:.3f}",
         "x-compute-type": settings.compute_type,
@@ -63,25 +78,31 @@ async def compatible_answer(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-async def _compatible_body(model: ClearModel, request: Request, limit: int) -> tuple[int, Any]:
-    """The status and JSON body the image gives for this request."""
+async def _compatible_body(
+    model: ClearModel, request: Request, limit: int, inference: Inference, owner: str | None
+) -> tuple[int, Any]:
+    """The status and JSON body the image gives for this request (parsed and predicted in a
+    clear worker; the server's own bounds, time limit and fair share answer as elsewhere)."""
     try:
-        inputs = parse_inputs(await read_body(request, limit, "the JSON body"))
+        payload = await read_body(request, limit, "the JSON body")
     except BodyTooLarge as error:
         return 413, {"error": str(error)}
-    except InvalidInputs as error:
-        return 400, {"error": error.compat}
-    if not model.ready:
-        return 400, {"error": f"An error occurred while loading the model: {model.load_error}"}
-    try:
-        output, warnings = await asyncio.to_thread(predict_strict, model, inputs)
-    except InvalidInputs as error:
-        return 400, {"error": error.compat}
-    except PredictionFailed as error:
-        body: dict[str, Any] = {"error": str(error)}
-        if error.warnings:
-            body["warnings"] = sorted(set(error.warnings))
+    # The worker parses before it loads, as the image does: a body it cannot read is a 400
+    # even for a model that cannot load.
+    kind, value, extra = await inference.clear_answer(model, payload, owner)
+    if kind == "too_large":
+        return 413, {"error": value}
+    if kind in ("invalid", "refused"):
+        return 400, {"error": extra}
+    if kind == "unloadable":
+        reason = model.load_error or value
+        return 400, {"error": f"An error occurred while loading the model: {reason}"}
+    if kind == "failed":
+        body: dict[str, Any] = {"error": value}
+        if extra:
+            body["warnings"] = sorted(set(extra))
         return 400, body
+    output, warnings = value, extra
     if warnings:
         inner = {"error": WARNINGS_MESSAGE, "output": output, "warnings": warnings}
         return 400, {"error": json.dumps(inner), "warnings": sorted(set(warnings))}

@@ -37,7 +37,8 @@ async def submit_job(
     callback = await queue.callback_url(x_callback_url)
     if isinstance(model, ClearModel):
         inference.ready_clear(model)
-        payload, _ = await read_clear_request(request, settings.max_json_bytes)
+        payload = await read_clear_request(request, settings.max_json_bytes)
+        await inference.check_clear(model, payload, owner)
         job = await queue.enqueue(name, "clear", payload, owner, callback)
     else:
         fhe_model, limit = inference.fhe_model(name), settings.max_ciphertext_bytes
@@ -60,6 +61,14 @@ async def list_jobs(
 async def job_status(job_id: str, queue: Queue, owner: Owner) -> dict:
     """queued, running, done or failed, with timings, the error and callback delivery."""
     return (await queue.owned(job_id, owner)).public()
+
+
+@router.delete("/v1/jobs/{job_id}", status_code=204)
+async def delete_job(job_id: str, queue: Queue, owner: Owner) -> Response:
+    """Delete your finished job and its result now (they expire on their own otherwise),
+    freeing the bytes it counts toward your stored-bytes limit. 409 while it runs."""
+    await queue.delete(job_id, owner)
+    return Response(status_code=204)
 
 
 @router.get(

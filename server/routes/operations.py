@@ -1,19 +1,22 @@
 """Routes for operators and orchestrators: liveness, readiness and Prometheus metrics.
 
-All three are public (probes and scrapers carry no API token); the proxy in front of the API
-keeps `/metrics` on the internal network (deployment/nginx).
+Probes are public (they carry no API token). `/metrics` is public unless the operator sets
+`FHE_SERVER_METRICS_TOKEN`, which a server facing callers directly should; the proxy in front of
+the API also keeps it on the internal network (deployment/nginx).
 """
 
 from __future__ import annotations
 
-import asyncio
+import hashlib
+import hmac
 import logging
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from server import errors
-from server.deps import ReadinessCheck
+from server.deps import ReadinessCheck, Settings
+from server.executors import OPERATIONS, run_in
 from server.metrics import CONTENT_TYPE, exposition
 
 log = logging.getLogger("fhe_server")
@@ -47,8 +50,18 @@ async def readyz(readiness: ReadinessCheck) -> dict[str, object]:
 
 
 @router.get("/metrics", response_class=Response)
-async def metrics(request: Request) -> Response:
-    """Prometheus text: request, run, queue, key and crash metrics of this replica."""
-    # In a thread: the state gauges ask the stores, which may wait on the database.
-    text = await asyncio.to_thread(exposition, request.app.state.metrics_registry)
+async def metrics(request: Request, settings: Settings) -> Response:
+    """Prometheus text: request, run, queue, key and crash metrics of this replica (with
+    `FHE_SERVER_METRICS_TOKEN` set, only for `Authorization: Bearer <that token>`)."""
+    expected = settings.metrics_token.get_secret_value()
+    if expected:
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        digest = hashlib.sha256(given.encode()).digest()
+        if not hmac.compare_digest(digest, hashlib.sha256(expected.encode()).digest()):
+            raise errors.Unauthorized(
+                "/metrics takes the metrics token: `Authorization: Bearer <token>`",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+    # Off the loop: the state gauges ask the stores, which may wait on the database.
+    text = await run_in(OPERATIONS, exposition, request.app.state.metrics_registry)
     return Response(text, media_type=CONTENT_TYPE)

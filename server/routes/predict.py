@@ -34,15 +34,17 @@ async def predict(
     `{"inputs": ...}` in, `{"output": ..., "warnings": [...]}` out."""
     received = time.perf_counter()
     found = inference.model(name)
+    inference.check_room(found, owner)
     if isinstance(found, ClearModel):
-        _, inputs = await read_clear_request(request, settings.max_json_bytes)
-        return JSONResponse(await inference.run_clear(found, inputs))
+        inference.ready_clear(found)
+        payload = await read_clear_request(request, settings.max_json_bytes)
+        return JSONResponse(await inference.run_clear(found, payload, owner))
     model = inference.fhe_model(name)
     limit = settings.max_ciphertext_bytes
     key, ciphertext = await read_fhe_request(
         request, inference, model, x_key_id, x_client_spec, limit, owner
     )
-    result, seconds = await inference.run_fhe(model, key, ciphertext)
+    result, seconds = await inference.run_fhe(model, key, ciphertext, owner)
     total = time.perf_counter() - received
     return Response(
         content=result,

@@ -27,9 +27,8 @@ async def store_call(method: Callable[P, T], *args: P.args, **kwargs: P.kwargs) 
     if not getattr(getattr(method, "__self__", None), "shared", False):
         return method(*args, **kwargs)
     try:
-        return await asyncio.wait_for(
-            asyncio.to_thread(method, *args, **kwargs), SHARED_CALL_SECONDS
-        )
+        async with asyncio.timeout(SHARED_CALL_SECONDS):  # not wait_for: see jobs.runner
+            return await asyncio.to_thread(method, *args, **kwargs)
     except TimeoutError:
         raise errors.StateUnavailable(
             f"the server's shared database did not answer within {SHARED_CALL_SECONDS:g} s; "

@@ -26,6 +26,8 @@ MIGRATION_LOCK = 0x46484521
 """The advisory lock every replica takes before migrating (any constant shared by all)."""
 STORE_LOCK = 0x4648454B
 """The advisory lock held while the key store's bound and quotas are checked and keys written."""
+JOB_LOCK = 0x4648454A
+"""The advisory lock held while a job's admission limits are checked and its row written."""
 UNREACHABLE = (exc.OperationalError, exc.InterfaceError, exc.TimeoutError)
 """What SQLAlchemy raises when the database cannot be reached or dropped the connection."""
 RETRY_AFTER_SECONDS = "5"

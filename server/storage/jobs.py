@@ -47,7 +47,27 @@ CREATE TABLE IF NOT EXISTS jobs (
     callback_error TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created);
+CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, status, started);
 """
+
+FAIR_NEXT = """
+SELECT * FROM jobs AS j WHERE status = 'queued'
+ORDER BY
+    (SELECT COUNT(*) FROM jobs AS r WHERE r.owner = j.owner AND r.status = 'running'),
+    (SELECT MAX(s.started) FROM jobs AS s WHERE s.owner = j.owner),
+    created
+LIMIT 1
+"""
+"""The next job in fairness: of the token with the fewest jobs running, then the one served least
+recently (never served first), then the oldest; so tokens take turns, whatever they queued."""
+
+STORED = """
+SELECT COALESCE(SUM(CASE WHEN status = 'done' THEN COALESCE(result_bytes, 0)
+                         WHEN status IN ('queued', 'running') THEN input_bytes
+                         ELSE 0 END), 0)
+FROM jobs WHERE owner = ? AND (expires IS NULL OR expires > ?)
+"""
+"""Bytes a token keeps stored: the inputs of its jobs in flight and its unexpired results."""
 
 
 @dataclass
@@ -128,6 +148,46 @@ class Job:
         }
 
 
+@dataclass(frozen=True)
+class JobLimits:
+    """What a token may have at once, checked in the same transaction as the job's row."""
+
+    owner_max_in_flight: int
+    max_queued: int
+    owner_max_stored_bytes: int
+
+
+class JobRefused(RuntimeError):
+    """A limit refused the job: `reason` is owner_in_flight, queue_full or owner_stored_bytes."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def check_limits(
+    limits: JobLimits, owner: str | None, in_flight: int, queued: int, stored: int, adding: int
+) -> None:
+    """JobRefused when one more job of `adding` input bytes would pass a limit."""
+    if owner is not None and in_flight >= limits.owner_max_in_flight:
+        raise JobRefused(
+            "owner_in_flight",
+            f"this token has {in_flight} jobs queued or running, its limit; wait for some to "
+            "finish",
+        )
+    if queued >= limits.max_queued:
+        raise JobRefused(
+            "queue_full", f"{limits.max_queued} jobs are already queued; try again later"
+        )
+    if owner is not None and stored + adding > limits.owner_max_stored_bytes:
+        raise JobRefused(
+            "owner_stored_bytes",
+            f"this token keeps {stored} bytes of job inputs and results; {adding} more would "
+            f"pass its limit of {limits.owner_max_stored_bytes}: fetch and delete results "
+            "(DELETE /v1/jobs/{id}) or wait for them to expire",
+        )
+
+
 def new_job_id() -> str:
     """A random, unguessable job id (hex, safe as a file name)."""
     return uuid.uuid4().hex
@@ -198,16 +258,47 @@ class JobStore:
         values["callback_delivered"] = bool(values["callback_delivered"])
         return Job(**values)
 
-    def add(self, job: Job, payload: bytes) -> Job:
-        """Keep the input on disk, then record the job as queued; only then is it accepted."""
+    def add(self, job: Job, payload: bytes, limits: JobLimits | None = None) -> Job:
+        """Keep the input on disk, then record the job as queued; only then is it accepted.
+
+        `limits` are checked under the same lock as the insert, so racing submissions cannot
+        pass them together (JobRefused)."""
         write_atomic(self.input_path(job.job_id), payload)
         job.input_bytes = len(payload)
         row = asdict(job)
         columns = ", ".join(row)
         marks = ", ".join("?" for _ in row)
-        with self._lock, self._db:
-            self._db.execute(f"INSERT INTO jobs ({columns}) VALUES ({marks})", list(row.values()))
+        try:
+            with self._lock, self._db:
+                if limits is not None:
+                    self._check(limits, job.owner, len(payload))
+                self._db.execute(
+                    f"INSERT INTO jobs ({columns}) VALUES ({marks})", list(row.values())
+                )
+        except BaseException:
+            self.input_path(job.job_id).unlink(missing_ok=True)
+            raise
         return job
+
+    def _check(self, limits: JobLimits, owner: str | None, adding: int) -> None:
+        """JobRefused when the job would pass a limit (lock held)."""
+        one = self._db.execute
+        flight = "SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running') AND owner = ?"
+        in_flight = int(one(flight, (owner,)).fetchone()[0]) if owner is not None else 0
+        queued = int(one("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetchone()[0])
+        stored = int(one(STORED, (owner, time.time())).fetchone()[0]) if owner is not None else 0
+        check_limits(limits, owner, in_flight, queued, stored, adding)
+
+    def delete(self, job_id: str) -> bool:
+        """Delete a finished job, its row and its result; False when it is not finished here."""
+        with self._lock, self._db:
+            gone = self._db.execute(
+                "DELETE FROM jobs WHERE job_id = ? AND status IN ('done', 'failed')", (job_id,)
+            ).rowcount
+        if gone:
+            self.result_path(job_id).unlink(missing_ok=True)
+            self.input_path(job_id).unlink(missing_ok=True)
+        return bool(gone)
 
     def get(self, job_id: str) -> Job | None:
         """The job, or None when unknown or expired."""
@@ -258,11 +349,10 @@ class JobStore:
         return {row[0] for row in rows}
 
     def claim_next(self) -> Job | None:
-        """Mark the oldest queued job running and return it; None when nothing waits."""
+        """Mark the next queued job in fairness (`FAIR_NEXT`) running and return it; None when
+        nothing waits."""
         with self._lock, self._db:
-            row = self._db.execute(
-                "SELECT * FROM jobs WHERE status = 'queued' ORDER BY created LIMIT 1"
-            ).fetchone()
+            row = self._db.execute(FAIR_NEXT).fetchone()
             if row is None:
                 return None
             started = time.time()

@@ -19,11 +19,11 @@ import time
 from dataclasses import asdict, fields
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Engine, and_, case, delete, func, insert, or_, select, text, update
 from sqlalchemy.engine import Connection, Row
 
-from server.storage.database import shared_state
-from server.storage.jobs import Job, is_job_id
+from server.storage.database import JOB_LOCK, shared_state
+from server.storage.jobs import Job, JobLimits, check_limits, is_job_id
 from server.storage.tables import job_payloads, jobs
 
 NEVER = 1e18
@@ -65,15 +65,53 @@ class PostgresJobStore:
         """Nothing to close: the engine belongs to the application."""
 
     @shared_state
-    def add(self, job: Job, payload: bytes) -> Job:
-        """Commit the row and its input together; only then is the job accepted."""
+    def add(self, job: Job, payload: bytes, limits: JobLimits | None = None) -> Job:
+        """Commit the row and its input together; only then is the job accepted. `limits` are
+        checked under an advisory lock in the same transaction, so submissions racing on any
+        replicas cannot pass them together (JobRefused)."""
         job.input_bytes = len(payload)
         with self.engine.begin() as connection:
+            if limits is not None:
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": JOB_LOCK})
+                self._check(connection, limits, job.owner, len(payload))
             connection.execute(insert(jobs).values(**asdict(job)))
             connection.execute(
                 insert(job_payloads).values(job_id=job.job_id, kind="input", data=payload)
             )
         return job
+
+    @staticmethod
+    def _check(connection: Connection, limits: JobLimits, owner: str | None, adding: int) -> None:
+        """JobRefused when the job would pass a limit (the admission lock held)."""
+        in_flight = stored = 0
+        if owner is not None:
+            mine = jobs.c.owner == owner
+            in_flight = connection.execute(
+                select(func.count()).where(mine, jobs.c.status.in_(("queued", "running")))
+            ).scalar_one()
+            kept = case(
+                (jobs.c.status == "done", func.coalesce(jobs.c.result_bytes, 0)),
+                (jobs.c.status.in_(("queued", "running")), jobs.c.input_bytes),
+                else_=0,
+            )
+            stored = connection.execute(
+                select(func.coalesce(func.sum(kept), 0)).where(
+                    mine, or_(jobs.c.expires.is_(None), jobs.c.expires > time.time())
+                )
+            ).scalar_one()
+        queued = connection.execute(
+            select(func.count()).where(jobs.c.status == "queued")
+        ).scalar_one()
+        check_limits(limits, owner, int(in_flight), int(queued), int(stored), adding)
+
+    @shared_state
+    def delete(self, job_id: str) -> bool:
+        """Delete a finished job with its payloads; False when it is not finished here."""
+        with self.engine.begin() as connection:
+            gone = connection.execute(
+                delete(jobs).where(jobs.c.job_id == job_id, jobs.c.status.in_(("done", "failed")))
+            )
+        return bool(gone.rowcount)
 
     @shared_state
     def get(self, job_id: str) -> Job | None:
@@ -128,25 +166,47 @@ class PostgresJobStore:
         with self.engine.connect() as connection:
             return {row[0] for row in connection.execute(query)}
 
+    @staticmethod
+    def _fair_next() -> Any:
+        """The next queued job in fairness: of the token with the fewest jobs running, then the
+        one served least recently (never served first), then the oldest (as `jobs.FAIR_NEXT`)."""
+        others = jobs.alias("others")
+        running = (
+            select(func.count())
+            .where(others.c.owner == jobs.c.owner, others.c.status == "running")
+            .scalar_subquery()
+        )
+        served = (
+            select(func.max(others.c.started))
+            .where(others.c.owner == jobs.c.owner)
+            .scalar_subquery()
+        )
+        return (
+            select(jobs)
+            .where(jobs.c.status == "queued")
+            .order_by(running, served.asc().nulls_first(), jobs.c.created)
+            .limit(1)
+            .with_for_update(of=jobs, skip_locked=True)
+        )
+
     @shared_state
     def claim_next(self) -> Job | None:
-        """Lease the oldest queued job, or a running one whose lease has passed (its replica is
-        gone); a job that has used its attempts fails instead. None when nothing waits."""
+        """Lease a running job whose lease has passed (its replica is gone), else the next
+        queued job in fairness; a job that has used its attempts fails instead. None when
+        nothing waits."""
         while True:
             with self.engine.begin() as connection:
                 now = _now(connection)
-                row = connection.execute(
-                    select(jobs)
-                    .where(
-                        or_(
-                            jobs.c.status == "queued",
-                            and_(jobs.c.status == "running", jobs.c.lease_until < now),
-                        )
-                    )
-                    .order_by(jobs.c.created)
-                    .limit(1)
-                    .with_for_update(skip_locked=True)
-                ).first()
+                row = (
+                    connection.execute(
+                        select(jobs)
+                        .where(jobs.c.status == "running", jobs.c.lease_until < now)
+                        .order_by(jobs.c.created)
+                        .limit(1)
+                        .with_for_update(skip_locked=True)
+                    ).first()
+                    or connection.execute(self._fair_next()).first()
+                )
                 if row is None:
                     return None
                 if row.status == "running" and row.attempts >= self.max_attempts:
