@@ -16,6 +16,7 @@ from typing import Any
 
 import cachetools
 
+from fhe.contract.keyset import short_reason
 from fhe.contract.signals import ignore_sigpipe
 from server.compute.compiled_circuit import (
     CircuitUnavailable,
@@ -101,7 +102,9 @@ def _deserialize_keys(data: bytes) -> Any:
     try:
         return deserialize_keys(data)
     except RuntimeError as error:
-        raise BadInput(f"evaluation keys could not be deserialized: {error}") from None
+        raise BadInput(
+            f"evaluation keys could not be deserialized: {short_reason(error)}"
+        ) from None
 
 
 def _read_keys(key_id: str, key_path: str) -> bytes:
