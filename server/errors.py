@@ -213,6 +213,12 @@ class TooManyJobs(ServiceError):
     status, code = 429, "too_many_jobs"
 
 
+class KeyCountExceeded(ServiceError):
+    """The token holds as many evaluation keys as it may: delete one before uploading another."""
+
+    status, code = 429, "key_count_exceeded"
+
+
 class Busy(ServiceError):
     """Every worker is busy and the queue is full; try again."""
 
