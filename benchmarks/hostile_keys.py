@@ -14,6 +14,10 @@ The server is whatever `fhe-server` imports: run it with PYTHONPATH set to anoth
 measure that one. Usage:
 
     .venv/bin/python -m benchmarks.hostile_keys --models models --mib 256 --uploads 3
+
+Measured on 2 cores, 3 x 256 MiB at once, over sentiment-linear alone: before (3b4bee7, keys read
+whole) the API's peak grew by 501 MB (random) and 346 MB (framed); with keys mapped and junk
+refused from its segment table, by 2.9 MB and 6.2 MB, each upload answered 400 in 2.2-2.3 s.
 """
 
 from __future__ import annotations

@@ -94,8 +94,9 @@ class PostgresKeyStore:
         self.max_bytes = max_bytes
         self.max_receiving_bytes = max_receiving_bytes or max_bytes
         self.spool_dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.spool_dir.glob("upload-*"):
-            stale.unlink(missing_ok=True)
+        for pattern in ("upload-*", "check-*"):
+            for stale in self.spool_dir.glob(pattern):
+                stale.unlink(missing_ok=True)
         self._lock = threading.Lock()
         self._pending: dict[Path, int] = {}
         self._in_use: Counter[str] = Counter()
