@@ -55,6 +55,7 @@ def open_stores(
             settings.data_dir / "keys",
             settings.keystore_max_bytes,
             pinned_by_jobs=job_store.key_ids_in_flight,
+            max_receiving_bytes=settings.max_receiving_key_bytes,
         )
         return job_store, key_store, None
     if not settings.callback_signing_key.get_secret_value():
@@ -68,7 +69,10 @@ def open_stores(
         engine, settings.replica_name, settings.job_max_attempts, settings.job_lease_seconds
     )
     shared_keys = PostgresKeyStore(
-        engine, settings.data_dir / "uploads", settings.keystore_max_bytes
+        engine,
+        settings.data_dir / "uploads",
+        settings.keystore_max_bytes,
+        max_receiving_bytes=settings.max_receiving_key_bytes,
     )
     log.warning("shared state in the database as replica %s", settings.replica_name)
     return shared_jobs, shared_keys, engine
@@ -143,7 +147,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.inference = inference
     app.state.callback_key = callback_key
     app.state.key_uploads = KeyUploads(
-        registry, key_store, compute, settings.max_key_bytes, settings.token_max_key_bytes
+        registry,
+        key_store,
+        compute,
+        settings.max_key_bytes,
+        settings.token_max_key_bytes,
+        settings.token_max_keys,
     )
     app.state.job_queue = JobQueue(
         job_store,

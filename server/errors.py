@@ -237,6 +237,12 @@ class StoredBytesExceeded(ServiceError):
     status, code = 429, "stored_bytes_exceeded"
 
 
+class KeyCountExceeded(ServiceError):
+    """The token holds as many evaluation keys as it may: delete one before uploading another."""
+
+    status, code = 429, "key_count_exceeded"
+
+
 class Busy(ServiceError):
     """Every worker is busy and the queue is full; try again."""
 

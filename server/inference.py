@@ -9,13 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
-from functools import partial
+from pathlib import Path
 from typing import Any
 
 import cachetools
 
-from fhe.contract.keyset import MalformedKeys, uploaded_keyset
+from fhe.contract.keyset import MalformedKeys, uploaded_keyset_file
 from server import errors, metrics
 from server.compute import Busy, Compute, RunRefused, TimedOut, WorkerCrashed, circuits
 from server.compute.clear_workers import ClearWorkerCrashed, ClearWorkers, PredictionTimedOut
@@ -33,17 +32,27 @@ from server.storage.postgres_keys import PostgresKeyStore
 
 KEYGEN_HINT = "run `fhe-client keygen --model {model}` to generate and upload evaluation keys"
 KEY_CHECKS_AT_ONCE = 2
-"""Structural key checks read up to a whole key file: at most this many at once."""
+"""Structural key checks map a whole key file (and, with a database, spool it): at most this
+many at once."""
 
 
-def keyset_differences(model: FHEModel, read: Callable[[], bytes]) -> list[str]:
-    """What in the serialized keys `read()` gives differs from the model's key set (blocking)."""
+def keyset_differences(model: FHEModel, path: Path) -> list[str]:
+    """What in the serialized keys of the file at `path` differs from the model's key set
+    (blocking; the file is mapped, never read whole into memory)."""
     if model.keyset is None:
         return ["the model's client spec lists no key set"]
     try:
-        return model.keyset.differences(uploaded_keyset(read()))
+        return model.keyset.differences(uploaded_keyset_file(path))
     except MalformedKeys as error:
         return [str(error)]
+
+
+def stored_key_differences(
+    keys: KeyStore | PostgresKeyStore, key_id: str, model: FHEModel
+) -> list[str]:
+    """`keyset_differences` of a stored key (blocking); OSError when it is gone."""
+    with keys.key_file(key_id) as path:
+        return keyset_differences(model, path)
 
 
 def key_mismatch(model: FHEModel, key_id: str, differences: list[str]) -> errors.KeySpecMismatch:
@@ -165,7 +174,7 @@ class Inference:
             raise errors.MissingKeyId(
                 "the X-Key-Id header is required; " + KEYGEN_HINT.format(model=model.name)
             )
-        stored = await store_call(self.keys.get, key_id)
+        stored = await store_call(self.keys.get, key_id, owner)
         if stored is None or not stored.usable_by(owner):
             raise unknown_key(key_id, model)
         return stored
@@ -189,10 +198,7 @@ class Inference:
                 with self.keys.in_use(stored.key_id):
                     try:
                         differences = await run_in(
-                            KEY_WORK,
-                            keyset_differences,
-                            model,
-                            partial(self.keys.read_bytes, stored.key_id),
+                            KEY_WORK, stored_key_differences, self.keys, stored.key_id, model
                         )
                     except OSError:
                         raise unknown_key(stored.key_id, model) from None

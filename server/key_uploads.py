@@ -8,13 +8,14 @@ before its description has been compared with a model's key set (`fhe.contract.k
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 
-from fhe.contract.keyset import MalformedKeys, uploaded_keyset
+from fhe.contract.keyset import KeysetDescription, MalformedKeys, uploaded_keyset_file
 from server import errors, metrics
 from server.compute import Busy, Compute, RunRefused, TimedOut, WorkerCrashed, circuits
-from server.inference import key_mismatch, keyset_differences
+from server.executors import KEY_WORK, run_in
+from server.inference import key_mismatch
 from server.models.registry import FHEModel, ModelRegistry
 from server.storage.calls import store_call
 from server.storage.keys import (
@@ -22,21 +23,30 @@ from server.storage.keys import (
     KeyStore,
     KeyTooLarge,
     QuotaExceeded,
+    ReceivingFull,
     StoredKey,
     StoreFull,
+    TooManyKeys,
     Upload,
+    check_quota,
 )
 from server.storage.postgres_keys import PostgresKeyStore
+
+
+def described(upload: Upload) -> KeysetDescription:
+    """The description of the uploaded keys (blocking); 400 when they are not evaluation keys.
+    The file is mapped, not read: junk is refused from its first bytes."""
+    try:
+        return uploaded_keyset_file(upload.path)
+    except MalformedKeys as error:
+        metrics.KEY_CHECKS.labels(result="malformed").inc()
+        raise errors.MalformedKeys(str(error)) from None
 
 
 def fitting_specs(models: list[FHEModel], upload: Upload) -> list[str]:
     """The client specs of the models whose key set the uploaded keys fit (blocking); 400 when
     they are not evaluation keys, 409 when they fit no model here."""
-    try:
-        uploaded = uploaded_keyset(upload.path.read_bytes())
-    except MalformedKeys as error:
-        metrics.KEY_CHECKS.labels(result="malformed").inc()
-        raise errors.MalformedKeys(str(error)) from None
+    uploaded = described(upload)
     fitting = [
         m.client_spec
         for m in models
@@ -52,6 +62,20 @@ def fitting_specs(models: list[FHEModel], upload: Upload) -> list[str]:
     return fitting
 
 
+@contextmanager
+def quota_errors() -> Iterator[None]:
+    """The store's refusals of a key as the caller's errors: 403 past the token's bytes, 429
+    past its number of keys, 503 when pinned keys leave the store no room."""
+    try:
+        yield
+    except QuotaExceeded as error:
+        raise errors.KeyQuotaExceeded(str(error)) from None
+    except TooManyKeys as error:
+        raise errors.KeyCountExceeded(str(error)) from None
+    except StoreFull as error:
+        raise errors.KeyStoreFull(str(error), headers={"Retry-After": "30"}) from None
+
+
 class KeyUploads:
     """The key-upload service over the registry, the key store and the compute backend."""
 
@@ -62,12 +86,14 @@ class KeyUploads:
         compute: Compute,
         max_key_bytes: int,
         token_max_key_bytes: int,
+        token_max_keys: int | None = None,
     ) -> None:
         self.registry = registry
         self.keys = keys
         self.compute = compute
         self.max_key_bytes = max_key_bytes
         self.token_max_key_bytes = token_max_key_bytes
+        self.token_max_keys = token_max_keys
 
     def model_with_spec(self, client_spec: str) -> FHEModel:
         """The ready model whose client.zip has this hash; 409 when none has."""
@@ -80,8 +106,8 @@ class KeyUploads:
 
     async def status(self, key_id: str, owner: str | None) -> dict[str, object]:
         """What the server holds of the owner's key: its size, the models it was checked for,
-        when it was stored and last used; 404 when it holds none (or another token's)."""
-        stored = await store_call(self.keys.status, key_id)
+        when the owner stored and last used it; 404 when it holds none (or another token's)."""
+        stored = await store_call(self.keys.status, key_id, owner)
         if stored is None or not stored.usable_by(owner):
             raise errors.UnknownKey(
                 f"evaluation key {key_id} is not held here (never uploaded, evicted or deleted); "
@@ -123,8 +149,8 @@ class KeyUploads:
             upload = await self.keys.receive(chunks, self.max_key_bytes)
         except KeyTooLarge as error:
             raise errors.TooLarge(str(error)) from None
-        except StoreFull as error:
-            raise errors.KeyStoreFull(str(error), headers={"Retry-After": "30"}) from None
+        except ReceivingFull as error:
+            raise errors.Busy(str(error), headers={"Retry-After": "10"}) from None
         try:
             return await self._store(upload, spec_model, owner)
         finally:
@@ -133,36 +159,40 @@ class KeyUploads:
     async def _store(
         self, upload: Upload, spec_model: FHEModel | None, owner: str | None
     ) -> tuple[StoredKey, bool]:
-        """Check a received upload (non-empty, fitting the named client spec or, without one,
-        some model here, deserializable, within the token's quota) and store it."""
+        """Check a received upload (non-empty, within the token's quotas, fitting the named
+        client spec or, without one, some model here, deserializable) and only then store it:
+        storing is what may evict other keys. Returns the key and whether it is new for `owner`."""
         if upload.size == 0:
             raise errors.EmptyBody("the body must hold serialized evaluation keys")
-        existing = await store_call(self.keys.get, upload.key_id)
+        existing = await store_call(self.keys.status, upload.key_id)
         if owner is not None and (existing is None or not existing.usable_by(owner)):
-            held = await store_call(self.keys.owner_bytes, owner)
-            if held + upload.size > self.token_max_key_bytes:
-                raise errors.KeyQuotaExceeded(
-                    f"this token holds {held} bytes of keys; {upload.size} more would pass its "
-                    f"quota of {self.token_max_key_bytes}",
+            held_keys, held_bytes = await store_call(self.keys.owner_usage, owner)
+            with quota_errors():
+                check_quota(
+                    held_keys,
+                    held_bytes,
+                    upload.size,
+                    self.token_max_key_bytes,
+                    self.token_max_keys,
                 )
         checked = await self._fitting(upload, spec_model, existing)
         if existing is None:
             await self._check_deserializes(upload)
-        try:
+        with quota_errors():
             # Off the event loop: with a database this copies the key in and may wait for
             # another replica's upload to release the store lock.
-            stored, created = await asyncio.to_thread(
+            stored, created = await run_in(
+                KEY_WORK,
                 self.keys.add,
                 upload,
                 checked[0] if checked else None,
                 owner,
                 self.token_max_key_bytes,
+                self.token_max_keys,
             )
-        except QuotaExceeded as error:
-            raise errors.KeyQuotaExceeded(str(error)) from None
         for spec in checked[1:]:
             await store_call(self.keys.add_spec, stored.key_id, spec)
-        return await store_call(self.keys.get, stored.key_id) or stored, created
+        return await store_call(self.keys.status, stored.key_id, owner) or stored, created
 
     async def _fitting(
         self, upload: Upload, spec_model: FHEModel | None, existing: StoredKey | None
@@ -170,11 +200,14 @@ class KeyUploads:
         """The client specs the upload is checked against and fits; 409 when it fits none."""
         if spec_model is None:
             models = [m for m in self.registry.all() if isinstance(m, FHEModel) and m.ready]
-            return await asyncio.to_thread(fitting_specs, models, upload)
+            return await run_in(KEY_WORK, fitting_specs, models, upload)
         if existing is not None and existing.fits(spec_model.client_spec):
             return []
-        differences = await asyncio.to_thread(
-            keyset_differences, spec_model, upload.path.read_bytes
+        uploaded = await run_in(KEY_WORK, described, upload)
+        differences = (
+            spec_model.keyset.differences(uploaded)
+            if spec_model.keyset is not None
+            else ["the model's client spec lists no key set"]
         )
         metrics.KEY_CHECKS.labels(result="misfit" if differences else "fits").inc()
         if differences:

@@ -129,6 +129,12 @@ class ServerSettings(BaseSettings):
         100_000, ge=1, description="characters of one text-classification input (413)"
     )
     max_key_bytes: int = Field(512 * MiB, ge=1, description="largest evaluation key upload")
+    max_receiving_key_bytes: int = Field(
+        1024 * MiB,
+        ge=1,
+        description="bytes of evaluation key uploads received at once and not yet checked "
+        "(spooled to disk; past it 503 busy): they never count toward the store or evict keys",
+    )
     max_ciphertext_bytes: int = Field(16 * MiB, ge=1, description="largest ciphertext body")
     max_json_bytes: int = Field(16 * MiB, ge=1, description="largest JSON body (clear models)")
     keystore_max_bytes: int = Field(
@@ -179,6 +185,9 @@ class ServerSettings(BaseSettings):
     )
     token_max_key_bytes: int = Field(
         2 << 30, ge=1, description="stored evaluation key bytes allowed per token"
+    )
+    token_max_keys: int = Field(
+        100, ge=1, description="evaluation keys stored per token (past it 429 key_count_exceeded)"
     )
     token_max_jobs_in_flight: int = Field(
         100, ge=1, description="queued and running jobs allowed per token"

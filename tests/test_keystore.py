@@ -1,16 +1,25 @@
-"""The key store: content addressing, idempotence, byte bound with LRU eviction, persistence."""
+"""The key store: content addressing, idempotence, byte bound with LRU eviction, persistence,
+per-owner records and quotas, and uploads in progress bounded apart from the store."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import time
 from pathlib import Path
 
 import pytest
 
-from server.storage.keys import KeyStore, KeyTooLarge, StoreFull
+from server.storage.keys import (
+    KeyStore,
+    KeyTooLarge,
+    QuotaExceeded,
+    ReceivingFull,
+    StoreFull,
+    TooManyKeys,
+)
 
 pytestmark = pytest.mark.fast
 
@@ -20,10 +29,10 @@ async def _chunks(data: bytes):
         yield data[start : start + 7]
 
 
-def put(store: KeyStore, data: bytes, spec: str | None = None):
+def put(store: KeyStore, data: bytes, spec: str | None = None, owner: str | None = None, **bounds):
     upload = asyncio.run(store.receive(_chunks(data), limit=10_000))
     assert upload.size == len(data)
-    return store.add(upload, spec)
+    return store.add(upload, spec, owner, **bounds)
 
 
 def test_key_id_is_sha256_and_upload_is_idempotent(tmp_path: Path) -> None:
@@ -108,9 +117,11 @@ def test_keys_of_work_in_flight_are_never_evicted(tmp_path: Path) -> None:
     assert store.total_bytes == 200
 
 
-def test_uploads_in_progress_count_toward_the_bound(tmp_path: Path) -> None:
-    """Two uploads streaming at once cannot together pass the store's bound."""
-    store = KeyStore(tmp_path, max_bytes=150)
+def test_uploads_in_progress_have_their_own_bound_and_never_evict(tmp_path: Path) -> None:
+    """Two uploads streaming at once cannot together pass the bound of bytes being received;
+    neither counts toward the store or evicts the key it holds (only `add` does)."""
+    store = KeyStore(tmp_path, max_bytes=150, max_receiving_bytes=150)
+    held, _ = put(store, b"h" * 100, owner="alice")
 
     async def both() -> list[object]:
         gate = asyncio.Event()
@@ -128,9 +139,73 @@ def test_uploads_in_progress_count_toward_the_bound(tmp_path: Path) -> None:
         return await asyncio.gather(first, second, return_exceptions=True)
 
     results = asyncio.run(both())
-    refused = [r for r in results if isinstance(r, StoreFull)]
+    refused = [r for r in results if isinstance(r, ReceivingFull)]
     received = [r for r in results if not isinstance(r, Exception)]
     assert len(refused) == 1 and len(received) == 1
     assert store.receiving_bytes == 100
-    store.add(received[0], None)
+    assert store.status(held.key_id) is not None, "a key was evicted for an unchecked upload"
+    store.discard(received[0])
     assert store.receiving_bytes == 0 and store.total_bytes == 100
+    assert store.get(held.key_id, "alice") is not None
+    # A checked key that is added makes room: the least recently used key goes then.
+    added, _ = put(store, b"n" * 100, owner="bob")
+    assert store.status(held.key_id) is None and store.total_bytes == 100
+    assert store.get(added.key_id, "bob") is not None
+
+
+def test_owners_have_their_own_records_of_shared_bytes(tmp_path: Path) -> None:
+    """The same bytes uploaded by two owners: new for each, each seeing and moving its own
+    times only; another token can neither see nor touch the key."""
+    store = KeyStore(tmp_path, max_bytes=1000)
+    alice, alice_new = put(store, b"s" * 64, "linear", owner="alice")
+    time.sleep(0.05)
+    bob, bob_new = put(store, b"s" * 64, "linear", owner="bob")
+    assert alice_new and bob_new and bob.key_id == alice.key_id
+    assert bob.created > alice.created
+    again, again_new = put(store, b"s" * 64, "linear", owner="bob")
+    assert not again_new and again.created == bob.created
+    mtime = alice.path.stat().st_mtime
+    assert store.get(alice.key_id, "mallory") is None
+    assert alice.path.stat().st_mtime == mtime, "a non-owner's use moved the key's last use"
+    time.sleep(0.05)
+    used = store.get(alice.key_id, "bob")
+    assert used is not None and used.last_used > bob.last_used
+    seen_by_alice = KeyStore(tmp_path, max_bytes=1000).status(alice.key_id, "alice")
+    assert seen_by_alice is not None
+    assert (seen_by_alice.created, seen_by_alice.last_used) == (alice.created, alice.last_used)
+    assert store.status(alice.key_id, "bob").last_used == used.last_used
+    assert store.delete(alice.key_id, "bob")
+    assert store.status(alice.key_id, "alice").created == alice.created
+
+
+def test_a_sidecar_without_owner_records_still_reads(tmp_path: Path) -> None:
+    """Sidecars written before owner records list owners without times: each owner sees the
+    key's creation, never another's use."""
+    store = KeyStore(tmp_path, max_bytes=1000)
+    stored, _ = put(store, b"o" * 10, "s", owner="alice")
+    meta_path = tmp_path / f"{stored.key_id}.json"
+    meta = json.loads(meta_path.read_text())
+    legacy = {"checked_specs": ["s"], "owners": ["alice", "bob"], "bytes": 10, "created": 5.0}
+    meta_path.write_text(json.dumps(legacy))
+    reopened = KeyStore(tmp_path, max_bytes=1000)
+    for owner in ("alice", "bob"):
+        seen = reopened.status(stored.key_id, owner)
+        assert seen is not None and (seen.created, seen.last_used) == (5.0, 5.0)
+    assert reopened.get(stored.key_id, "bob").fits("s")
+    assert reopened.status(stored.key_id, "alice").last_used == 5.0
+    assert meta["owner_records"]["alice"]["created"] == stored.created
+
+
+def test_quotas_count_keys_and_bytes_per_owner(tmp_path: Path) -> None:
+    store = KeyStore(tmp_path, max_bytes=1000)
+    put(store, b"1" * 10, owner="alice", owner_quota=100, owner_max_keys=2)
+    put(store, b"2" * 10, owner="alice", owner_quota=100, owner_max_keys=2)
+    with pytest.raises(TooManyKeys):
+        put(store, b"3" * 10, owner="alice", owner_quota=100, owner_max_keys=2)
+    # Bytes the owner already holds are no new key; another owner has its own count.
+    assert not put(store, b"2" * 10, owner="alice", owner_quota=100, owner_max_keys=2)[1]
+    assert put(store, b"3" * 10, owner="bob", owner_quota=100, owner_max_keys=2)[1]
+    with pytest.raises(QuotaExceeded):
+        put(store, b"4" * 200, owner="bob", owner_quota=100, owner_max_keys=2)
+    assert store.owner_usage("alice") == (2, 20) and store.owner_usage("bob") == (1, 10)
+    assert store.receiving_bytes == 0 and list(tmp_path.glob("upload-*")) == []

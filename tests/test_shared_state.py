@@ -14,6 +14,7 @@ import base64
 import concurrent.futures
 import hashlib
 import json
+import os
 import threading
 import time
 import uuid
@@ -198,7 +199,7 @@ def test_any_replica_answers_and_quotas_hold_across_replicas(
     with engine.connect() as connection:
         versions = connection.execute(text("SELECT version_num FROM alembic_version")).all()
     engine.dispose()
-    assert versions == [("0001",)], "the two replicas did not migrate exactly once"
+    assert versions == [("0002",)], "the two replicas did not migrate exactly once"
 
 
 def on_b_status(url: str, key_id: str) -> int:
@@ -417,6 +418,109 @@ def test_a_key_deleted_through_one_replica_is_refused_by_the_other_and_a_worker(
         redis.stop()
 
 
+def test_owners_have_their_own_records_and_unchecked_uploads_evict_nothing(
+    database: str, tiny_models: Path, tmp_path: Path
+) -> None:
+    """In the database too (issue 26): bob's junk, as large as alice's key where only half as
+    much room is left, is refused without evicting her key; bob uploading her bytes gets 201 and
+    his own times, his use of the key leaves her record as it was, and a token past its number
+    of keys gets 429."""
+    size = len(serialized_keys(tiny_models / "tiny", tmp_path / "sizing"))
+    env = replica_env(
+        database,
+        FHE_SERVER_KEYSTORE_MAX_BYTES=str(size * 3 // 2),
+        FHE_SERVER_TOKEN_MAX_KEYS="1",
+    )
+    replica = ServerProcess(tiny_models, tmp_path / "a", env=env).start()
+    try:
+        with api_for(replica.url, "alice") as on_alice, api_for(replica.url, "bob") as on_bob:
+            alice = EncryptedModel(on_alice, "tiny", tmp_path / "alice")
+            key_id = alice.keys().key_id
+            keys = alice.cache.evaluation_keys.read_bytes()
+            spec = {"X-Client-Spec": alice.client_spec}
+            hers = on_alice.key_status(key_id)
+            junk = httpx.post(
+                f"{replica.url}/v1/keys",
+                content=os.urandom(size),
+                headers=bearer("bob"),
+                timeout=60,
+            )
+            assert junk.status_code == 400 and junk.json()["code"] == "malformed_keys"
+            assert on_alice.key_status(key_id) == hers, "bob's junk evicted alice's key"
+            time.sleep(1.1)
+            his_upload = httpx.post(
+                f"{replica.url}/v1/keys",
+                content=keys,
+                headers={**bearer("bob"), **spec},
+                timeout=60,
+            )
+            assert his_upload.status_code == 201, his_upload.text
+            his = on_bob.key_status(key_id)
+            assert his["created"] > hers["last_used"] >= hers["created"]
+            ciphertext = alice.encrypt(SAMPLE_TEXTS[0]).ciphertext
+            assert on_bob.predict("tiny", ciphertext, key_id, alice.client_spec).ciphertext
+            assert on_alice.key_status(key_id) == hers, "bob's upload or use moved alice's record"
+            again = httpx.post(
+                f"{replica.url}/v1/keys",
+                content=keys,
+                headers={**bearer("bob"), **spec},
+                timeout=60,
+            )
+            assert again.status_code == 200
+            other = serialized_keys(tiny_models / "tiny", tmp_path / "other")
+            flood = httpx.post(
+                f"{replica.url}/v1/keys",
+                content=other,
+                headers={**bearer("bob"), **spec},
+                timeout=60,
+            )
+            assert flood.status_code == 429 and flood.json()["code"] == "key_count_exceeded"
+        engine = engine_for(database)
+        with engine.connect() as connection:
+            records = connection.execute(
+                text("SELECT owner, created FROM key_owners WHERE key_id = :k ORDER BY owner"),
+                {"k": key_id},
+            ).all()
+            stored = connection.execute(text("SELECT count(*) FROM keys")).scalar_one()
+        engine.dispose()
+        assert [(owner, created) for owner, created in records] == [
+            ("alice", hers["created"]),
+            ("bob", his["created"]),
+        ]
+        assert stored == 1
+    finally:
+        replica.stop()
+
+
+def test_owners_from_before_their_records_get_the_keys_times(database: str) -> None:
+    """Migration 0002 on a database at 0001: each existing owner's record is the key's
+    creation, never another owner's last use."""
+    from alembic import command
+    from alembic.config import Config
+
+    from server.storage.database import MIGRATIONS
+
+    engine = engine_for(database)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+        connection.execute(
+            text("INSERT INTO keys (key_id, size, created, last_used) VALUES ('k', 1, 10.0, 99.0)")
+        )
+        connection.execute(
+            text("INSERT INTO key_owners (key_id, owner) VALUES ('k', 'alice'), ('k', 'bob')")
+        )
+    migrate(engine)
+    with engine.connect() as connection:
+        rows = connection.execute(
+            text("SELECT owner, created, last_used FROM key_owners ORDER BY owner")
+        ).all()
+    engine.dispose()
+    assert [tuple(row) for row in rows] == [("alice", 10.0, 10.0), ("bob", 10.0, 10.0)]
+
+
 def test_replicas_migrating_together_migrate_once(postgres: LocalPostgres) -> None:
     name = f"m{uuid.uuid4().hex[:12]}"
     admin = create_engine(postgres.url.replace("postgresql://", "postgresql+psycopg://"))
@@ -428,7 +532,7 @@ def test_replicas_migrating_together_migrate_once(postgres: LocalPostgres) -> No
         list(pool.map(migrate, engines))
     with engines[0].connect() as connection:
         assert connection.execute(text("SELECT version_num FROM alembic_version")).all() == [
-            ("0001",)
+            ("0002",)
         ]
         tables = {
             row[0]

@@ -76,7 +76,9 @@ struct PackingKeyswitchKeyInfo {
 }
 
 struct Payload {
-  data @0 :List(Data);
+  # Concrete declares List(Data); List(UInt8) has the same wire layout and lets a reader take
+  # each blob's length without copying its bytes.
+  data @0 :List(List(UInt8));
 }
 
 struct LweBootstrapKey {

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
+import os
+import re
+import struct
 import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -205,11 +209,55 @@ def _schema() -> Any:
     return capnp.load(str(SCHEMA))
 
 
-def uploaded_keyset(data: bytes) -> KeysetDescription:
+MAX_SEGMENTS = 512
+"""Cap'n Proto's own readers refuse a message of more segments than this."""
+_KJ_LOCATION = re.compile(r"^\S+\.c\+\+:\d+: \w+: ")
+
+
+def short_reason(error: object) -> str:
+    """A library error as one short phrase: no C++ source location, stack or internal check."""
+    text = str(getattr(error, "description", None) or error).split("\nstack:", 1)[0]
+    text = _KJ_LOCATION.sub("", text.strip())
+    if text.startswith("expected ") and "; " in text:
+        text = text.split("; ", 1)[1]
+    return text.splitlines()[0].strip() if text.strip() else "unreadable"
+
+
+def message_size(header: bytes) -> int:
+    """The bytes of the Cap'n Proto message whose segment table begins `header` (at least its
+    first 4 bytes; MalformedKeys when the table itself is cut short or impossible)."""
+    if len(header) < 4:
+        raise MalformedKeys("not serialized evaluation keys: too short for a segment table")
+    (count,) = struct.unpack_from("<I", header)
+    count += 1
+    if count > MAX_SEGMENTS:
+        raise MalformedKeys(f"not serialized evaluation keys: a segment table of {count} segments")
+    table = (4 + 4 * count + 7) // 8 * 8
+    if len(header) < 4 + 4 * count:
+        raise MalformedKeys("not serialized evaluation keys: the segment table is cut short")
+    sizes = struct.unpack_from(f"<{count}I", header, 4)
+    return table + 8 * sum(sizes)
+
+
+def check_framing(header: bytes, size: int) -> None:
+    """MalformedKeys unless a message of `size` bytes beginning with `header` is exactly one Cap'n
+    Proto message: nothing missing, nothing after it."""
+    expected = message_size(header)
+    if expected > size:
+        raise MalformedKeys(
+            f"not serialized evaluation keys: the segment table announces {expected} bytes, "
+            f"{size} were sent"
+        )
+    if expected < size:
+        raise MalformedKeys(f"{size - expected} bytes follow the serialized keys")
+
+
+def uploaded_keyset(data: bytes | mmap.mmap) -> KeysetDescription:
     """The description of every key in serialized evaluation keys; MalformedKeys otherwise.
 
     Only the descriptions and payload lengths are read, never the payload bytes themselves.
     """
+    check_framing(bytes(data[: 4 + 4 * MAX_SEGMENTS]), len(data))
     try:
         import capnp
 
@@ -236,7 +284,17 @@ def uploaded_keyset(data: bytes) -> KeysetDescription:
                     )
             return KeysetDescription(tuple(keys))
     except (capnp.KjException, ValueError, AttributeError) as error:
-        raise MalformedKeys(f"not serialized evaluation keys: {error}") from None
+        raise MalformedKeys(f"not serialized evaluation keys: {short_reason(error)}") from None
+
+
+def uploaded_keyset_file(path: Path) -> KeysetDescription:
+    """`uploaded_keyset` of a file, mapped rather than read: junk is refused from its segment
+    table alone, and a well-framed file's payload pages are never touched (nor held in memory)."""
+    with path.open("rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        check_framing(handle.read(4 + 4 * MAX_SEGMENTS), size)
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            return uploaded_keyset(mapped)
 
 
 def max_ciphertext_bytes(specs: dict[str, Any]) -> int:

@@ -8,7 +8,6 @@ neither for loading server.zip nor for deserializing keys it has seen recently.
 from __future__ import annotations
 
 import os
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from typing import Any
 
 import cachetools
 
+from fhe.contract.keyset import short_reason
 from fhe.contract.signals import ignore_sigpipe
 from server.compute.compiled_circuit import (
     CircuitUnavailable,
@@ -98,22 +98,13 @@ def _circuit(bundle_dir: str) -> CompiledCircuit:
     return loaded
 
 
-_SOURCE_LOCATION = re.compile(r"\S+\.(?:c\+\+|cpp|cc|cxx|h|hpp|rs):\d+:\s*(?:failed:\s*)?")
-_STACK = re.compile(r"\s*stack:(?:\s+(?:0x)?[0-9a-f]+)+", re.IGNORECASE)
-
-
-def plain(error: BaseException) -> str:
-    """A native library's message for a caller: without its source file locations and stack
-    addresses, which say nothing to the caller and describe the server's build."""
-    text = _STACK.sub("", _SOURCE_LOCATION.sub("", str(error)))
-    return " ".join(text.split()) or type(error).__name__
-
-
 def _deserialize_keys(data: bytes) -> Any:
     try:
         return deserialize_keys(data)
     except RuntimeError as error:
-        raise BadInput(f"evaluation keys could not be deserialized: {plain(error)}") from None
+        raise BadInput(
+            f"evaluation keys could not be deserialized: {short_reason(error)}"
+        ) from None
 
 
 def _read_keys(key_id: str, key_path: str) -> bytes:
@@ -190,7 +181,7 @@ def run_circuit(
     try:
         result = circuit.run(ciphertext, keys)
     except (RuntimeError, ValueError, TypeError) as error:
-        raise BadInput(f"ciphertext could not be evaluated: {plain(error)}") from None
+        raise BadInput(f"ciphertext could not be evaluated: {short_reason(error)}") from None
     finally:
         ignore_sigpipe()
     return result, time.perf_counter() - started, cached

@@ -25,6 +25,8 @@ async def upload_keys(
 
     With `X-Client-Spec`, the keys are checked against that client spec's key set (the number
     and parameters of every bootstrap and key-switch key); without it, they must fit some model.
+    201 when the key is new for your token (even if another token holds the same bytes), 200
+    when your token already held it; 429 `key_count_exceeded` past the token's number of keys.
     """
     if x_client_spec:
         uploads.model_with_spec(x_client_spec)

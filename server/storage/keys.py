@@ -5,8 +5,11 @@ A key's id is the sha256 of its serialized bytes, so uploads are idempotent. Fil
 survives a restart. The sidecar lists every client spec whose key set the bytes have been checked
 against (`checked_specs`; circuits without bootstrapping have identical, near-empty evaluation
 keys, so one id may serve several) and every owner (API token name) that uploaded them: only they
-may use the key. Sidecars written before keys were checked structurally carry no checked specs,
-so such keys are checked again on first use.
+may use the key. Each owner has its own record (`owner_records`: when it uploaded the key and last
+used it), so one tenant never sees or moves another's; the bytes stay shared, and the file's mtime
+(any owner's last use) orders eviction. Sidecars written before keys were checked structurally
+carry no checked specs, so such keys are checked again on first use; those written before owner
+records list owners without times.
 """
 
 from __future__ import annotations
@@ -41,6 +44,30 @@ class QuotaExceeded(RuntimeError):
     """The owner's stored keys would pass its quota."""
 
 
+class TooManyKeys(RuntimeError):
+    """The owner holds as many keys as it may."""
+
+
+class ReceivingFull(RuntimeError):
+    """Uploads being received at once would pass their bound; try again shortly."""
+
+
+def check_quota(
+    owner_keys: int, owner_bytes: int, size: int, quota: int | None, max_keys: int | None
+) -> None:
+    """QuotaExceeded or TooManyKeys unless one more key of `size` bytes fits the owner's bounds."""
+    if quota is not None and owner_bytes + size > quota:
+        raise QuotaExceeded(
+            f"this token holds {owner_bytes} bytes of keys; {size} more would pass its quota "
+            f"of {quota}"
+        )
+    if max_keys is not None and owner_keys + 1 > max_keys:
+        raise TooManyKeys(
+            f"this token holds {owner_keys} evaluation keys, its limit; delete one it no longer "
+            "needs (DELETE /v1/keys/{key_id}) before uploading another"
+        )
+
+
 class KeyPinned(RuntimeError):
     """The key cannot be deleted while queued or running work needs it."""
 
@@ -48,7 +75,8 @@ class KeyPinned(RuntimeError):
 @dataclass(frozen=True)
 class StoredKey:
     """One stored key: its id, size, the client specs it was checked for, its file (None in a
-    shared database: workers read it by id), owners, and when it was stored and last used."""
+    shared database: workers read it by id), owners, and when it was stored and last used (by
+    the owner it was asked for; without one, by anyone)."""
 
     key_id: str
     size: int
@@ -71,9 +99,26 @@ def _owners(meta: dict) -> tuple[str, ...]:
     return tuple(meta.get("owners", []))
 
 
+def _time(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
 def _created(meta: dict) -> float | None:
-    created = meta.get("created")
-    return float(created) if isinstance(created, int | float) else None
+    return _time(meta.get("created"))
+
+
+def _owner_times(meta: dict, owner: str) -> tuple[float | None, float | None]:
+    """When `owner` uploaded the key and last used it; a sidecar without owner records gives
+    the key's creation for both (never another owner's use)."""
+    record = meta.get("owner_records", {}).get(owner)
+    if not isinstance(record, dict):
+        return _created(meta), _created(meta)
+    return _time(record.get("created")), _time(record.get("last_used"))
+
+
+def _set_owner_times(meta: dict, owner: str, created: float | None, last_used: float) -> None:
+    records = meta.setdefault("owner_records", {})
+    records[owner] = {"created": created, "last_used": last_used}
 
 
 def _specs(meta: dict) -> tuple[str, ...]:
@@ -109,8 +154,9 @@ class KeyStore:
     methods for many replicas).
 
     Keys that work in flight needs are pinned and never evicted: the keys of queued and running
-    jobs (asked of `pinned_by_jobs`) and of runs holding `in_use`. Uploads still streaming count
-    toward the bound, so concurrent uploads cannot overshoot it.
+    jobs (asked of `pinned_by_jobs`) and of runs holding `in_use`. Only a checked key being
+    `add`ed evicts others: uploads still streaming count toward a bound of their own
+    (`max_receiving_bytes`, the spool's disk), never toward the store's.
     """
 
     def __init__(
@@ -118,9 +164,11 @@ class KeyStore:
         root: Path,
         max_bytes: int,
         pinned_by_jobs: Callable[[], set[str]] | None = None,
+        max_receiving_bytes: int | None = None,
     ) -> None:
         self.root = root
         self.max_bytes = max_bytes
+        self.max_receiving_bytes = max_receiving_bytes or max_bytes
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._sizes: dict[str, int] = {}
@@ -143,8 +191,7 @@ class KeyStore:
 
     @property
     def receiving_bytes(self) -> int:
-        """Bytes of uploads received and not yet stored or discarded (they count toward the
-        bound)."""
+        """Bytes of uploads received and not yet stored or discarded."""
         return sum(self._pending.values())
 
     @contextmanager
@@ -175,46 +222,76 @@ class KeyStore:
     def __len__(self) -> int:
         return len(self._sizes)
 
-    def owner_bytes(self, owner: str) -> int:
-        """Bytes of the keys `owner` has uploaded (what its quota counts)."""
+    def owner_usage(self, owner: str) -> tuple[int, int]:
+        """How many keys `owner` holds and their bytes (what its quotas count)."""
         with self._lock:
-            return sum(
-                size for key, size in self._sizes.items() if owner in self._owners.get(key, ())
-            )
+            return self._usage(owner)
+
+    def _usage(self, owner: str) -> tuple[int, int]:
+        held = [size for key, size in self._sizes.items() if owner in self._owners.get(key, ())]
+        return len(held), sum(held)
 
     def _paths(self, key_id: str) -> tuple[Path, Path]:
         return self.root / f"{key_id}.keys", self.root / f"{key_id}.json"
 
-    def get(self, key_id: str) -> StoredKey | None:
-        """The stored key, marked as just used, or None when unknown or evicted."""
+    def _view(self, key_id: str, meta: dict, owner: str | None, touched: float) -> StoredKey:
+        """The stored key as `owner` sees it: its own times (without an owner, the key's
+        creation and `touched`, its file's last use by anyone)."""
+        created: float | None = _created(meta)
+        last_used: float | None = touched
+        if owner is not None:
+            created, last_used = _owner_times(meta, owner)
+        return StoredKey(
+            key_id,
+            self._sizes.get(key_id, int(meta.get("bytes", 0))),
+            _specs(meta),
+            self._paths(key_id)[0],
+            _owners(meta),
+            created,
+            last_used,
+        )
+
+    def get(self, key_id: str, owner: str | None = None) -> StoredKey | None:
+        """The stored key, marked as used now by `owner` (only its own last use moves), or None
+        when unknown, evicted, or not `owner`'s."""
         if not is_key_id(key_id):
             return None
         with self._lock:
             if key_id not in self._sizes:
                 return None
+            if owner is not None and owner not in self._owners.get(key_id, ()):
+                return None
             data_path, meta_path = self._paths(key_id)
+            now = time.time()
             try:
-                os.utime(data_path)
+                os.utime(data_path, (now, now))
             except FileNotFoundError:
                 self._forget(key_id)
                 gone = True
             else:
                 gone = False
                 meta = _read_meta(meta_path)
-                size = self._sizes[key_id]
+                if owner is not None:
+                    _set_owner_times(meta, owner, _owner_times(meta, owner)[0], now)
+                    write_atomic(meta_path, json.dumps(meta).encode(), sync=False)
+                stored = self._view(key_id, meta, owner, now)
         if gone:
             self._notify([key_id])
             return None
-        return StoredKey(
-            key_id, size, _specs(meta), data_path, _owners(meta), _created(meta), time.time()
-        )
+        return stored
 
-    def read_bytes(self, key_id: str) -> bytes:
-        """A stored key's whole bytes; FileNotFoundError when it is gone."""
-        return self._paths(key_id)[0].read_bytes()
+    @contextmanager
+    def key_file(self, key_id: str) -> Iterator[Path]:
+        """A stored key's file, to read without holding it in memory; FileNotFoundError when
+        it is gone."""
+        path = self._paths(key_id)[0]
+        if not path.is_file():
+            raise FileNotFoundError(f"evaluation key {key_id}")
+        yield path
 
-    def status(self, key_id: str) -> StoredKey | None:
-        """The stored key with when it was created and last used, without marking it used."""
+    def status(self, key_id: str, owner: str | None = None) -> StoredKey | None:
+        """The stored key with when `owner` stored and last used it (without an owner: anyone),
+        without marking it used."""
         if not is_key_id(key_id):
             return None
         with self._lock:
@@ -225,11 +302,7 @@ class KeyStore:
                 last_used = data_path.stat().st_mtime
             except FileNotFoundError:
                 return None
-            meta = _read_meta(meta_path)
-            size = self._sizes[key_id]
-        return StoredKey(
-            key_id, size, _specs(meta), data_path, _owners(meta), _created(meta), last_used
-        )
+            return self._view(key_id, _read_meta(meta_path), owner, last_used)
 
     def delete(self, key_id: str, owner: str | None) -> bool:
         """Take `owner`'s claim on a key away; the bytes go when no owner is left (without
@@ -253,6 +326,7 @@ class KeyStore:
                 meta_path = self._paths(key_id)[1]
                 meta = _read_meta(meta_path)
                 meta["owners"] = list(left)
+                meta.get("owner_records", {}).pop(owner, None)
                 write_atomic(meta_path, json.dumps(meta).encode(), sync=False)
                 self._owners[key_id] = left
                 return True
@@ -261,9 +335,10 @@ class KeyStore:
         return True
 
     async def receive(self, chunks: AsyncIterator[bytes], limit: int) -> Upload:
-        """Stream an upload into a temporary file while hashing it; refuse past `limit` bytes.
+        """Stream an upload into a temporary file while hashing it; refuse past `limit` bytes,
+        past the whole store, or past the bound of bytes being received at once.
 
-        Its bytes count toward the bound until it is `add`ed or `discard`ed.
+        Its bytes count toward that bound until it is `add`ed or `discard`ed; they never evict.
         """
         digest = hashlib.sha256()
         size = 0
@@ -295,32 +370,15 @@ class KeyStore:
             self._pending.pop(upload.path, None)
 
     def _reserve(self, path: Path, size: int) -> None:
-        """Count `size` more bytes of the upload at `path`, evicting unpinned keys to make room
-        for them."""
+        """Count `size` more bytes of the upload at `path` against the uploads' own bound."""
         with self._lock:
             receiving = sum(self._pending.values())
-            if receiving + size > self.max_bytes:
-                raise StoreFull(
-                    f"other evaluation key uploads in progress fill the store's {self.max_bytes} "
-                    "bytes; try again shortly"
+            if receiving + size > self.max_receiving_bytes:
+                raise ReceivingFull(
+                    f"evaluation key uploads in progress fill the {self.max_receiving_bytes} "
+                    "bytes this server receives at once; try again shortly"
                 )
             self._pending[path] = self._pending.get(path, 0) + size
-            try:
-                evicted = self._evict(keep=None)
-            except BaseException:
-                self._pending[path] -= size
-                raise
-            if self.total_bytes + receiving + size > self.max_bytes:
-                self._pending[path] -= size
-                full = True
-            else:
-                full = False
-        self._notify(evicted)
-        if full:
-            raise StoreFull(
-                f"the key store ({self.max_bytes} bytes) is full of keys that queued or running "
-                "work needs; try again when it has finished"
-            )
 
     def add(
         self,
@@ -328,12 +386,16 @@ class KeyStore:
         client_spec: str | None,
         owner: str | None = None,
         owner_quota: int | None = None,
+        owner_max_keys: int | None = None,
     ) -> tuple[StoredKey, bool]:
-        """Move a received upload into the store, recording `client_spec` (checked) and `owner`.
+        """Move a checked upload into the store, recording `client_spec` (checked) and `owner`.
 
-        `owner_quota` bounds the bytes of keys the owner holds, checked under the store's lock so
-        parallel uploads cannot pass it together. Returns the stored key and whether its bytes
-        are new here. The upload's bytes stop counting as pending whatever happens.
+        `owner_quota` and `owner_max_keys` bound the bytes and the number of keys the owner
+        holds, checked under the store's lock so parallel uploads cannot pass them together.
+        New bytes evict least recently used, unpinned keys to make room (StoreFull, nothing
+        changed, when pinned keys leave none). Returns the key as `owner` sees it and whether it
+        is new for `owner` (without an owner: whether its bytes are new here). The upload's bytes
+        stop counting as received whatever happens.
         """
         key_id, size = upload.key_id, upload.size
         data_path, meta_path = self._paths(key_id)
@@ -341,84 +403,92 @@ class KeyStore:
         try:
             with self._lock:
                 self._pending.pop(upload.path, None)
-                created = key_id not in self._sizes
-                owned = not created and owner in self._owners.get(key_id, ())
-                if owner is not None and owner_quota is not None and not owned:
-                    held = sum(
-                        n for key, n in self._sizes.items() if owner in self._owners.get(key, ())
-                    )
-                    if held + size > owner_quota:
-                        raise QuotaExceeded(
-                            f"this token holds {held} bytes of keys; {size} more would pass its "
-                            f"quota of {owner_quota}"
-                        )
-                if created:
-                    specs = (client_spec,) if client_spec else ()
-                    owners = (owner,) if owner else ()
+                new_bytes = key_id not in self._sizes
+                owned = not new_bytes and owner in self._owners.get(key_id, ())
+                if owner is not None and not owned:
+                    check_quota(*self._usage(owner), size, owner_quota, owner_max_keys)
+                now = time.time()
+                if new_bytes:
+                    evicted = self._make_room(size)
                     os.replace(upload.path, data_path)
-                    meta = {
-                        "checked_specs": list(specs),
-                        "owners": list(owners),
+                    meta: dict = {
+                        "checked_specs": [client_spec] if client_spec else [],
+                        "owners": [owner] if owner else [],
                         "bytes": size,
-                        "created": time.time(),
+                        "created": now,
                     }
+                    if owner is not None:
+                        _set_owner_times(meta, owner, now, now)
                     try:
                         write_atomic(meta_path, json.dumps(meta).encode(), sync=False)
                     except BaseException:
                         data_path.unlink(missing_ok=True)
                         raise
                     self._sizes[key_id] = size
-                    self._owners[key_id] = owners
-                    evicted = self._evict(keep=key_id)
+                    self._owners[key_id] = _owners(meta)
                 else:
-                    os.utime(data_path)
-                    specs, owners = self._record(key_id, client_spec, owner)
+                    os.utime(data_path, (now, now))
+                    meta = self._record(key_id, client_spec, owner, now)
+                stored = self._view(key_id, meta, owner, now)
         finally:
             upload.path.unlink(missing_ok=True)
         self._notify(evicted)
-        return StoredKey(key_id, size, specs, data_path, owners), created
+        return stored, (not owned if owner is not None else new_bytes)
 
     def add_spec(self, key_id: str, client_spec: str) -> None:
         """Record that the stored key has been checked against `client_spec`'s key set."""
         with self._lock:
             if key_id in self._sizes:
-                self._record(key_id, client_spec, None)
+                self._record(key_id, client_spec, None, None)
 
     def _record(
-        self, key_id: str, client_spec: str | None, owner: str | None
-    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """Add a spec and an owner to a stored key's sidecar; returns both lists (lock held)."""
+        self, key_id: str, client_spec: str | None, owner: str | None, now: float | None
+    ) -> dict:
+        """Add a spec to a stored key's sidecar, and `owner` (used `now`); returns the sidecar
+        (lock held)."""
         meta_path = self._paths(key_id)[1]
         meta = _read_meta(meta_path)
         specs, owners = _specs(meta), _owners(meta)
+        changed = False
         if client_spec and client_spec not in specs:
-            specs = (*specs, client_spec)
-        if owner and owner not in owners:
-            owners = (*owners, owner)
-        if (specs, owners) != (_specs(meta), _owners(meta)):
-            meta.update(checked_specs=list(specs), owners=list(owners))
+            meta["checked_specs"] = [*specs, client_spec]
+            changed = True
+        if owner and now is not None:
+            created = _owner_times(meta, owner)[0] if owner in owners else now
+            if owner not in owners:
+                meta["owners"] = [*owners, owner]
+            _set_owner_times(meta, owner, created, now)
+            changed = True
+        if changed:
             write_atomic(meta_path, json.dumps(meta).encode(), sync=False)
-            self._owners[key_id] = owners
-        return specs, owners
+            self._owners[key_id] = _owners(meta)
+        return meta
 
-    def _evict(self, keep: str | None) -> list[str]:
-        """Drop least recently used, unpinned keys until the store and the uploads in progress
-        fit its bound (lock held); returns the ids dropped, to `_notify` once the lock is free."""
-        receiving = sum(self._pending.values())
-        if self.total_bytes + receiving <= self.max_bytes:
+    def _make_room(self, size: int) -> list[str]:
+        """Drop least recently used, unpinned keys until `size` more bytes fit the bound (lock
+        held); StoreFull, dropping none, when the pinned keys leave no room. Returns the ids
+        dropped, to `_notify` once the lock is free."""
+        excess = self.total_bytes + size - self.max_bytes
+        if excess <= 0:
             return []
         pinned = self._pinned()
         by_age = sorted(
-            (key for key in self._sizes if key != keep and key not in pinned),
-            key=lambda key: self._mtime(key),
+            (key for key in self._sizes if key not in pinned), key=lambda key: self._mtime(key)
         )
-        dropped = []
+        victims: list[str] = []
         for key_id in by_age:
-            if self.total_bytes + receiving <= self.max_bytes:
+            if excess <= 0:
                 break
+            victims.append(key_id)
+            excess -= self._sizes[key_id]
+        if excess > 0:
+            raise StoreFull(
+                f"the key store ({self.max_bytes} bytes) is full of keys that queued or running "
+                "work needs; try again when it has finished"
+            )
+        for key_id in victims:
             self._forget(key_id)
-            dropped.append(key_id)
-        return dropped
+        return victims
 
     def _notify(self, key_ids: list[str]) -> None:
         """Tell the listeners (the Celery executor's Redis copy) which keys left the store."""

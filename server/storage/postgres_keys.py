@@ -1,9 +1,11 @@
 """Evaluation keys in the shared database, so that every replica and worker reads the same store.
 
-The same contract as the embedded `KeyStore`: content-addressed ids, owners per token, a bound in
-bytes with least-recently-used eviction that never takes a key that queued or running jobs need
-(the jobs of every replica, read from the same database), quotas per token. The bound, the quotas
-and each write are checked under one advisory lock, so replicas cannot pass them together.
+The same contract as the embedded `KeyStore`: content-addressed ids, owners per token (each with
+its own `created` and `last_used` in `key_owners`; the key's `last_used`, any owner's latest, orders
+eviction), a bound in bytes with least-recently-used eviction that never takes a key that queued or
+running jobs need (the jobs of every replica, read from the same database), quotas per token in
+bytes and in keys. The bound, the quotas and each write are checked under one advisory lock, so
+replicas cannot pass them together; only a checked key being added evicts.
 
 Key bytes stream in and out in 1 MiB rows (`key_chunks`): an upload is spooled to a local file
 while it arrives and checked there, then copied into the database a chunk at a time, so no replica
@@ -29,10 +31,11 @@ from server.storage.database import STORE_LOCK, shared_state
 from server.storage.keys import (
     KeyPinned,
     KeyTooLarge,
-    QuotaExceeded,
+    ReceivingFull,
     StoredKey,
     StoreFull,
     Upload,
+    check_quota,
     is_key_id,
 )
 from server.storage.tables import jobs, key_chunks, key_owners, keys
@@ -79,13 +82,21 @@ class PostgresKeyStore:
 
     shared = True
 
-    def __init__(self, engine: Engine, spool_dir: Path, max_bytes: int) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        spool_dir: Path,
+        max_bytes: int,
+        max_receiving_bytes: int | None = None,
+    ) -> None:
         self.engine = engine
         self.spool_dir = spool_dir
         self.max_bytes = max_bytes
+        self.max_receiving_bytes = max_receiving_bytes or max_bytes
         self.spool_dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.spool_dir.glob("upload-*"):
-            stale.unlink(missing_ok=True)
+        for pattern in ("upload-*", "check-*"):
+            for stale in self.spool_dir.glob(pattern):
+                stale.unlink(missing_ok=True)
         self._lock = threading.Lock()
         self._pending: dict[Path, int] = {}
         self._in_use: Counter[str] = Counter()
@@ -144,70 +155,104 @@ class PostgresKeyStore:
             connection.execute(select(1))
 
     @shared_state
-    def owner_bytes(self, owner: str) -> int:
-        """Bytes of the keys `owner` holds (what its quota counts)."""
+    def owner_usage(self, owner: str) -> tuple[int, int]:
+        """How many keys `owner` holds and their bytes (what its quotas count)."""
         with self.engine.connect() as connection:
-            return self._owner_bytes(connection, owner)
+            return self._owner_usage(connection, owner)
 
     @staticmethod
-    def _owner_bytes(connection: Connection, owner: str) -> int:
-        held = connection.execute(
-            select(func.coalesce(func.sum(keys.c.size), 0))
+    def _owner_usage(connection: Connection, owner: str) -> tuple[int, int]:
+        count, held = connection.execute(
+            select(func.count(), func.coalesce(func.sum(keys.c.size), 0))
             .select_from(keys.join(key_owners))
             .where(key_owners.c.owner == owner)
-        ).scalar_one()
-        return int(held)
+        ).one()
+        return int(count), int(held)
 
-    def _stored(self, connection: Connection, key_id: str) -> StoredKey | None:
+    def _stored(
+        self, connection: Connection, key_id: str, owner: str | None = None
+    ) -> StoredKey | None:
+        """The key as `owner` sees it: its own times (without an owner, the key's)."""
         row = connection.execute(select(keys).where(keys.c.key_id == key_id)).first()
         if row is None:
             return None
-        owners = connection.execute(
-            select(key_owners.c.owner).where(key_owners.c.key_id == key_id)
-        ).scalars()
+        records = {
+            record.owner: record
+            for record in connection.execute(
+                select(key_owners).where(key_owners.c.key_id == key_id)
+            )
+        }
+        created, last_used = row.created, row.last_used
+        if owner is not None:
+            record = records.get(owner)
+            created = record.created if record is not None else None
+            last_used = record.last_used if record is not None else None
         return StoredKey(
             key_id,
             int(row.size),
             tuple(row.checked_specs),
             None,
-            tuple(sorted(owners)),
-            row.created,
-            row.last_used,
+            tuple(sorted(records)),
+            created,
+            last_used,
         )
 
     @shared_state
-    def get(self, key_id: str) -> StoredKey | None:
-        """The stored key, marked as used now, or None when unknown, evicted or deleted."""
+    def get(self, key_id: str, owner: str | None = None) -> StoredKey | None:
+        """The stored key, marked as used now by `owner` (only its own last use, and the key's
+        for eviction, move), or None when unknown, evicted, deleted or not `owner`'s."""
         if not is_key_id(key_id):
             return None
         now = time.time()
+        stale = now - TOUCH_EVERY_SECONDS
         with self.engine.begin() as connection:
-            stored = self._stored(connection, key_id)
-            if stored is None:
+            stored = self._stored(connection, key_id, owner)
+            if stored is None or not stored.usable_by(owner):
                 return None
-            if stored.last_used is None or stored.last_used < now - TOUCH_EVERY_SECONDS:
+            connection.execute(
+                update(keys)
+                .where(keys.c.key_id == key_id, keys.c.last_used < stale)
+                .values(last_used=now)
+            )
+            if owner is not None and (stored.last_used is None or stored.last_used < stale):
                 connection.execute(
-                    update(keys).where(keys.c.key_id == key_id).values(last_used=now)
+                    update(key_owners)
+                    .where(key_owners.c.key_id == key_id, key_owners.c.owner == owner)
+                    .values(last_used=now)
                 )
         return stored
 
     @shared_state
-    def status(self, key_id: str) -> StoredKey | None:
-        """The stored key with when it was created and last used, without marking it used."""
+    def status(self, key_id: str, owner: str | None = None) -> StoredKey | None:
+        """The stored key with when `owner` stored and last used it (without an owner: anyone),
+        without marking it used."""
         if not is_key_id(key_id):
             return None
         with self.engine.connect() as connection:
-            return self._stored(connection, key_id)
+            return self._stored(connection, key_id, owner)
 
-    @shared_state
-    def read_bytes(self, key_id: str) -> bytes:
-        """A stored key's whole bytes (for a structural check); FileNotFoundError when gone."""
-        with self.engine.connect() as connection:
-            return read_whole_key(connection, key_id)
+    @contextmanager
+    def key_file(self, key_id: str) -> Iterator[Path]:
+        """A stored key spooled to a local file a chunk at a time, to read without holding it in
+        memory; removed afterwards. FileNotFoundError when it is not stored."""
+        handle = tempfile.NamedTemporaryFile(dir=self.spool_dir, prefix="check-", delete=False)  # noqa: SIM115
+        path = Path(handle.name)
+        try:
+            with handle, self.engine.connect() as connection:
+                wrote = 0
+                for chunk in read_key(connection, key_id):
+                    handle.write(chunk)
+                    wrote += len(chunk)
+            if not wrote:
+                raise FileNotFoundError(f"evaluation key {key_id}")
+            yield path
+        finally:
+            path.unlink(missing_ok=True)
 
     async def receive(self, chunks: AsyncIterator[bytes], limit: int) -> Upload:
-        """Spool an upload to a local file while hashing it; refuse past `limit` bytes or this
-        replica's uploads in progress past the store's bound."""
+        """Spool an upload to a local file while hashing it; refuse past `limit` bytes, past the
+        whole store, or past this replica's bound of bytes being received at once (they never
+        count toward the store's bound)."""
         digest = hashlib.sha256()
         size = 0
         # Kept on success (the caller adds or discards it), removed on any failure.
@@ -223,10 +268,11 @@ class PostgresKeyStore:
                             f"evaluation keys exceed the whole store ({self.max_bytes} bytes)"
                         )
                     with self._lock:
-                        if sum(self._pending.values()) + len(chunk) > self.max_bytes:
-                            raise StoreFull(
-                                f"other evaluation key uploads in progress fill the store's "
-                                f"{self.max_bytes} bytes; try again shortly"
+                        if sum(self._pending.values()) + len(chunk) > self.max_receiving_bytes:
+                            raise ReceivingFull(
+                                "evaluation key uploads in progress fill the "
+                                f"{self.max_receiving_bytes} bytes this replica receives at "
+                                "once; try again shortly"
                             )
                         self._pending[path] = self._pending.get(path, 0) + len(chunk)
                     size += len(chunk)
@@ -250,11 +296,12 @@ class PostgresKeyStore:
         client_spec: str | None,
         owner: str | None = None,
         owner_quota: int | None = None,
+        owner_max_keys: int | None = None,
     ) -> tuple[StoredKey, bool]:
-        """Store a spooled upload for `owner`, checked against `client_spec`: the quota and the
-        bound are checked and least recently used unpinned keys evicted under the store lock,
-        then the bytes copied in chunks, all in one transaction. Returns the key and whether its
-        bytes are new."""
+        """Store a checked, spooled upload for `owner`, checked against `client_spec`: the
+        quotas and the bound are checked and least recently used unpinned keys evicted under the
+        store lock, then the bytes copied in chunks, all in one transaction. Returns the key as
+        `owner` sees it and whether it is new for `owner` (without one: its bytes are new)."""
         key_id, size = upload.key_id, upload.size
         evicted: list[str] = []
         try:
@@ -262,16 +309,12 @@ class PostgresKeyStore:
                 take_store_lock(connection)
                 existing = self._stored(connection, key_id)
                 owned = existing is not None and owner in existing.owners
-                if owner is not None and owner_quota is not None and not owned:
-                    held = self._owner_bytes(connection, owner)
-                    if held + size > owner_quota:
-                        raise QuotaExceeded(
-                            f"this token holds {held} bytes of keys; {size} more would pass its "
-                            f"quota of {owner_quota}"
-                        )
+                if owner is not None and not owned:
+                    usage = self._owner_usage(connection, owner)
+                    check_quota(*usage, size, owner_quota, owner_max_keys)
+                now = time.time()
                 if existing is None:
                     evicted = self._make_room(connection, size)
-                    now = time.time()
                     specs = [client_spec] if client_spec else []
                     connection.execute(
                         insert(keys).values(
@@ -285,18 +328,28 @@ class PostgresKeyStore:
                     self._copy_in(connection, key_id, upload.path)
                 else:
                     connection.execute(
-                        update(keys).where(keys.c.key_id == key_id).values(last_used=time.time())
+                        update(keys).where(keys.c.key_id == key_id).values(last_used=now)
                     )
                     if client_spec:
                         self._record_spec(connection, key_id, client_spec)
                 if owner is not None and not owned:
-                    connection.execute(insert(key_owners).values(key_id=key_id, owner=owner))
-                stored = self._stored(connection, key_id)
+                    connection.execute(
+                        insert(key_owners).values(
+                            key_id=key_id, owner=owner, created=now, last_used=now
+                        )
+                    )
+                elif owner is not None:
+                    connection.execute(
+                        update(key_owners)
+                        .where(key_owners.c.key_id == key_id, key_owners.c.owner == owner)
+                        .values(last_used=now)
+                    )
+                stored = self._stored(connection, key_id, owner)
         finally:
             self.discard(upload)
         self._notify(evicted)
         assert stored is not None
-        return stored, existing is None
+        return stored, (not owned if owner is not None else existing is None)
 
     def _make_room(self, connection: Connection, size: int) -> list[str]:
         """Evict least recently used, unpinned keys until `size` more bytes fit (lock held);

@@ -80,6 +80,8 @@ key_owners = Table(
     metadata,
     Column("key_id", String(64), ForeignKey("keys.key_id", ondelete="CASCADE"), primary_key=True),
     Column("owner", Text, primary_key=True),
+    Column("created", Float),
+    Column("last_used", Float),
     Index("key_owners_by_owner", "owner"),
 )
 
