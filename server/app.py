@@ -150,6 +150,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry,
         key_store,
         compute,
+        fhe_share,
         settings.max_key_bytes,
         settings.token_max_key_bytes,
         settings.token_max_keys,

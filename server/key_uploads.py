@@ -14,8 +14,9 @@ from contextlib import contextmanager
 from fhe.contract.keyset import KeysetDescription, MalformedKeys, uploaded_keyset_file
 from server import errors, metrics
 from server.compute import Busy, Compute, RunRefused, TimedOut, WorkerCrashed, circuits
+from server.compute.fair_share import FairShare, OwnerQueueFull, QueueFull
 from server.executors import KEY_WORK, run_in
-from server.inference import key_mismatch
+from server.inference import key_mismatch, shared_turn_error
 from server.models.registry import FHEModel, ModelRegistry
 from server.storage.calls import store_call
 from server.storage.keys import (
@@ -84,6 +85,7 @@ class KeyUploads:
         registry: ModelRegistry,
         keys: KeyStore | PostgresKeyStore,
         compute: Compute,
+        fhe_share: FairShare,
         max_key_bytes: int,
         token_max_key_bytes: int,
         token_max_keys: int | None = None,
@@ -91,6 +93,8 @@ class KeyUploads:
         self.registry = registry
         self.keys = keys
         self.compute = compute
+        # The deserialization check takes an FHE worker: it waits its turn as runs do.
+        self.fhe_share = fhe_share
         self.max_key_bytes = max_key_bytes
         self.token_max_key_bytes = token_max_key_bytes
         self.token_max_keys = token_max_keys
@@ -177,7 +181,7 @@ class KeyUploads:
                 )
         checked = await self._fitting(upload, spec_model, existing)
         if existing is None:
-            await self._check_deserializes(upload)
+            await self._check_deserializes(upload, owner)
         with quota_errors():
             # Off the event loop: with a database this copies the key in and may wait for
             # another replica's upload to release the store lock.
@@ -214,10 +218,14 @@ class KeyUploads:
             raise key_mismatch(spec_model, upload.key_id, differences)
         return [spec_model.client_spec]
 
-    async def _check_deserializes(self, upload: Upload) -> None:
-        """Have a worker deserialize the keys, mapping what can go wrong to the caller's error."""
+    async def _check_deserializes(self, upload: Upload, owner: str | None) -> None:
+        """Have a worker deserialize the keys when the owner's turn comes, mapping what can go
+        wrong to the caller's error."""
         try:
-            await self.compute.check_keys(upload.key_id, str(upload.path))
+            async with self.fhe_share.turn(owner):
+                await self.compute.check_keys(upload.key_id, str(upload.path))
+        except (QueueFull, OwnerQueueFull) as error:
+            raise shared_turn_error(error) from None
         except circuits.BadInput as error:
             metrics.KEY_CHECKS.labels(result="malformed").inc()
             raise errors.MalformedKeys(str(error)) from None

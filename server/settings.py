@@ -118,7 +118,7 @@ class ServerSettings(BaseSettings):
     clear_timeout_seconds: float = Field(
         10, gt=0, description="longest clear prediction; its worker is stopped past it (422)"
     )
-    clear_max_rows: int = Field(10_000, ge=1, description="rows of one tabular request (413)")
+    clear_max_rows: int = Field(100_000, ge=1, description="rows of one tabular request (413)")
     clear_max_cells: int = Field(
         1_000_000,
         ge=1,
