@@ -285,10 +285,11 @@ def main(
     for phase in ("idle", "fhe_flood", "clear_flood"):
         for kind, numbers in results[phase].items():
             if isinstance(numbers, dict) and "p50_seconds" in numbers:
-                print(
-                    f"{phase:12} {kind:6} p50 {numbers['p50_seconds']:.3f} s  "
-                    f"p99 {numbers['p99_seconds']:.3f} s  {numbers['statuses']}"
+                p50, p99 = (
+                    "-" if numbers[k] is None else f"{numbers[k]:.3f} s"
+                    for k in ("p50_seconds", "p99_seconds")
                 )
+                print(f"{phase:12} {kind:6} p50 {p50}  p99 {p99}  {numbers['statuses']}")
     print(json.dumps(results, indent=2))
     if out is not None:
         out.write_text(json.dumps(results, indent=2) + "\n")

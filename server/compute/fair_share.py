@@ -1,6 +1,6 @@
 """Fair admission to a bounded resource: at most `capacity` runs at once, the rest waiting in one
-queue per token, served round-robin, so one token's flood costs another at most the runs in
-progress plus its own turn.
+queue per token; a freed place goes to the waiting token served least recently, so one token's
+flood costs another at most the runs in progress plus its own turn.
 
 Waits are bounded before any work is done: past `owner_max_waiting` a token's request is refused
 (429), past `max_waiting` in all any request is (503), at once rather than after a long wait.
@@ -36,6 +36,10 @@ class FairShare:
         self.what = what
         self.running = 0
         self._waiting: OrderedDict[str | None, deque[asyncio.Future[None]]] = OrderedDict()
+        self._served: dict[str | None, int] = {}
+        """When each owner was last given a place (a count of grants): the least recently
+        served waiting owner goes next, so the owner whose run just ended is not."""
+        self._grants = 0
 
     @property
     def waiting(self) -> int:
@@ -71,6 +75,7 @@ class FairShare:
         OwnerQueueFull or QueueFull at once when `bounded` and no waiting place is left."""
         if self.running < self.capacity and not self._waiting:
             self.running += 1
+            self._served_now(owner)
         else:
             await self._wait(owner, bounded)
         try:
@@ -100,16 +105,21 @@ class FairShare:
             if not queue:
                 del self._waiting[owner]
 
+    def _served_now(self, owner: str | None) -> None:
+        self._grants += 1
+        self._served[owner] = self._grants
+
     def _release(self) -> None:
-        """Give the freed place to the next owner in turn (its oldest request), else free it."""
+        """Give the freed place to the waiting owner served least recently (its oldest
+        request), else free it."""
         while self._waiting:
-            owner, queue = next(iter(self._waiting.items()))
+            owner = min(self._waiting, key=lambda waiting: self._served.get(waiting, 0))
+            queue = self._waiting[owner]
             granted = queue.popleft()
-            if queue:
-                self._waiting.move_to_end(owner)
-            else:
+            if not queue:
                 del self._waiting[owner]
             if not granted.done():
                 granted.set_result(None)
+                self._served_now(owner)
                 return
         self.running -= 1
