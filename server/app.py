@@ -87,16 +87,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     compilation = CircuitCompilation(settings.circuit_cache())
     compilation.start()
     compute = make_compute(settings)
-    clear_workers = ClearWorkers(
-        settings.clear_workers,
-        settings.clear_timeout_seconds,
-        InputBounds(
-            settings.clear_max_rows, settings.clear_max_cells, settings.clear_max_text_chars
-        ),
-        settings.clear_max_queue,
-        settings.token_max_queue,
-    )
-    try:  # none may outlive a start-up that fails
+    try:  # neither may outlive a start-up that fails
         registry = ModelRegistry.scan(settings.models_dir, settings.policy)
         single = single_model(
             settings.task, settings.model_id, settings.models_dir, settings.policy
@@ -111,17 +102,23 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     except BaseException:
         compilation.close()
         compute.close()
-        clear_workers.close()
         raise
+    clear_workers = ClearWorkers(
+        settings.clear_workers,
+        settings.clear_timeout_seconds,
+        InputBounds(
+            settings.clear_max_rows, settings.clear_max_cells, settings.clear_max_text_chars
+        ),
+        settings.clear_max_queue,
+        settings.token_max_queue,
+        [ClearSource.of(m) for m in registry.all() if isinstance(m, ClearModel) and m.ready],
+    )
     compute.follow(key_store)
     fhe_models = [m for m in registry.all() if isinstance(m, FHEModel) and m.ready]
     # The workers load circuits at once (from the cache when a restart finds them there) while
     # the compiling child tries each one for readiness and the listing.
     compute.warm([str(m.path) for m in fhe_models])
     compiling = asyncio.create_task(compilation.run(fhe_models))
-    clear_workers.warm(
-        [ClearSource.of(m) for m in registry.all() if isinstance(m, ClearModel) and m.ready]
-    )
     fhe_share = FairShare(
         compute.workers if settings.backend == "embedded" else settings.celery_max_in_flight,
         settings.max_queue,

@@ -15,6 +15,7 @@ import concurrent.futures
 import hashlib
 import json
 import os
+import tempfile
 import threading
 import time
 import uuid
@@ -624,3 +625,65 @@ def test_a_hung_database_answers_503_in_bounded_time_and_liveness_stays_up(
             time.sleep(0.5)
     finally:
         replica.stop()
+
+
+def racing_adds(store: object, limits: object, owners: list[str | None]) -> int:
+    """One `add` per owner, all from threads at once; how many were accepted."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from server.storage.jobs import Job, JobRefused, new_job_id
+
+    barrier = threading.Barrier(len(owners))
+
+    def add(owner: str | None) -> bool:
+        job = Job(new_job_id(), "tiny", "fhe", "queued", time.time(), "http://x/", owner=owner)
+        barrier.wait(timeout=30)
+        try:
+            store.add(job, b"ciphertext", limits)
+        except JobRefused:
+            return False
+        return True
+
+    with ThreadPoolExecutor(len(owners)) as pool:
+        return sum(pool.map(add, owners))
+
+
+def test_job_limits_hold_against_racing_adds_and_claims_take_turns(database: str) -> None:
+    """In Postgres, as in SQLite: limits checked in the row's transaction (60 racing adds, 20
+    accepted; 40 of one token against its 25), and claims go to the token served least
+    recently."""
+    from server.storage.jobs import Job, JobLimits, JobStore, new_job_id
+    from server.storage.postgres_jobs import PostgresJobStore
+
+    engine = engine_for(database)
+    migrate(engine)
+    try:
+        with tempfile.TemporaryDirectory() as root:
+            stores = [PostgresJobStore(engine, "replica-1"), JobStore(Path(root))]
+            for store in stores:
+                whole = JobLimits(
+                    owner_max_in_flight=1000, max_queued=20, owner_max_stored_bytes=1 << 30
+                )
+                assert racing_adds(store, whole, [f"t{i % 3}" for i in range(60)]) == 20
+                assert store.count("queued") == 20
+                while store.claim_next() is not None:
+                    pass
+                per_token = JobLimits(
+                    owner_max_in_flight=25, max_queued=1000, owner_max_stored_bytes=1 << 30
+                )
+                assert racing_adds(store, per_token, ["carol"] * 40) == 25
+                assert store.count("queued", "running", owner="carol") == 25
+            for store in stores:
+                for owner in ("alice", "alice", "alice", "bob"):
+                    job = Job(
+                        new_job_id(), "tiny", "fhe", "queued", time.time(), "http://x/", owner=owner
+                    )
+                    store.add(job, b"ciphertext")
+                    time.sleep(0.01)
+                claimed = [store.claim_next().owner for _ in range(5)]
+                # Fewest running first, then served least recently, then oldest: bob's one job
+                # goes before alice's second, though she queued three before it.
+                assert claimed == ["carol", "alice", "bob", "carol", "alice"]
+                store.close()
+    finally:
+        engine.dispose()

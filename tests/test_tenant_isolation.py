@@ -314,3 +314,70 @@ def test_malformed_ciphertext_errors_name_no_library_source(
     assert answer.status_code in (400, 422), answer.text
     for location in (".c++:", ".cpp:", ".h:", "stack:"):
         assert location not in answer.json()["error"], answer.json()["error"]
+
+
+def test_a_clear_prediction_past_its_time_limit_is_stopped_alone(
+    models: Path, tmp_path: Path
+) -> None:
+    """30,000 rows of 30 columns (0.4 s here) against a 0.1 s limit: 422 prediction_timeout,
+    its worker replaced (with the models loaded before it takes work), the other tenant served."""
+    server = start(
+        models,
+        tmp_path / "data",
+        FHE_SERVER_CLEAR_TIMEOUT_SECONDS="0.1",
+        FHE_SERVER_CLEAR_WORKERS="1",
+    )
+    try:
+        quiet = clear_sender(server.url, QUIET, CLEAR, breast_cancer_body(1))
+        assert median_seconds(series(quiet, 3)) < 0.1
+        answer = httpx.post(
+            f"{server.url}/v1/models/{CLEAR}/predict",
+            content=breast_cancer_body(30_000),
+            headers=bearer(FLOODER),
+            timeout=60,
+        )
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["code"] == "prediction_timeout"
+        assert "FHE_SERVER_CLEAR_TIMEOUT_SECONDS" in answer.json()["error"]
+        after = series(quiet, 3)
+        assert all(status == 200 for status, _ in after), after
+        assert httpx.get(f"{server.url}/readyz").status_code == 200
+    finally:
+        server.stop()
+
+
+def test_a_server_stopped_with_jobs_draining_exits_every_time(models: Path, tmp_path: Path) -> None:
+    """SIGTERM while 60 jobs drain, three times over: the server exits well within a pod's
+    grace period (30 s) each time, and its queued jobs are still there for the next start."""
+    columns = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
+    body = json.dumps({"inputs": {"data": {c: [5.1] for c in columns}}}).encode()
+    data = tmp_path / "data"
+    for attempt in range(3):
+        server = start(models, data, FHE_SERVER_JOB_CONCURRENCY="2")
+        with httpx.Client(timeout=60) as client:
+            for _ in range(60 if attempt == 0 else 5):
+                submitted = client.post(
+                    f"{server.url}/v1/models/iris/jobs", content=body, headers=bearer(QUIET)
+                )
+                assert submitted.status_code == 202, submitted.text
+        process = server.process
+        started = time.monotonic()
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        finally:
+            server.stop()
+        assert time.monotonic() - started < 30, f"stop {attempt} did not end"
+    server = start(models, data)
+    try:
+        with httpx.Client(timeout=60) as client:
+            jobs = client.get(f"{server.url}/v1/jobs?limit=1000", headers=bearer(QUIET)).json()
+            assert len(jobs["jobs"]) == 70
+            deadline = time.monotonic() + 120
+            while any(j["status"] in ("queued", "running") for j in jobs["jobs"]):
+                assert time.monotonic() < deadline, "jobs left behind by the stops never ran"
+                time.sleep(0.5)
+                jobs = client.get(f"{server.url}/v1/jobs?limit=1000", headers=bearer(QUIET)).json()
+            assert {j["status"] for j in jobs["jobs"]} == {"done"}
+    finally:
+        server.stop()

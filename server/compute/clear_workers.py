@@ -36,12 +36,22 @@ class ClearWorkers:
         bounds: InputBounds,
         max_waiting: int,
         owner_max_waiting: int,
+        sources: list[ClearSource],
     ) -> None:
         self.workers = workers
         self.timeout_seconds = timeout_seconds
         self.bounds = bounds
         self.share = FairShare(workers, max_waiting, owner_max_waiting, "clear predictions")
-        self._pool = ProcessPool(max_workers=workers, context=multiprocessing.get_context("spawn"))
+        # Each worker loads the models as it starts, a replacement too (after a time-out or a
+        # crash), so no request's time limit pays for loading scikit-learn and the model.
+        self._pool = ProcessPool(
+            max_workers=workers,
+            context=multiprocessing.get_context("spawn"),
+            initializer=clear_worker.warm,
+            initargs=(sources,),
+        )
+        for _ in range(workers):  # start them now, not at the first request
+            self._pool.schedule(clear_worker.warm, args=([],))
 
     async def _call(self, function: object, source: ClearSource, payload: bytes) -> Answer:
         future = self._pool.schedule(
@@ -71,12 +81,6 @@ class ClearWorkers:
         """Parse and bound `payload` in a worker without predicting (a job's admission)."""
         async with self.share.turn(owner):
             return await self._call(clear_worker.check_payload, source, payload)
-
-    def warm(self, sources: list[ClearSource]) -> None:
-        """Start the workers and load the models in them, in the background."""
-        if sources:
-            for _ in range(self.workers):
-                self._pool.schedule(clear_worker.warm, args=(sources,))
 
     def close(self) -> None:
         """Stop the workers (a prediction lasts at most the time limit)."""

@@ -9,6 +9,7 @@ million rows would become tens of millions of cells.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,15 @@ def predict_payload(source: ClearSource, payload: bytes, bounds: InputBounds) ->
 
 
 def warm(sources: list[ClearSource]) -> None:
-    """Load the models now, so the first request does not wait for scikit-learn's import."""
+    """Load the models and what predicting imports (pandas) now, so that no request's time
+    limit pays for them: a worker that replaces a stopped one would otherwise time out again."""
+    import pandas  # noqa: F401  (imported by the first tabular prediction otherwise)
+
     for source in sources:
-        _model(source)
+        model = _model(source)
+        example = model.config.get("example_input")
+        if model.ready and example is not None:
+            text = model.task == "text-classification"
+            # A warm-up only: a real request with this input would report its own errors.
+            with contextlib.suppress(Exception):
+                predict_strict(model, example["data"][0] if text else {"data": example})
