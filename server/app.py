@@ -18,7 +18,7 @@ from server.compute.compilation import CircuitCompilation
 from server.compute.fair_share import FairShare
 from server.deps import Access, authenticate
 from server.errors import ConfigurationError, install_error_handlers
-from server.executors import OPERATIONS, run_in
+from server.executors import READINESS, run_in
 from server.inference import Inference
 from server.jobs.callbacks import AllowList, CallbackSender, signing_key
 from server.jobs.queue import JobQueue
@@ -170,9 +170,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     app.state.readiness = Readiness(
         {
-            "jobs": lambda: run_in(OPERATIONS, job_store.ping),
-            "keys": lambda: run_in(OPERATIONS, key_store.ping),
+            "jobs": lambda: run_in(READINESS, job_store.ping),
+            "keys": lambda: run_in(READINESS, key_store.ping),
             "compute": compute.ping,
+            "clear": clear_workers.ping,
             "circuits": compilation.check,
         },
         explained={"circuits"},
@@ -185,7 +186,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         compilation.close()
         await runner.stop()
         compute.close()
-        clear_workers.close()
+        await asyncio.to_thread(clear_workers.close)
         job_store.close()
         if engine is not None:
             engine.dispose()

@@ -207,6 +207,12 @@ class InputsTooLarge(ServiceError):
     status, code = 413, "inputs_too_large"
 
 
+class PredictionCrashed(ServiceError):
+    """A clear prediction killed its worker process (only this request failed)."""
+
+    status, code = 422, "prediction_crashed"
+
+
 class PredictionTimeout(ServiceError):
     """A clear prediction passed the time limit; its worker was stopped."""
 

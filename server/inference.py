@@ -275,7 +275,7 @@ class Inference:
             raise errors.PredictionTimeout(str(error)) from None
         except ClearWorkerCrashed as error:
             metrics.WORKER_CRASHES.inc()
-            raise errors.PredictionFailedError(str(error)) from None
+            raise errors.PredictionCrashed(str(error)) from None
         if answer[0] == "ok":
             metrics.CLEAR_SECONDS.labels(model=model.name).observe(time.perf_counter() - started)
         return answer
@@ -297,8 +297,11 @@ class Inference:
             kind, value, _ = await self.clear.check(ClearSource.of(model), payload, owner)
         except (QueueFull, OwnerQueueFull) as error:
             raise shared_turn_error(error) from None
-        except (PredictionTimedOut, ClearWorkerCrashed) as error:
-            raise errors.InvalidInputsError(str(error)) from None
+        except PredictionTimedOut as error:
+            raise errors.PredictionTimeout(str(error)) from None
+        except ClearWorkerCrashed as error:
+            metrics.WORKER_CRASHES.inc()
+            raise errors.PredictionCrashed(str(error)) from None
         if kind != "ok":
             raise clear_error(model, kind, value)
 

@@ -8,6 +8,7 @@ before its description has been compared with a model's key set (`fhe.contract.k
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 
@@ -95,6 +96,7 @@ class KeyUploads:
         self.compute = compute
         # The deserialization check takes an FHE worker: it waits its turn as runs do.
         self.fhe_share = fhe_share
+        self._receiving: Counter[str | None] = Counter()
         self.max_key_bytes = max_key_bytes
         self.token_max_key_bytes = token_max_key_bytes
         self.token_max_keys = token_max_keys
@@ -147,18 +149,41 @@ class KeyUploads:
     async def upload(
         self, chunks: AsyncIterator[bytes], client_spec: str | None, owner: str | None
     ) -> tuple[StoredKey, bool]:
-        """Receive, check and store one upload; returns the stored key and whether it is new."""
+        """Receive, check and store one upload; returns the stored key and whether it is new.
+
+        A token's uploads in progress may hold at most one upload's worth (`max_key_bytes`) of
+        the bytes being received, so one token cannot fill the server's receiving bound."""
         spec_model = self.model_with_spec(client_spec) if client_spec else None
+        counted = 0
+
+        async def owned(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+            nonlocal counted
+            async for chunk in chunks:
+                if owner is not None and self._receiving[owner] + len(chunk) > self.max_key_bytes:
+                    raise errors.TooManyRequests(
+                        f"this token is already uploading {self._receiving[owner]} bytes of "
+                        f"keys; one upload's worth ({self.max_key_bytes}) may arrive at once",
+                        headers={"Retry-After": "10"},
+                    )
+                self._receiving[owner] += len(chunk)
+                counted += len(chunk)
+                yield chunk
+
         try:
-            upload = await self.keys.receive(chunks, self.max_key_bytes)
-        except KeyTooLarge as error:
-            raise errors.TooLarge(str(error)) from None
-        except ReceivingFull as error:
-            raise errors.Busy(str(error), headers={"Retry-After": "10"}) from None
-        try:
-            return await self._store(upload, spec_model, owner)
+            try:
+                upload = await self.keys.receive(owned(chunks), self.max_key_bytes)
+            except KeyTooLarge as error:
+                raise errors.TooLarge(str(error)) from None
+            except ReceivingFull as error:
+                raise errors.Busy(str(error), headers={"Retry-After": "10"}) from None
+            try:
+                return await self._store(upload, spec_model, owner)
+            finally:
+                self.keys.discard(upload)
         finally:
-            self.keys.discard(upload)
+            self._receiving[owner] -= counted
+            if self._receiving[owner] <= 0:
+                del self._receiving[owner]
 
     async def _store(
         self, upload: Upload, spec_model: FHEModel | None, owner: str | None

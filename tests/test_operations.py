@@ -160,7 +160,7 @@ def test_readiness_follows_the_broker_and_a_worker_serves_its_own_metrics(
         worker.stop()
         ready = httpx.get(f"{api.url}/readyz", timeout=10)
         assert ready.status_code == 200, ready.text
-        assert ready.json()["checks"] == ["jobs", "keys", "compute", "circuits"]
+        assert ready.json()["checks"] == ["jobs", "keys", "compute", "clear", "circuits"]
         redis.stop()
         down = httpx.get(f"{api.url}/readyz", timeout=30)
         assert down.status_code == 503, down.text

@@ -200,7 +200,7 @@ def test_any_replica_answers_and_quotas_hold_across_replicas(
     with engine.connect() as connection:
         versions = connection.execute(text("SELECT version_num FROM alembic_version")).all()
     engine.dispose()
-    assert versions == [("0002",)], "the two replicas did not migrate exactly once"
+    assert versions == [("0003",)], "the two replicas did not migrate exactly once"
 
 
 def on_b_status(url: str, key_id: str) -> int:
@@ -533,7 +533,7 @@ def test_replicas_migrating_together_migrate_once(postgres: LocalPostgres) -> No
         list(pool.map(migrate, engines))
     with engines[0].connect() as connection:
         assert connection.execute(text("SELECT version_num FROM alembic_version")).all() == [
-            ("0002",)
+            ("0003",)
         ]
         tables = {
             row[0]

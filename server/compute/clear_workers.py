@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 from concurrent.futures import CancelledError
+from concurrent.futures.process import BrokenProcessPool
 
-from pebble import ProcessExpired, ProcessPool
+from pebble import ProcessExpired, ProcessFuture, ProcessPool
 
 from server.compute.fair_share import FairShare
 from server.models import clear_worker
@@ -42,21 +43,35 @@ class ClearWorkers:
         self.timeout_seconds = timeout_seconds
         self.bounds = bounds
         self.share = FairShare(workers, max_waiting, owner_max_waiting, "clear predictions")
-        # Each worker loads the models as it starts, a replacement too (after a time-out or a
-        # crash), so no request's time limit pays for loading scikit-learn and the model.
-        self._pool = ProcessPool(
-            max_workers=workers,
+        self.sources = sources
+        self._pool = self._start()
+
+    def _start(self) -> ProcessPool:
+        """A new pool whose workers load the models as they start, a replacement too (after a
+        time-out or a crash), so no request's time limit pays for loading them."""
+        pool = ProcessPool(
+            max_workers=self.workers,
             context=multiprocessing.get_context("spawn"),
             initializer=clear_worker.warm,
-            initargs=(sources,),
+            initargs=(self.sources,),
         )
-        for _ in range(workers):  # start them now, not at the first request
-            self._pool.schedule(clear_worker.warm, args=([],))
+        for _ in range(self.workers):  # start them now, not at the first request
+            pool.schedule(clear_worker.warm, args=([],))
+        return pool
+
+    def _schedule(self, function: object, args: tuple) -> ProcessFuture:
+        """Schedule on the pool; a pool that broke (a worker died outside any task, say killed
+        while idle) is replaced first, rather than failing every request from then on."""
+        self._renew()
+        return self._pool.schedule(function, args=args, timeout=self.timeout_seconds)
+
+    def _renew(self) -> None:
+        if not self._pool.active:
+            self._pool.stop()
+            self._pool = self._start()
 
     async def _call(self, function: object, source: ClearSource, payload: bytes) -> Answer:
-        future = self._pool.schedule(
-            function, args=(source, payload, self.bounds), timeout=self.timeout_seconds
-        )
+        future = self._schedule(function, (source, payload, self.bounds))
         try:
             return await asyncio.wrap_future(future)
         except TimeoutError:
@@ -64,7 +79,7 @@ class ClearWorkers:
                 f"the prediction took longer than {self.timeout_seconds:g} s, this server's "
                 "limit (FHE_SERVER_CLEAR_TIMEOUT_SECONDS); send fewer rows"
             ) from None
-        except ProcessExpired as expired:
+        except (ProcessExpired, BrokenProcessPool) as expired:
             raise ClearWorkerCrashed(f"the prediction stopped its worker ({expired})") from None
         except (asyncio.CancelledError, CancelledError):
             future.cancel()  # pebble stops the worker of a running task
@@ -81,6 +96,11 @@ class ClearWorkers:
         """Parse and bound `payload` in a worker without predicting (a job's admission)."""
         async with self.share.turn(owner):
             return await self._call(clear_worker.check_payload, source, payload)
+
+    async def ping(self) -> str | None:
+        """Readiness: a broken pool is replaced here too, so an idle replica recovers."""
+        self._renew()
+        return None
 
     def close(self) -> None:
         """Stop the workers (a prediction lasts at most the time limit)."""

@@ -129,8 +129,9 @@ class JobRunner:
         if self.store.shared:
             for job_id in running:
                 try:
-                    await operations(self.store.release, job_id)
-                except Exception:  # unreachable database: the lease hands the job on
+                    async with asyncio.timeout(STOP_SECONDS):
+                        await operations(self.store.release, job_id)
+                except Exception:  # an unreachable or hung database: the lease hands it on
                     log.warning("job %s left to its lease at shutdown", job_id)
 
     async def _dispatch(self) -> None:

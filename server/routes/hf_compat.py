@@ -83,6 +83,7 @@ async def _compatible_body(
 ) -> tuple[int, Any]:
     """The status and JSON body the image gives for this request (parsed and predicted in a
     clear worker; the server's own bounds, time limit and fair share answer as elsewhere)."""
+    inference.check_room(model, owner)
     try:
         payload = await read_body(request, limit, "the JSON body")
     except BodyTooLarge as error:

@@ -47,7 +47,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     callback_error TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created);
-CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, status, started);
+CREATE INDEX IF NOT EXISTS jobs_by_owner_status ON jobs (owner, status);
+CREATE INDEX IF NOT EXISTS jobs_by_owner_started ON jobs (owner, started);
 """
 
 FAIR_NEXT = """
@@ -290,10 +291,15 @@ class JobStore:
         check_limits(limits, owner, in_flight, queued, stored, adding)
 
     def delete(self, job_id: str) -> bool:
-        """Delete a finished job, its row and its result; False when it is not finished here."""
+        """Delete a finished job's result and hide the job; False when it is not finished here.
+
+        The row stays, marked deleted, until it expires: it still says when its token was last
+        served, so deleting results cannot buy a token an earlier turn."""
         with self._lock, self._db:
             gone = self._db.execute(
-                "DELETE FROM jobs WHERE job_id = ? AND status IN ('done', 'failed')", (job_id,)
+                "UPDATE jobs SET status = 'deleted' "
+                "WHERE job_id = ? AND status IN ('done', 'failed')",
+                (job_id,),
             ).rowcount
         if gone:
             self.result_path(job_id).unlink(missing_ok=True)
@@ -306,15 +312,17 @@ class JobStore:
             return None
         with self._lock:
             row = self._db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-        if row is None or (row["expires"] is not None and row["expires"] <= time.time()):
+        if row is None or row["status"] == "deleted":
+            return None
+        if row["expires"] is not None and row["expires"] <= time.time():
             return None
         return self._job(row)
 
     def list(self, owner: str | None = None, limit: int = 100) -> list[Job]:
         """The newest jobs first, of one owner when given."""
-        query, args = "SELECT * FROM jobs", []
+        query, args = "SELECT * FROM jobs WHERE status != 'deleted'", []
         if owner is not None:
-            query, args = query + " WHERE owner = ?", [owner]
+            query, args = query + " AND owner = ?", [owner]
         with self._lock:
             rows = self._db.execute(f"{query} ORDER BY created DESC LIMIT ?", [*args, limit])
             return [self._job(row) for row in rows.fetchall()]

@@ -26,6 +26,8 @@ from server.storage.database import JOB_LOCK, shared_state
 from server.storage.jobs import Job, JobLimits, check_limits, is_job_id
 from server.storage.tables import job_payloads, jobs
 
+ADMISSION_WAIT = "10s"
+"""Longest wait for the admission lock; past it the database errs and the caller gets 503."""
 NEVER = 1e18
 """A callback lease that no sweep reaches: its deliveries are over."""
 
@@ -67,25 +69,31 @@ class PostgresJobStore:
     @shared_state
     def add(self, job: Job, payload: bytes, limits: JobLimits | None = None) -> Job:
         """Commit the row and its input together; only then is the job accepted. `limits` are
-        checked under an advisory lock in the same transaction, so submissions racing on any
+        checked in the same transaction under an advisory lock taken after the input is written
+        (the lock is held for the counts and the commit only), so submissions racing on any
         replicas cannot pass them together (JobRefused)."""
         job.input_bytes = len(payload)
         with self.engine.begin() as connection:
-            if limits is not None:
-                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": JOB_LOCK})
-                self._check(connection, limits, job.owner, len(payload))
             connection.execute(insert(jobs).values(**asdict(job)))
             connection.execute(
                 insert(job_payloads).values(job_id=job.job_id, kind="input", data=payload)
             )
+            if limits is not None:
+                connection.execute(text(f"SET LOCAL lock_timeout = '{ADMISSION_WAIT}'"))
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": JOB_LOCK})
+                self._check(connection, limits, job.owner, job.job_id, len(payload))
         return job
 
     @staticmethod
-    def _check(connection: Connection, limits: JobLimits, owner: str | None, adding: int) -> None:
-        """JobRefused when the job would pass a limit (the admission lock held)."""
+    def _check(
+        connection: Connection, limits: JobLimits, owner: str | None, job_id: str, adding: int
+    ) -> None:
+        """JobRefused when the job would pass a limit (the admission lock held; the job's own
+        row, written in this transaction, is left out of the counts)."""
         in_flight = stored = 0
+        others = jobs.c.job_id != job_id
         if owner is not None:
-            mine = jobs.c.owner == owner
+            mine = and_(jobs.c.owner == owner, others)
             in_flight = connection.execute(
                 select(func.count()).where(mine, jobs.c.status.in_(("queued", "running")))
             ).scalar_one()
@@ -100,17 +108,22 @@ class PostgresJobStore:
                 )
             ).scalar_one()
         queued = connection.execute(
-            select(func.count()).where(jobs.c.status == "queued")
+            select(func.count()).where(jobs.c.status == "queued", others)
         ).scalar_one()
         check_limits(limits, owner, int(in_flight), int(queued), int(stored), adding)
 
     @shared_state
     def delete(self, job_id: str) -> bool:
-        """Delete a finished job with its payloads; False when it is not finished here."""
+        """Delete a finished job's payloads and hide the job; False when it is not finished
+        here. The row stays, marked deleted, until it expires (as `JobStore.delete`)."""
         with self.engine.begin() as connection:
             gone = connection.execute(
-                delete(jobs).where(jobs.c.job_id == job_id, jobs.c.status.in_(("done", "failed")))
+                update(jobs)
+                .where(jobs.c.job_id == job_id, jobs.c.status.in_(("done", "failed")))
+                .values(status="deleted")
             )
+            if gone.rowcount:
+                connection.execute(delete(job_payloads).where(job_payloads.c.job_id == job_id))
         return bool(gone.rowcount)
 
     @shared_state
@@ -120,14 +133,21 @@ class PostgresJobStore:
             return None
         with self.engine.connect() as connection:
             row = connection.execute(select(jobs).where(jobs.c.job_id == job_id)).first()
-        if row is None or (row.expires is not None and row.expires <= time.time()):
+        if row is None or row.status == "deleted":
+            return None
+        if row.expires is not None and row.expires <= time.time():
             return None
         return _job(row)
 
     @shared_state
     def list(self, owner: str | None = None, limit: int = 100) -> list[Job]:
         """The newest jobs first, of one owner when given."""
-        query = select(jobs).order_by(jobs.c.created.desc()).limit(limit)
+        query = (
+            select(jobs)
+            .where(jobs.c.status != "deleted")
+            .order_by(jobs.c.created.desc())
+            .limit(limit)
+        )
         if owner is not None:
             query = query.where(jobs.c.owner == owner)
         with self.engine.connect() as connection:

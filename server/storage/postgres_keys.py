@@ -27,7 +27,7 @@ from pathlib import Path
 from sqlalchemy import Engine, delete, func, insert, select, text, update
 from sqlalchemy.engine import Connection
 
-from server.storage.database import STORE_LOCK, shared_state
+from server.storage.database import STORE_LOCK, UNREACHABLE, shared_state, unavailable
 from server.storage.keys import (
     KeyPinned,
     KeyTooLarge,
@@ -238,11 +238,14 @@ class PostgresKeyStore:
         handle = tempfile.NamedTemporaryFile(dir=self.spool_dir, prefix="check-", delete=False)  # noqa: SIM115
         path = Path(handle.name)
         try:
-            with handle, self.engine.connect() as connection:
-                wrote = 0
-                for chunk in read_key(connection, key_id):
-                    handle.write(chunk)
-                    wrote += len(chunk)
+            try:
+                with handle, self.engine.connect() as connection:
+                    wrote = 0
+                    for chunk in read_key(connection, key_id):
+                        handle.write(chunk)
+                        wrote += len(chunk)
+            except UNREACHABLE:
+                raise unavailable() from None
             if not wrote:
                 raise FileNotFoundError(f"evaluation key {key_id}")
             yield path

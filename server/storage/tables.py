@@ -53,6 +53,8 @@ jobs = Table(
     Column("callback_lease_until", Float),
     Index("jobs_by_status", "status", "created"),
     Index("jobs_by_owner", "owner", "created"),
+    Index("jobs_by_owner_status", "owner", "status"),
+    Index("jobs_by_owner_started", "owner", "started"),
     Index("jobs_by_expiry", "expires"),
 )
 
