@@ -159,6 +159,7 @@ def worker(
     from server.compute import circuits
     from server.compute.celery_app import make_celery
     from server.compute.celery_worker import WorkerState, register_tasks
+    from server.cpu_quota import available_cpus
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     celery = make_celery(
@@ -173,23 +174,23 @@ def worker(
     )
     register_tasks(celery, lambda: state, settings.job_ttl_seconds)
 
+    # The CPUs this process may use (its cgroup quota and affinity), not the node's cores.
+    threads = settings.fhe_threads or available_cpus()
+
     @worker_process_init.connect
     def load_concrete(**_: object) -> None:
         """Import Concrete in the child only: its runtime does not survive a fork. The one run
         at a time may use every core unless FHE_SERVER_FHE_THREADS says otherwise. Circuits are
         loaded (compiled into the cache first if it lacks them) in the background, so the child
         starts within Celery's start-up bound."""
-        circuits.prepare(
-            settings.key_cache_entries,
-            settings.fhe_threads or os.cpu_count(),
-            cache_dir=settings.circuit_cache(),
-        )
+        circuits.prepare(settings.key_cache_entries, threads, cache_dir=settings.circuit_cache())
         bundles = [str(path.parent) for path in sorted(settings.models_dir.glob("*/server.zip"))]
         threading.Thread(target=circuits.warm, args=(bundles,), daemon=True).start()
 
     hostname = name or f"fhe-{os.getpid()}@{socket.gethostname()}"
     typer.echo(
-        f"fhe-server worker {hostname}: models from {settings.models_dir}, {settings.redis_url}",
+        f"fhe-server worker {hostname}: models from {settings.models_dir}, {settings.redis_url}, "
+        f"1 FHE run at once x {threads} thread(s)",
         err=True,
     )
     celery.worker_main(

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from server.cpu_quota import available_cpus
 from server.models.clear import ModelPolicy
 
 MiB = 1 << 20
@@ -26,13 +27,14 @@ def default_data_dir() -> Path:
 
 
 def default_runs() -> int:
-    """FHE runs at once by default: half the cores, each run then taking two threads.
+    """FHE runs at once by default: half the CPUs this process may use (its cgroup quota and
+    affinity, not the node's cores), each run then taking two threads.
 
     Measured on 2 cores (`python -m benchmarks.scale_out --parts sizing`): 1 run x 2 threads and
     2 runs x 1 thread give the same throughput within noise, and the two-thread run answers a lone
     request in about 0.6x the time; deployment/README.md has the figures and the sizing rule.
     """
-    return max(1, (os.cpu_count() or 1) // 2)
+    return max(1, available_cpus() // 2)
 
 
 class ServerSettings(BaseSettings):
@@ -282,7 +284,7 @@ class ServerSettings(BaseSettings):
         """Threads each FHE run may use: the setting, or cores // runs at once (at least 1)."""
         if self.fhe_threads is not None:
             return self.fhe_threads
-        return max(1, (os.cpu_count() or 1) // self.workers)
+        return max(1, available_cpus() // self.workers)
 
     def policy(self, model: str) -> ModelPolicy:
         """What the operator allows when loading the clear model called `model`."""

@@ -88,6 +88,16 @@ def test_every_container_has_probes_and_resources() -> None:
 
 
 @pytest.mark.fast
+def test_the_worker_takes_its_threads_from_its_cpu_limit() -> None:
+    docs = yaml.safe_load_all((DEPLOYMENT / "kubernetes" / "worker.yaml").read_text())
+    doc = next(d for d in docs if d and d["kind"] == "Deployment")
+    container = doc["spec"]["template"]["spec"]["containers"][0]
+    env = {item["name"]: item for item in container["env"]}
+    field = env["FHE_SERVER_FHE_THREADS"]["valueFrom"]["resourceFieldRef"]
+    assert field["resource"] == "limits.cpu" and field["containerName"] == container["name"]
+
+
+@pytest.mark.fast
 def test_compose_file_passes_docker_compose_config() -> None:
     binary = shutil.which("docker-compose")
     assert binary, "docker-compose is missing: apt-get install docker-compose (make test does)"
