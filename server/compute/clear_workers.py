@@ -55,18 +55,22 @@ class ClearWorkers:
             initializer=clear_worker.warm,
             initargs=(self.sources,),
         )
-        for _ in range(self.workers):  # start them now, not at the first request
-            pool.schedule(clear_worker.warm, args=([],))
+        self._started = bool(self.sources)
+        if self._started:  # start them now, not at the first request (none without models)
+            for _ in range(self.workers):
+                pool.schedule(clear_worker.warm, args=([],))
         return pool
 
     def _schedule(self, function: object, args: tuple) -> ProcessFuture:
         """Schedule on the pool; a pool that broke (a worker died outside any task, say killed
         while idle) is replaced first, rather than failing every request from then on."""
         self._renew()
+        self._started = True
         return self._pool.schedule(function, args=args, timeout=self.timeout_seconds)
 
     def _renew(self) -> None:
-        if not self._pool.active:
+        # Only a started pool is asked: pebble's `active` starts a pool that was not.
+        if self._started and not self._pool.active:
             self._pool.stop()
             self._pool = self._start()
 
