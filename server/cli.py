@@ -163,7 +163,7 @@ def worker(
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     celery = make_celery(
-        settings.redis_url, settings.celery_visibility_timeout, settings.job_ttl_seconds
+        settings.redis_url, settings.celery_visibility_timeout, settings.celery_task_timeout
     )
     state = WorkerState(
         settings.models_dir,

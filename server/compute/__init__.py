@@ -85,7 +85,7 @@ def make_compute(settings: ServerSettings) -> Compute:
         from server.compute.celery_app import make_celery
 
         celery = make_celery(
-            settings.redis_url, settings.celery_visibility_timeout, settings.job_ttl_seconds
+            settings.redis_url, settings.celery_visibility_timeout, settings.celery_task_timeout
         )
         return CeleryExecutor(
             celery,

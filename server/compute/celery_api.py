@@ -87,13 +87,18 @@ class CeleryExecutor:
             self.redis.set(name, data, ex=int(self.key_ttl))
 
     def _send_and_wait(self, name: str, args: list[Any]) -> dict[str, Any]:
+        result = self.app.send_task(name, args=args)
         try:
-            answer = self.app.send_task(name, args=args).get(timeout=self.timeout)
+            answer = result.get(timeout=self.timeout)
         except CeleryTimeout:
             raise TimedOut(
                 f"no FHE worker answered within {self.timeout:g} s; the run may still finish, "
                 "try again later"
             ) from None
+        finally:
+            # The answer is the API's now (a job's result goes to the job store): Redis keeps
+            # none; one written after a time-out expires with `result_expires`.
+            result.forget()
         error = answer.get("error")
         if error:
             raise TaskFailed(error["status"], error["code"], error["message"])

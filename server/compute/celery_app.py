@@ -37,7 +37,9 @@ MAX_DELIVERIES = 2
 
 
 def make_celery(redis_url: str, visibility_timeout: float, result_ttl: float) -> Celery:
-    """The Celery application both the API and the workers use."""
+    """The Celery application both the API and the workers use. The API forgets each result
+    once it has it, so `result_ttl` only bounds results nobody waited for (pass the API's task
+    timeout: past it no one will)."""
     app = Celery("fhe_server", broker=redis_url, backend=redis_url)
     app.conf.update(
         task_acks_late=True,
