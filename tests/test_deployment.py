@@ -455,6 +455,23 @@ def test_alert_rules_load_and_fire_as_their_unit_tests_say() -> None:
     assert used and used <= exported, used - exported
 
 
+def heading_anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives a document's headings (lower case, punctuation dropped)."""
+    headings = re.findall(r"^#+ (.+)$", markdown, flags=re.MULTILINE)
+    return {re.sub(r"[^a-z0-9 _-]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+@pytest.mark.fast
+def test_every_alert_links_a_runbook_that_exists() -> None:
+    rules = yaml.safe_load((MONITORING / "alerts.yml").read_text())["groups"][0]["rules"]
+    anchors = heading_anchors((DEPLOYMENT / "README.md").read_text())
+    for rule in rules:
+        url = rule["annotations"].get("runbook_url", "")
+        path, _, anchor = url.partition("#")
+        assert path == "deployment/README.md" and anchor in anchors, (rule["alert"], url)
+        assert anchor == rule["alert"].lower(), (rule["alert"], url)
+
+
 @pytest.mark.fast
 def test_every_dashboard_query_parses_and_names_exported_metrics(tmp_path: Path) -> None:
     import json
