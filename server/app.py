@@ -195,6 +195,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: ServerSettings | None = None) -> FastAPI:
     """Build the app; the registry, stores and worker pool start with its lifespan."""
     settings = settings or ServerSettings()
+    placeholders = settings.placeholder_secrets()
+    if placeholders:
+        raise ConfigurationError(
+            f"{', '.join(placeholders)} still hold the example value from deployment/ "
+            "('replace-with-...'): set real secrets (see deployment/kubernetes/secret.yaml)"
+        )
     app = FastAPI(
         title="fhe-server",
         summary="Predictions over encrypted data with Concrete-ML",

@@ -16,6 +16,9 @@ from server.models.clear import ModelPolicy
 
 MiB = 1 << 20
 
+PLACEHOLDER = "replace-with"
+"""How deployment/kubernetes/secret.yaml marks the values an operator must set."""
+
 SHIPPED_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 """The models/ directory of this checkout, which holds the shipped bundles."""
 
@@ -263,6 +266,23 @@ class ServerSettings(BaseSettings):
         if parts.query or parts.fragment:
             raise ValueError(f"public_url may not hold a query or a fragment: {url!r}")
         return url if url.endswith("/") else url + "/"
+
+    def placeholder_secrets(self) -> list[str]:
+        """The settings that still hold an example value from deployment/ (`replace-with-...`):
+        a server started with them would trust a token or key anyone can read."""
+        found = [
+            f"FHE_SERVER_TOKENS ({name})"
+            for name, token in self.tokens.items()
+            if PLACEHOLDER in token.lower()
+        ]
+        for name, secret in (
+            ("FHE_SERVER_DATABASE_URL", self.database_url),
+            ("FHE_SERVER_CALLBACK_SIGNING_KEY", self.callback_signing_key),
+            ("FHE_SERVER_METRICS_TOKEN", self.metrics_token),
+        ):
+            if secret is not None and PLACEHOLDER in secret.get_secret_value().lower():
+                found.append(name)
+        return found
 
     def public_base_url(self) -> str:
         """Where job URLs point: FHE_SERVER_PUBLIC_URL, else the configured host and port (never

@@ -499,3 +499,25 @@ def test_every_dashboard_query_parses_and_names_exported_metrics(tmp_path: Path)
     titles = " ".join(panel["title"] for panel in dashboard["panels"]).lower()
     for topic in ("jobs", "queue wait", "fhe run p95", "key store", "crashes"):
         assert topic in titles
+
+
+@pytest.mark.fast
+def test_the_example_secrets_are_refused_at_start() -> None:
+    """Each secret.yaml placeholder, applied as it is, stops the server with its name."""
+    import json
+
+    from server.app import create_app
+    from server.errors import ConfigurationError
+    from server.settings import ServerSettings
+
+    secrets = yaml.safe_load((DEPLOYMENT / "kubernetes" / "secret.yaml").read_text())["stringData"]
+    settings = ServerSettings(
+        tokens=json.loads(secrets["FHE_SERVER_TOKENS"]),
+        database_url=secrets["FHE_SERVER_DATABASE_URL"],
+        callback_signing_key=secrets["FHE_SERVER_CALLBACK_SIGNING_KEY"],
+    )
+    with pytest.raises(ConfigurationError) as refused:
+        create_app(settings)
+    for name in ("FHE_SERVER_TOKENS", "FHE_SERVER_DATABASE_URL", "FHE_SERVER_CALLBACK_SIGNING_KEY"):
+        assert name in str(refused.value)
+    assert create_app(ServerSettings(tokens={"default": "a-real-token-0123456789"}))
