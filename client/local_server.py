@@ -240,6 +240,8 @@ class LocalRedis:
     workdir: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
+    args: list[str] = field(default_factory=list)
+    """More redis-server options (`--maxmemory 64mb`, `--requirepass ...`)."""
 
     @property
     def url(self) -> str:
@@ -251,7 +253,8 @@ class LocalRedis:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
                 sock.sendall(b"PING\r\n")
-                return sock.recv(64).startswith(b"+PONG")
+                # A Redis with a password answers NOAUTH: it is up all the same.
+                return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
         except OSError:
             return False
 
@@ -262,7 +265,7 @@ class LocalRedis:
             raise RuntimeError("redis-server is missing: apt-get install redis-server")
         self.workdir.mkdir(parents=True, exist_ok=True)
         command = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        command += ["--appendonly", "no", "--dir", str(self.workdir)]
+        command += ["--appendonly", "no", "--dir", str(self.workdir), *self.args]
         self.process = spawn(command, self.workdir / "redis.log")
         deadline = time.monotonic() + timeout
         while not self.answers():

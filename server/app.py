@@ -165,7 +165,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     app.state.metrics_registry.register(
         StateCollector(
-            job_store.counts_by_status, key_store.totals, lambda: compute.in_flight.count
+            job_store.counts_by_status,
+            key_store.totals,
+            lambda: compute.in_flight.count,
+            waiting=lambda: fhe_share.waiting,
+            broker_queued=compute.queued,
         )
     )
     app.state.readiness = Readiness(

@@ -10,6 +10,7 @@ before prometheus_client is first imported there.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -85,21 +86,32 @@ def record_run(model: str, seconds: float, key_cached: bool | None) -> None:
 
 class StateCollector(Collector):
     """Gauges read from the shared stores at scrape time: jobs by state, keys and their bytes,
-    and FHE runs in flight in this process."""
+    FHE runs in flight in this process, and the backlog: work waiting for a worker."""
 
     def __init__(
         self,
         job_counts: Callable[[], dict[str, int]],
         key_totals: Callable[[], tuple[int, int, int]],
         in_flight: Callable[[], int],
+        waiting: Callable[[], int] = lambda: 0,
+        broker_queued: Callable[[], int] = lambda: 0,
     ) -> None:
         self.job_counts = job_counts
         self.key_totals = key_totals
         self.in_flight = in_flight
+        self.waiting = waiting
+        self.broker_queued = broker_queued
 
     def collect(self) -> Iterable[Metric]:
         """The gauges; while a store does not answer, its gauges are left out and
         `fhe_state_up` is 0 (a scrape never fails with the database)."""
+        backlog = GaugeMetricFamily(
+            "fhe_backlog",
+            "Work waiting for an FHE worker, by part: jobs_queued (shared: unclaimed jobs), "
+            "broker (shared: runs sent to Celery that no worker has started), turns (this "
+            "replica: synchronous runs and claimed jobs waiting for their turn)",
+            labels=["part"],
+        )
         try:
             counts = self.job_counts()
             keys, stored, bound = self.key_totals()
@@ -109,6 +121,11 @@ class StateCollector(Collector):
             )
         else:
             yield from self._state(counts, keys, stored, bound)
+            backlog.add_metric(["jobs_queued"], counts.get("queued", 0))
+        with contextlib.suppress(Exception):  # a broker that does not answer: part left out
+            backlog.add_metric(["broker"], self.broker_queued())
+        backlog.add_metric(["turns"], self.waiting())
+        yield backlog
         yield GaugeMetricFamily(
             "fhe_runs_in_flight",
             "FHE runs this replica has sent and not yet answered",

@@ -178,6 +178,19 @@ class ServerSettings(BaseSettings):
     celery_max_in_flight: int = Field(
         64, ge=1, description="FHE runs sent to Celery and not yet answered (API side)"
     )
+    celery_broker_grace_seconds: float = Field(
+        60,
+        gt=0,
+        description="how long a run waits for an unreachable Redis before it counts as lost "
+        "(a job then goes back to the queue, a synchronous request gets 503)",
+    )
+    celery_redis_high_water: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="fraction of Redis' maxmemory past which no new run is sent (503 busy, jobs "
+        "wait queued), leaving room for the results of the runs under way",
+    )
     worker_metrics_port: int | None = Field(
         None, ge=1, le=65535, description="port of a Celery worker's Prometheus /metrics (off)"
     )

@@ -19,6 +19,11 @@ class Busy(RuntimeError):
     """Every worker is busy and the queue is full."""
 
 
+class BrokerLost(Busy):
+    """The broker lost a run sent to it (Redis flushed, restarted empty, or unreachable past the
+    grace): nothing will answer it, so it is run again (a job goes back to the queue)."""
+
+
 class WorkerCrashed(RuntimeError):
     """The worker process died while handling the request (and only that request failed)."""
 
@@ -71,6 +76,10 @@ class Compute(Protocol):
 
     async def ping(self) -> str | None: ...
 
+    def queued(self) -> int:
+        """Runs sent to the workers that none has started yet (shared by every replica)."""
+        ...
+
     def follow(self, keystore: KeyStore) -> None: ...
 
     def warm(self, bundle_dirs: list[str]) -> None: ...
@@ -94,6 +103,8 @@ def make_compute(settings: ServerSettings) -> Compute:
             settings.celery_task_timeout,
             settings.celery_key_ttl_seconds,
             shared_keys=settings.database_url is not None,
+            grace=settings.celery_broker_grace_seconds,
+            high_water=settings.celery_redis_high_water,
         )
     from server.compute.local import FHEExecutor
 

@@ -7,24 +7,51 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
+import time
+import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import redis
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
+from kombu.exceptions import OperationalError
 
-from server.compute import InFlight, RunRefused, TimedOut, circuits
+from server.compute import BrokerLost, Busy, InFlight, RunRefused, TimedOut, circuits
 from server.compute.celery_app import (
     KEY_PREFIX,
     REDIS_TIMEOUT,
+    SENT_PREFIX,
     TASK_CHECK_KEYS,
     TASK_RUN,
     bundle_client_spec,
 )
 
 log = logging.getLogger("fhe_server.celery")
+
+POLL_SECONDS = 1.0
+"""How often a waiting run checks that Redis still holds its task."""
+UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, OperationalError)
+"""What a call to a Redis that is down or restarting raises (directly, or through kombu)."""
+
+
+@contextlib.contextmanager
+def broker_errors() -> Iterator[None]:
+    """Turn a full or unreachable Redis into Busy (503, a job stays queued), never a failure."""
+    try:
+        yield
+    except redis.exceptions.OutOfMemoryError:
+        raise Busy("the broker (Redis) is full; try again shortly") from None
+    except redis.ResponseError as error:
+        if not str(error).startswith("OOM"):
+            raise
+        raise Busy("the broker (Redis) is full; try again shortly") from None
+    except UNREACHABLE as error:
+        raise Busy(f"the broker (Redis) does not answer ({type(error).__name__})") from None
 
 
 class TaskFailed(RuntimeError):
@@ -50,9 +77,9 @@ class CeleryExecutor:
         timeout: float,
         key_ttl: float,
         shared_keys: bool = False,
+        grace: float = 60.0,
+        high_water: float = 0.9,
     ) -> None:
-        import redis
-
         self.app = app
         self.redis = redis.Redis.from_url(
             redis_url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
@@ -60,6 +87,8 @@ class CeleryExecutor:
         self.timeout = timeout
         self.key_ttl = key_ttl
         self.shared_keys = shared_keys
+        self.grace = grace
+        self.high_water = high_water
         self.in_flight = InFlight(capacity)
         self.workers = capacity
         self._waiters = ThreadPoolExecutor(max_workers=capacity, thread_name_prefix="celery-wait")
@@ -79,30 +108,79 @@ class CeleryExecutor:
     def _publish_key(self, key_id: str, path: Path) -> None:
         """Put a key into the shared store unless it is there, and renew its TTL."""
         name = KEY_PREFIX + key_id
-        if not self.redis.expire(name, int(self.key_ttl)):
+        with broker_errors():
+            if self.redis.expire(name, int(self.key_ttl)):
+                return
+            self._check_room()
             try:
                 data = path.read_bytes()
             except FileNotFoundError:
                 raise KeyError(key_id) from None
             self.redis.set(name, data, ex=int(self.key_ttl))
 
+    def _check_room(self) -> None:
+        """Busy past the high-water mark of Redis' maxmemory: what is left is for the answers
+        of the runs already sent (Redis refuses writes when full, it never evicts a task)."""
+        memory = self.redis.info("memory")
+        limit, used = int(memory.get("maxmemory", 0)), int(memory.get("used_memory", 0))
+        if limit and used >= limit * self.high_water:
+            raise Busy(
+                f"the broker (Redis) holds {used >> 20} MiB of its {limit >> 20} MiB; try again "
+                "shortly"
+            )
+
     def _send_and_wait(self, name: str, args: list[Any]) -> dict[str, Any]:
-        result = self.app.send_task(name, args=args)
+        task_id = str(uuid.uuid4())
+        marker = SENT_PREFIX + task_id
+        with broker_errors():
+            self._check_room()
+            self.redis.set(marker, b"1", ex=int(self.timeout + self.grace) + 60)
+            result = self.app.send_task(name, args=args, task_id=task_id)
         try:
-            answer = result.get(timeout=self.timeout)
-        except CeleryTimeout:
-            raise TimedOut(
-                f"no FHE worker answered within {self.timeout:g} s; the run may still finish, "
-                "try again later"
-            ) from None
+            answer = self._wait(result, marker)
         finally:
             # The answer is the API's now (a job's result goes to the job store): Redis keeps
             # none; one written after a time-out expires with `result_expires`.
-            result.forget()
+            with contextlib.suppress(*UNREACHABLE):
+                result.forget()
+                self.redis.delete(marker)
         error = answer.get("error")
         if error:
             raise TaskFailed(error["status"], error["code"], error["message"])
         return answer
+
+    def _wait(self, result: Any, marker: str) -> dict[str, Any]:
+        """The task's answer; BrokerLost once Redis no longer holds the task (flushed or
+        restarted empty) or has not answered for `grace` seconds; TimedOut past the timeout."""
+        deadline = time.monotonic() + self.timeout
+        unreachable_since: float | None = None
+        while True:
+            try:
+                return result.get(timeout=POLL_SECONDS)
+            except (CeleryTimeout, *UNREACHABLE):
+                pass
+            now = time.monotonic()
+            if now >= deadline:
+                raise TimedOut(
+                    f"no FHE worker answered within {self.timeout:g} s; the run may still "
+                    "finish, try again later"
+                )
+            try:
+                sent = self.redis.exists(marker)
+            except UNREACHABLE:
+                unreachable_since = unreachable_since or now
+                if now - unreachable_since >= self.grace:
+                    raise BrokerLost(
+                        f"the broker (Redis) has not answered for {self.grace:g} s; the run "
+                        "is sent again"
+                    ) from None
+                continue
+            unreachable_since = None
+            if not sent:
+                raise BrokerLost(
+                    "the broker (Redis) lost this run (flushed or restarted without its data); "
+                    "it is sent again"
+                )
 
     async def _task(self, key_id: str, key_path: str, name: str, args: list[Any]) -> Any:
         """Publish the key, send one task and wait for it; Busy past the in-flight bound.
@@ -173,6 +251,16 @@ class CeleryExecutor:
         loop = asyncio.get_running_loop()
         answered = await loop.run_in_executor(self._waiters, self.redis.ping)
         return None if answered else "the broker did not answer PING"
+
+    def queued(self) -> int:
+        """Tasks in the broker's queue that no worker has taken yet (each worker takes one at a
+        time, so this is runs sent and not started), at every priority level."""
+        queue = self.app.conf.task_default_queue
+        names = [queue, *(f"{queue}\x06\x16{level}" for level in (3, 6, 9))]
+        pipe = self.redis.pipeline(transaction=False)
+        for name in names:
+            pipe.llen(name)
+        return sum(int(length) for length in pipe.execute())
 
     def warm(self, bundle_dirs: list[str]) -> None:
         """Workers load their own circuits; nothing to do in the API."""

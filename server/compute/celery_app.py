@@ -6,6 +6,11 @@ Redis when it evicts it, and publishes it again whenever a worker reports it mis
 fetches a key by id the first time it needs it and keeps it on its own disk, bounded in bytes with
 LRU eviction, and drops its copy as soon as Redis no longer has the key.
 
+Redis runs with `maxmemory` and the `noeviction` policy, so it never drops a queued task to make
+room; the API stops sending runs past a high-water mark of it (503 busy, jobs stay queued). A run
+that Redis loses (a flush, a restart without its data, an outage past the grace) is run again:
+a job goes back to the queue, a synchronous request gets 503 busy.
+
 Tasks are acknowledged late and rejected when their worker is lost, with a prefetch of one, so the
 task of a killed worker is delivered again to another. Each delivery is counted in Redis: a task
 whose run has killed two worker processes is dead-lettered (kept in a Redis list for the
@@ -28,6 +33,9 @@ from fhe.contract.bundle import client_spec_hash
 KEY_PREFIX = "fhe:key:"
 DELIVERIES_PREFIX = "fhe:deliveries:"
 DEAD_LETTER = "fhe:dead-letter"
+SENT_PREFIX = "fhe:sent:"
+"""A marker the API sets for each task it sends and deletes once answered: gone while the API
+still waits means Redis was flushed or restarted empty, and the run was lost with it."""
 TASK_RUN = "fhe.run_circuit"
 TASK_CHECK_KEYS = "fhe.check_keys"
 REDIS_TIMEOUT = 10.0
@@ -49,6 +57,11 @@ def make_celery(redis_url: str, visibility_timeout: float, result_ttl: float) ->
         result_serializer="json",
         accept_content=["json"],
         result_expires=int(result_ttl),
+        # A worker that finishes while Redis is down keeps trying to store its answer (about
+        # five minutes) rather than dropping it: the API is still waiting for it.
+        result_backend_always_retry=True,
+        result_backend_max_retries=40,
+        result_backend_max_sleep_between_retries_ms=10_000,
         broker_transport_options={
             "visibility_timeout": visibility_timeout,
             "unacked_restore_interval": 2,

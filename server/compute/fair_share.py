@@ -44,7 +44,8 @@ class FairShare:
     @property
     def waiting(self) -> int:
         """Requests waiting for their turn."""
-        return sum(len(queue) for queue in self._waiting.values())
+        # A copy of the queues first: a metrics scrape reads this from another thread.
+        return sum(map(len, list(self._waiting.values())))
 
     def waiting_for(self, owner: str | None) -> int:
         """Requests of `owner` waiting for their turn."""

@@ -77,6 +77,11 @@ class FHEExecutor:
     def follow(self, keystore: Any) -> None:
         """Workers read keys from the API's own store, so there is no copy to keep in step."""
 
+    def queued(self) -> int:
+        """None: the API sends this pool no more runs than it has workers (its fair share
+        keeps the rest waiting, counted there)."""
+        return 0
+
     def warm(self, bundle_dirs: list[str]) -> None:
         """Start the workers and load circuits (compiled at start-up) in the background."""
         for _ in range(self.workers):

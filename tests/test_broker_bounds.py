@@ -1,0 +1,318 @@
+"""Redis bounded in Celery mode, and the backlog an autoscaler reads, on real processes.
+
+A real redis-server (with `noeviction`, as deployed), real `fhe-server worker` processes and real
+FHE on the tiny circuit: Redis at its `maxmemory` makes the API answer 503 while every accepted
+job waits and then finishes; a flush and an empty restart of Redis during runs lose no job; the
+`fhe_backlog` gauge counts queued jobs and runs sent but not started, on both compute backends.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from client.api import FHEServerAPI
+from client.encrypted_model import EncryptedModel
+from client.jobs import JobJournal, submit_items
+from client.local_server import LocalRedis, LocalWorker
+from fhe.build.recipe import TrainedBundle
+from tests.conftest import REPO, SAMPLE_TEXTS, clear_labels, job_labels
+from tests.server_process import ServerProcess
+
+NOEVICTION = ["--maxmemory-policy", "noeviction"]
+
+
+@pytest.fixture
+def bounded_redis(tmp_path: Path) -> Iterator[LocalRedis]:
+    server = LocalRedis(tmp_path / "redis", args=NOEVICTION).start()
+    yield server
+    server.stop()
+
+
+def celery_server(models: Path, data: Path, redis_url: str, **env: str) -> ServerProcess:
+    """An API in Celery mode; `env` adds FHE_SERVER_* settings."""
+    settings = {
+        "FHE_SERVER_BACKEND": "celery",
+        "FHE_SERVER_REDIS_URL": redis_url,
+        "FHE_SERVER_CELERY_VISIBILITY_TIMEOUT": "10",
+    }
+    return ServerProcess(models, data, env={**settings, **env})
+
+
+def worker(redis_url: str, models: Path, directory: Path, name: str) -> LocalWorker:
+    return LocalWorker(redis_url, models, directory / name, name)
+
+
+def backlog(url: str) -> dict[str, float]:
+    """The server's fhe_backlog gauge, by part."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    return {
+        part: float(value)
+        for part, value in re.findall(r'^fhe_backlog\{part="(\w+)"\} (\S+)$', text, re.M)
+    }
+
+
+def wait_until(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def raw_predict(url: str, remote: EncryptedModel, ciphertext: bytes) -> httpx.Response:
+    """One synchronous prediction without the client's retries (which would hide a 503)."""
+    return httpx.post(
+        f"{url}/v1/models/{remote.name}/predict",
+        content=ciphertext,
+        headers={
+            "Content-Type": "application/octet-stream",
+            "X-Key-Id": remote.keys().key_id,
+            "X-Client-Spec": remote.client_spec,
+        },
+        timeout=60,
+    )
+
+
+def test_redis_at_maxmemory_answers_503_and_every_job_waits_then_finishes(
+    tiny_models: Path, tiny_bundle: TrainedBundle, bounded_redis: LocalRedis, tmp_path: Path
+) -> None:
+    one = worker(bounded_redis.url, tiny_models, tmp_path, "w1").start()
+    api = celery_server(tiny_models, tmp_path / "api", bounded_redis.url).start()
+    store = redis.Redis.from_url(bounded_redis.url)
+    texts = SAMPLE_TEXTS[:4]
+    try:
+        with FHEServerAPI(api.url) as client:
+            remote = EncryptedModel(client, "tiny", tmp_path / "client")
+            remote.predict(texts[:1])  # keys uploaded and checked, the worker warm
+            ciphertext = remote.encrypt(texts[0]).ciphertext
+            # Redis full: 4 MiB of another writer (in small values: a large one leaves a large
+            # query buffer that is freed later), then maxmemory set to what it holds.
+            fillers = [f"filler:{i}" for i in range(64)]
+            store.mset({name: b"\0" * (64 << 10) for name in fillers})
+            time.sleep(1)
+            store.config_set("maxmemory", store.info("memory")["used_memory"])
+            time.sleep(1)
+            memory = store.info("memory")
+            assert memory["used_memory"] >= 0.9 * memory["maxmemory"], memory
+            refused = raw_predict(api.url, remote, ciphertext)
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["code"] == "busy" and "Redis" in refused.json()["error"]
+            assert refused.headers["Retry-After"]
+            entries = submit_items(remote, texts, JobJournal(tmp_path / "client"))
+            deadline = time.monotonic() + 6
+            while time.monotonic() < deadline:  # accepted, and neither failed nor lost
+                states = {client.job(e.job_id)["status"] for e in entries}
+                assert states <= {"queued", "running"}, states
+                time.sleep(0.5)
+            assert store.info("stats")["evicted_keys"] == 0
+            store.delete(*fillers)
+            labels = job_labels(remote, entries)
+            assert raw_predict(api.url, remote, ciphertext).status_code == 200
+    finally:
+        api.stop()
+        one.stop()
+    assert labels == clear_labels(tiny_bundle, texts)
+
+
+def test_a_flush_and_an_empty_restart_of_redis_during_runs_lose_no_job(
+    tiny_models: Path, tiny_bundle: TrainedBundle, bounded_redis: LocalRedis, tmp_path: Path
+) -> None:
+    workers = [worker(bounded_redis.url, tiny_models, tmp_path, f"w{i}").start() for i in (1, 2)]
+    api = celery_server(
+        tiny_models, tmp_path / "api", bounded_redis.url, FHE_SERVER_CELERY_BROKER_GRACE_SECONDS="5"
+    ).start()
+    texts = [SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)] for i in range(24)]
+    labels: list[list[str]] = []
+    try:
+        with FHEServerAPI(api.url) as client:
+            remote = EncryptedModel(client, "tiny", tmp_path / "client")
+            for lose in ("flush", "restart"):
+                entries = submit_items(remote, texts, JobJournal(tmp_path / f"client-{lose}"))
+                wait_until(
+                    lambda batch=entries: any(
+                        client.job(e.job_id)["status"] == "done" for e in batch
+                    ),
+                    120,
+                    "no job finished",
+                )
+                pending = [e for e in entries if client.job(e.job_id)["status"] != "done"]
+                assert pending, "every job finished before Redis lost them"
+                if lose == "flush":
+                    redis.Redis.from_url(bounded_redis.url).flushall()
+                else:
+                    bounded_redis.stop()
+                    time.sleep(2)
+                    bounded_redis.start()
+                labels.append(job_labels(remote, entries))
+    finally:
+        api.stop()
+        for each in workers:
+            each.stop()
+    assert labels == [clear_labels(tiny_bundle, texts)] * 2
+
+
+def test_the_backlog_counts_queued_jobs_and_runs_no_worker_started_on_celery(
+    tiny_models: Path, tiny_bundle: TrainedBundle, bounded_redis: LocalRedis, tmp_path: Path
+) -> None:
+    one = worker(bounded_redis.url, tiny_models, tmp_path, "w1").start()
+    api = celery_server(
+        tiny_models, tmp_path / "api", bounded_redis.url, FHE_SERVER_JOB_CONCURRENCY="4"
+    ).start()
+    texts = [SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)] for i in range(10)]
+    try:
+        with FHEServerAPI(api.url) as client:
+            remote = EncryptedModel(client, "tiny", tmp_path / "client")
+            remote.keys()  # checked by the worker, which then stops: nothing takes the runs
+            one.stop()
+            assert backlog(api.url) == {"jobs_queued": 0, "broker": 0, "turns": 0}
+            entries = submit_items(remote, texts, JobJournal(tmp_path / "client"))
+            # Four claimed and sent (the job concurrency), none started; six still queued.
+            wanted = {"jobs_queued": 6, "broker": 4, "turns": 0}
+            wait_until(lambda: backlog(api.url) == wanted, 30, f"backlog {backlog(api.url)}")
+            one.start()
+            labels = job_labels(remote, entries)
+            assert backlog(api.url) == {"jobs_queued": 0, "broker": 0, "turns": 0}
+    finally:
+        api.stop()
+        one.stop()
+    assert labels == clear_labels(tiny_bundle, texts)
+
+
+def children_of(pid: int) -> list[int]:
+    """Every descendant process of `pid` (from /proc)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, its_parent in parents.items():
+            if its_parent == parent:
+                found.append(child)
+                frontier.append(child)
+    return found
+
+
+def test_the_backlog_counts_queued_jobs_and_runs_waiting_for_a_turn_in_the_pool(
+    tiny_models: Path, tiny_bundle: TrainedBundle, tmp_path: Path
+) -> None:
+    env = {"FHE_SERVER_WORKERS": "1", "FHE_SERVER_JOB_CONCURRENCY": "4"}
+    api = ServerProcess(tiny_models, tmp_path / "api", env=env).start()
+    texts = [SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)] for i in range(10)]
+    frozen: list[int] = []
+    try:
+        with FHEServerAPI(api.url) as client:
+            remote = EncryptedModel(client, "tiny", tmp_path / "client")
+            remote.predict(texts[:1])
+            ciphertext = remote.encrypt(texts[0]).ciphertext
+            assert backlog(api.url) == {"jobs_queued": 0, "broker": 0, "turns": 0}
+            # The pool's worker stops answering (SIGSTOP on the API's children): one run
+            # holds it, the rest wait.
+            frozen = children_of(api.process.pid)
+            for pid in frozen:
+                os.kill(pid, signal.SIGSTOP)
+            entries = submit_items(remote, texts, JobJournal(tmp_path / "client"))
+            waiting = threading.Thread(target=raw_predict, args=(api.url, remote, ciphertext))
+            waiting.start()
+            # 10 jobs: 1 in the worker, 3 claimed waiting for their turn, 6 queued; and one
+            # synchronous request waiting too.
+            wanted = {"jobs_queued": 6, "broker": 0, "turns": 4}
+            wait_until(lambda: backlog(api.url) == wanted, 30, f"backlog {backlog(api.url)}")
+            for pid in frozen:
+                os.kill(pid, signal.SIGCONT)
+            frozen = []
+            labels = job_labels(remote, entries)
+            waiting.join(60)
+            assert backlog(api.url) == {"jobs_queued": 0, "broker": 0, "turns": 0}
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+        api.stop()
+    assert labels == clear_labels(tiny_bundle, texts)
+
+
+def test_redis_keeps_no_results_after_300_linear_and_20_sentiment_jobs(
+    bounded_redis: LocalRedis, tmp_path: Path
+) -> None:
+    """The issue's numbers on the shipped models: Redis ends holding the evaluation keys and
+    Celery's bindings only, within 16 MiB of what it held before the jobs."""
+    models = tmp_path / "models"
+    for name in ("sentiment-linear", "sentiment"):
+        shutil.copytree(REPO / "models" / name, models / name)
+    workers = [worker(bounded_redis.url, models, tmp_path, f"w{i}").start() for i in (1, 2)]
+    api = celery_server(
+        models, tmp_path / "api", bounded_redis.url, FHE_SERVER_TOKEN_MAX_JOBS_IN_FLIGHT="400"
+    ).start()
+    store = redis.Redis.from_url(bounded_redis.url)
+    store.config_set("maxmemory", str(256 << 20))
+    texts = SAMPLE_TEXTS[:4]
+    peak = {"used": 0}
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.wait(0.2):
+            peak["used"] = max(peak["used"], store.info("memory")["used_memory"])
+
+    try:
+        with FHEServerAPI(api.url) as client:
+            expected: dict[str, tuple[EncryptedModel, str]] = {}
+            plan = {"sentiment-linear": 300, "sentiment": 20}
+            remotes = {n: EncryptedModel(client, n, tmp_path / "client") for n in plan}
+            for remote in remotes.values():
+                remote.predict(texts[:1])  # keys uploaded, checked and in Redis
+            before = store.info("memory")["used_memory"]
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            for name, count in plan.items():
+                remote = remotes[name]
+                labels = [p.label for p in remote.predict(texts)]
+                ciphertexts = [remote.encrypt(text).ciphertext for text in texts]
+                key_id = remote.keys().key_id
+                for i in range(count):
+                    job = client.submit_job(
+                        name, ciphertexts[i % len(texts)], key_id, remote.client_spec
+                    )
+                    expected[job["job_id"]] = (remote, labels[i % len(texts)])
+            pending = set(expected)
+            deadline = time.monotonic() + 600
+            while pending:
+                assert time.monotonic() < deadline, f"{len(pending)} jobs never ended"
+                for job_id in list(pending):
+                    status = client.job(job_id)["status"]
+                    assert status != "failed", client.job(job_id)
+                    if status == "done":
+                        pending.discard(job_id)
+                time.sleep(0.5)
+            sampling.set()
+            sampler.join()
+            for job_id, (remote, label) in expected.items():
+                answer = client.job_result(job_id)
+                assert remote.decrypt(answer.ciphertext).label == label
+    finally:
+        sampling.set()
+        api.stop()
+        for each in workers:
+            each.stop()
+    after = store.info("memory")["used_memory"]
+    print(
+        f"Redis used memory: {before >> 20} MiB before, peak {peak['used'] >> 20} MiB, after "
+        f"{after >> 20} MiB ({len(expected)} jobs)"
+    )
+    assert not store.keys("celery-task-meta-*") and not store.keys("fhe:sent:*")
+    assert store.llen("celery") == 0
+    assert after <= before + (16 << 20), (before, after)
