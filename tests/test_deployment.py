@@ -217,7 +217,9 @@ def test_the_nginx_limits_match_the_server_defaults() -> None:
     assert read > defaults["celery_task_timeout"]
     assert re.search(r"client_body_timeout (\d+)s;", api).group(1) == "30"
     assert defaults["body_timeout_seconds"] == 30
+    # Bodies are buffered, but for keys, which stream to the API that bounds them itself.
     assert "proxy_request_buffering on;" in api
+    assert re.search(r"location = /v1/keys \{[^}]*proxy_request_buffering off;", text)
 
 
 @pytest.fixture(scope="module")
@@ -308,8 +310,12 @@ def test_nginx_answers_json_when_the_api_is_down(tmp_path: Path) -> None:
     dead = f"127.0.0.1:{free_port()}"
     with running_nginx(tmp_path, dead, dead) as url:
         response = httpx.get(f"{url}/healthz", timeout=10)
+        # A route behind the token check: the check itself cannot reach the API.
+        checked = httpx.post(f"{url}/v1/models/iris/predict", json={}, timeout=10)
     assert response.status_code == 502
     assert response.json()["code"] == "upstream_unavailable"
+    assert checked.status_code == 502, checked.text
+    assert checked.json()["code"] == "upstream_unavailable"
 
 
 MONITORING = DEPLOYMENT / "monitoring"

@@ -1,0 +1,320 @@
+"""The edge (issue 27, item 4): Debian's nginx on the shipped deployment/nginx/fhe-server.conf in
+front of a real fhe-server with API tokens (clear iris only). The proxy asks the API about the
+token before it reads a body, so an upload with a bad token is refused unread; evaluation keys
+stream through; TLS in nginx works when turned on; behind a trusted terminator, limits and logs
+key on the client's forwarded address."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from client.local_server import free_port
+from tests.conftest import IRIS, SKLEARN_FIXTURES
+from tests.server_process import ServerProcess
+from tests.support.nginx import TEST_TIMEOUT, running_nginx
+
+ALICE, BOB = "alice-edge-token-0123", "bob-edge-token-4567"
+TOKENS = {"alice": ALICE, "bob": "sha256:" + hashlib.sha256(BOB.encode()).hexdigest()}
+MiB = 1 << 20
+COLUMNS = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def iris_body(rows: int) -> dict:
+    return {"inputs": {"data": {c: [5.1] * rows for c in COLUMNS}}}
+
+
+def requests_of(server: ServerProcess, route: str, code: str | None = None) -> float:
+    """Requests the API answered on `route` (a template), from its own /metrics."""
+    page = httpx.get(f"{server.url}/metrics", timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(page)
+        for sample in family.samples
+        if sample.name == "fhe_requests_total"
+        and sample.labels["route"] == route
+        and code in (None, sample.labels["code"])
+    )
+
+
+@dataclass
+class Proxy:
+    """nginx on the rendered shipped file: its URL and its directory (logs, temporary files)."""
+
+    url: str
+    directory: Path
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def buffered_bodies(self) -> list[str]:
+        """The request bodies nginx holds in temporary files now: nginx unlinks each such file
+        as it creates it, so they are found among its processes' open files."""
+        master = int((self.directory / "nginx.pid").read_text())
+        temp = str(self.directory / "client_body")
+        found = []
+        for pid in [master, *(c.pid for c in psutil.Process(master).children())]:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    if target.startswith(temp):
+                        found.append(target)
+        return found
+
+    def buffered(self, marker: str) -> bool:
+        """Whether nginx logged writing a body of a request with `marker` in its URL to disk."""
+        log = (self.directory / "error.log").read_text(errors="replace")
+        return any(
+            "buffered to a temporary file" in line and marker in line for line in log.splitlines()
+        )
+
+
+@dataclass
+class Answer:
+    """What nginx sent back on a raw connection, and how long after the request's headers."""
+
+    text: str
+    seconds: float
+
+    @property
+    def status(self) -> int:
+        return int(self.text.split(" ", 2)[1]) if self.text.startswith("HTTP/") else 0
+
+    def header(self, name: str) -> str | None:
+        found = re.search(rf"^{name}: (.*)\r$", self.text, re.M | re.I)
+        return found.group(1) if found else None
+
+    def json(self) -> dict:
+        return json.loads(self.text.split("\r\n\r\n", 1)[1])
+
+
+def raw_request(
+    port: int,
+    head: str,
+    body: bytes = b"",
+    wait: float = 5.0,
+    source: str | None = None,
+) -> Answer:
+    """Send a request's `head` (then `body`, maybe less than it declares) on a new connection and
+    read one whole answer, or what came within `wait` seconds."""
+    with socket.create_connection(
+        ("127.0.0.1", port), timeout=wait, source_address=(source, 0) if source else None
+    ) as sock:
+        started = time.monotonic()
+        sock.sendall(head.encode())
+        if body:
+            # nginx may answer and close while the body is going out.
+            with contextlib.suppress(OSError):
+                sock.sendall(body)
+        received = b""
+        sock.settimeout(0.2)
+        while time.monotonic() - started < wait:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if not chunk:
+                break
+            received += chunk
+            final = re.sub(rb"^(HTTP/1\.1 1\d\d [^\r]*\r\n\r\n)+", b"", received)
+            if b"\r\n\r\n" in final:
+                headers, rest = final.split(b"\r\n\r\n", 1)
+                length = re.search(rb"^content-length: (\d+)\r?$", headers, re.M | re.I)
+                if length and len(rest) >= int(length.group(1)):
+                    break
+        return Answer(received.decode(errors="replace"), time.monotonic() - started)
+
+
+def final_answer(answer: Answer) -> Answer:
+    """`answer` without the interim (1xx) answers before it."""
+    text = re.sub(r"^(HTTP/1\.1 1\d\d [^\r]*\r\n\r\n)+", "", answer.text)
+    return Answer(text, answer.seconds)
+
+
+def post_head(path: str, length: int, authorization: str | None, *extra: str) -> str:
+    lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json"]
+    lines.append(f"Content-Length: {length}")
+    if authorization is not None:
+        lines.append(f"Authorization: {authorization}")
+    return "\r\n".join([*lines, *extra, "", ""])
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A real fhe-server with two API tokens (Bob's configured by its sha256), clear iris only."""
+    root = tmp_path_factory.mktemp("edge")
+    shutil.copytree(SKLEARN_FIXTURES / IRIS, root / "models" / "iris")
+    env = {"FHE_SERVER_TOKENS": json.dumps(TOKENS)}
+    server = ServerProcess(root / "models", root / "data", env=env).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def proxy(api: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
+    """The shipped nginx file, unchanged but for addresses and timeouts, in front of `api`."""
+    directory = tmp_path_factory.mktemp("edge-nginx")
+    demo = f"127.0.0.1:{free_port()}"
+    with running_nginx(directory, f"127.0.0.1:{api.port}", demo) as url:
+        yield Proxy(url, directory)
+
+
+def test_the_token_check_route_answers_204_or_401(api: ServerProcess, tmp_path: Path) -> None:
+    """GET /v1/auth, the route nginx asks: 204 for a known token (stored plain or as sha256:),
+    the API's JSON 401 otherwise, and 204 to anyone in development mode."""
+    for headers in ({}, bearer("wrong"), {"Authorization": f"Basic {ALICE}"}):
+        refused = httpx.get(f"{api.url}/v1/auth", headers=headers, timeout=10)
+        assert refused.status_code == 401, (headers, refused.text)
+        assert refused.json()["code"] == "unauthorized"
+        assert refused.headers["www-authenticate"] == "Bearer"
+    for token in (ALICE, BOB):
+        accepted = httpx.get(f"{api.url}/v1/auth", headers=bearer(token), timeout=10)
+        assert accepted.status_code == 204, accepted.text
+        assert accepted.content == b""
+    assert requests_of(api, "/v1/auth", "204") >= 2
+    dev = ServerProcess(tmp_path / "models", tmp_path / "data").start()
+    try:
+        assert httpx.get(f"{dev.url}/v1/auth", timeout=10).status_code == 204
+    finally:
+        dev.stop()
+
+
+BODY_ROUTES = [
+    ("/v1/keys", 400 * MiB),
+    ("/v1/models/iris/predict", 15 * MiB),
+    ("/v1/models/iris/jobs", 15 * MiB),
+    ("/", 15 * MiB),
+    ("/models/iris", 15 * MiB),
+]
+"""Every route that takes a body, with a declared size under its proxy limit."""
+
+
+def test_an_upload_with_a_bad_token_is_refused_before_its_body_is_read(
+    api: ServerProcess, proxy: Proxy
+) -> None:
+    """A large upload whose token is missing or unknown gets the JSON 401 at once, long before
+    the body timeout, from only its headers and 2 MiB: nginx stored nothing of it and the API
+    saw only the token check, no request on the route."""
+    assert not proxy.buffered_bodies()
+    checks_before = requests_of(api, "/v1/auth", "401")
+    bad = [None, "Bearer wrong-token", f"Basic {ALICE}"]
+    for number, (path, size) in enumerate(BODY_ROUTES):
+        for authorization in bad:
+            marker = f"unread-{number}"
+            head = post_head(f"{path}?{marker}", size, authorization)
+            answer = raw_request(proxy.port, head, b"x" * (2 * MiB))
+            # Were the body read first, nginx would wait for it until the body timeout.
+            assert answer.status == 401, (path, authorization, answer.text)
+            assert answer.seconds < TEST_TIMEOUT / 2, (path, answer.seconds)
+            assert answer.json()["code"] == "unauthorized"
+            assert answer.header("content-type") == "application/json"
+            assert answer.header("www-authenticate") == "Bearer"
+            assert not proxy.buffered_bodies(), path
+            assert not proxy.buffered(marker), path
+    # A client that waits for `100 Continue` before it sends gets the 401 without sending.
+    # (nginx 1.22 says `100 Continue` first, to discard the body it will not keep.)
+    expecting = post_head("/v1/keys?unread-expect", 400 * MiB, None, "Expect: 100-continue")
+    answer = final_answer(raw_request(proxy.port, expecting))
+    assert answer.status == 401 and answer.seconds < TEST_TIMEOUT / 2, answer
+    log = api.log.read_text(errors="replace")
+    assert "unread-" not in log, "the API saw a request whose token was refused"
+    for route in ("/v1/keys", "/v1/models/{name}/predict", "/v1/models/{name}/jobs", "/"):
+        assert requests_of(api, route) == 0, route
+    assert requests_of(api, "/v1/auth", "401") - checks_before == len(BODY_ROUTES) * 3 + 1
+
+
+def test_with_a_good_token_nginx_reads_the_body(api: ServerProcess, proxy: Proxy) -> None:
+    """The same stalled upload with a valid token: past the token check, nginx buffers a
+    prediction's body to a file (so the check above could see one), but streams keys to the API
+    unbuffered; after the body timeout the API has answered neither."""
+    head = post_head("/v1/models/iris/predict?stalled-good", 15 * MiB, f"Bearer {ALICE}")
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+        sock.sendall(head.encode() + b"x" * (2 * MiB))
+        deadline = time.monotonic() + TEST_TIMEOUT / 2
+        while not proxy.buffered_bodies():
+            assert time.monotonic() < deadline, "nginx did not buffer the body of a good token"
+            time.sleep(0.05)
+        assert proxy.buffered("stalled-good")
+    head = post_head("/v1/keys?stalled-keys", 400 * MiB, f"Bearer {ALICE}")
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+        sock.sendall(head.encode() + b"x" * (2 * MiB))
+        time.sleep(TEST_TIMEOUT / 2)
+        assert not proxy.buffered_bodies(), "nginx buffered a key upload"
+        assert not proxy.buffered("stalled-keys")
+    assert "stalled-good" not in api.log.read_text(errors="replace")
+
+
+def test_good_tokens_pass_with_their_bodies(api: ServerProcess, proxy: Proxy) -> None:
+    url = proxy.url
+    rows = 60_000  # about 1.4 MB: past client_body_buffer_size, so nginx buffers it to a file
+    for token in (ALICE, BOB):
+        response = httpx.post(
+            f"{url}/v1/models/iris/predict?good-token",
+            json=iris_body(rows),
+            headers=bearer(token),
+            timeout=60,
+        )
+        assert response.status_code == 200, response.text
+        assert len(response.json()["output"]) == rows
+    assert "good-token" in api.log.read_text(errors="replace")
+
+    # Keys stream through, chunked too: the API itself reads and judges them.
+    def chunks() -> Iterator[bytes]:
+        for _ in range(3):
+            yield b"not keys" * (MiB // 8)
+
+    keys = httpx.post(
+        f"{url}/v1/keys?streamed-keys", content=chunks(), headers=bearer(ALICE), timeout=60
+    )
+    assert keys.status_code == 400, keys.text
+    assert keys.json()["code"] == "malformed_keys"
+    assert "streamed-keys" in api.log.read_text(errors="replace")
+
+    # Tokens are asked for wherever the API asks for them, and only there.
+    for path in ("/healthz", "/openapi.json", "/docs"):
+        assert httpx.get(f"{url}{path}", timeout=10).status_code == 200, path
+    assert httpx.get(f"{url}/readyz", timeout=10).status_code in (200, 503)
+    refused = httpx.get(f"{url}/v1/models", timeout=10)
+    direct = httpx.get(f"{api.url}/v1/models", timeout=10)
+    assert refused.status_code == direct.status_code == 401
+    assert refused.json().keys() == direct.json().keys()
+    assert refused.json()["code"] == direct.json()["code"] == "unauthorized"
+    assert refused.headers["www-authenticate"] == direct.headers["www-authenticate"]
+    assert httpx.get(f"{url}/v1/models", headers=bearer(BOB), timeout=10).status_code == 200
+    hidden = httpx.get(f"{url}/metrics", timeout=10)
+    assert hidden.status_code == 404 and hidden.json()["code"] == "http_404"
+    # Public routes take no body, so no unauthenticated body is buffered there either.
+    probe = httpx.post(f"{url}/healthz", content=b"x" * 4096, timeout=10)
+    assert probe.status_code == 413 and probe.json()["code"] == "too_large"
+
+    # A browser's CORS preflight carries no token: the API answers it.
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+    allowed = httpx.options(f"{url}/v1/models/iris/predict", headers=preflight, timeout=10)
+    assert allowed.status_code == 200, allowed.text
+    assert allowed.headers["access-control-allow-origin"]
+    # An OPTIONS with a body is no preflight: its token is checked.
+    with_body = httpx.request(
+        "OPTIONS", f"{url}/v1/models/iris/predict", content=b"x" * 10, timeout=10
+    )
+    assert with_body.status_code == 401
