@@ -13,6 +13,8 @@ import os
 import re
 import shutil
 import socket
+import ssl
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from client.local_server import free_port
 from tests.conftest import IRIS, SKLEARN_FIXTURES
 from tests.server_process import ServerProcess
-from tests.support.nginx import TEST_TIMEOUT, running_nginx
+from tests.support.nginx import TEST_TIMEOUT, Edit, nginx_t, replace, running_nginx
 
 ALICE, BOB = "alice-edge-token-0123", "bob-edge-token-4567"
 TOKENS = {"alice": ALICE, "bob": "sha256:" + hashlib.sha256(BOB.encode()).hexdigest()}
@@ -318,3 +320,109 @@ def test_good_tokens_pass_with_their_bodies(api: ServerProcess, proxy: Proxy) ->
         "OPTIONS", f"{url}/v1/models/iris/predict", content=b"x" * 10, timeout=10
     )
     assert with_body.status_code == 401
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, as a TLS Secret's tls.crt and tls.key."""
+    cert, key = directory / "tls.crt", directory / "tls.key"
+    subprocess.run(
+        [
+            *(
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ),
+            *("-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=fhe"),
+            *("-addext", "subjectAltName=IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
+
+
+def with_tls(cert: Path, key: Path, api_port: int, demo_port: int) -> Edit:
+    """The shipped TLS lines uncommented, on test ports and with a test certificate."""
+
+    def edit(text: str) -> str:
+        text = replace(text, "# listen 8443 ssl;", f"listen 127.0.0.1:{api_port} ssl;", 1)
+        text = replace(text, "# listen 7443 ssl;", f"listen 127.0.0.1:{demo_port} ssl;", 1)
+        text = replace(
+            text, "# ssl_certificate /etc/nginx/tls/tls.crt;", f"ssl_certificate {cert};", 2
+        )
+        text = replace(
+            text, "# ssl_certificate_key /etc/nginx/tls/tls.key;", f"ssl_certificate_key {key};", 2
+        )
+        text = re.sub(
+            r"^( +)# ((ssl_\w+|add_header Strict-Transport-Security) [^\n]*;)$",
+            r"\1\2",
+            text,
+            flags=re.M,
+        )
+        assert "# ssl_" not in text and "# add_header" not in text
+        return text
+
+    return edit
+
+
+def tls_context(cert: Path, version: ssl.TLSVersion | None = None) -> ssl.SSLContext:
+    """A client trusting only `cert`, at exactly TLS `version` if given."""
+    context = ssl.create_default_context(cafile=str(cert))
+    if version is not None:
+        context.set_ciphers("DEFAULT:@SECLEVEL=0")  # lets this client offer TLS 1.0 and 1.1
+        context.minimum_version = context.maximum_version = version
+    return context
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")
+def test_tls_in_nginx_when_turned_on(api: ServerProcess, tmp_path: Path) -> None:
+    """The shipped TLS lines, uncommented with a self-signed certificate: https on the API's and
+    the demo's TLS ports, TLS 1.2 and 1.3 only, HSTS on https answers only, the token still
+    checked first; and `nginx -t` passes on it."""
+    cert, key = self_signed(tmp_path)
+    https_port, demo_https_port = free_port(), free_port()
+    edit = with_tls(cert, key, https_port, demo_https_port)
+    demo = f"127.0.0.1:{free_port()}"
+    with running_nginx(tmp_path / "nginx", f"127.0.0.1:{api.port}", demo, edit) as url:
+        checked = nginx_t(tmp_path / "nginx")
+        assert checked.returncode == 0 and "[warn]" not in checked.stderr, checked.stderr
+        https = f"https://127.0.0.1:{https_port}"
+        with httpx.Client(verify=tls_context(cert), timeout=30) as client:
+            health = client.get(f"{https}/healthz")
+            assert health.status_code == 200, health.text
+            assert health.headers["strict-transport-security"] == "max-age=31536000"
+            refused = client.post(f"{https}/v1/models/iris/predict", json=iris_body(1))
+            assert refused.status_code == 401 and refused.json()["code"] == "unauthorized"
+            assert "strict-transport-security" in refused.headers
+            answer = client.post(
+                f"{https}/v1/models/iris/predict?over-tls", json=iris_body(3), headers=bearer(ALICE)
+            )
+            assert answer.status_code == 200, answer.text
+            # The demo's server has TLS too (its upstream is not running here).
+            assert client.get(f"https://127.0.0.1:{demo_https_port}/").status_code == 502
+        # Plain HTTP still answers, without HSTS (browsers ignore it there anyway).
+        plain = httpx.get(f"{url}/healthz", timeout=10)
+        assert plain.status_code == 200 and "strict-transport-security" not in plain.headers
+        for version, accepted in (
+            (ssl.TLSVersion.TLSv1_3, True),
+            (ssl.TLSVersion.TLSv1_2, True),
+            (ssl.TLSVersion.TLSv1_1, False),
+        ):
+            context = tls_context(cert, version)
+            try:
+                with (
+                    socket.create_connection(("127.0.0.1", https_port), timeout=10) as raw,
+                    context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+                ):
+                    assert tls.version() == version.name.replace("v1_", "v1."), tls.version()
+                    assert accepted, f"nginx accepted {version.name}"
+            except ssl.SSLError as error:
+                assert not accepted, error
+                # Refused by nginx (its alert), not by this client.
+                assert "ALERT_PROTOCOL_VERSION" in str(error), error
+    assert "over-tls" in api.log.read_text(errors="replace")
