@@ -426,3 +426,70 @@ def test_tls_in_nginx_when_turned_on(api: ServerProcess, tmp_path: Path) -> None
                 # Refused by nginx (its alert), not by this client.
                 assert "ALERT_PROTOCOL_VERSION" in str(error), error
     assert "over-tls" in api.log.read_text(errors="replace")
+
+
+def one_connection_per_address(trusted: str | None) -> Edit:
+    """A per-address limit of 1 connection (to see it bite), `trusted` as the terminator."""
+
+    def edit(text: str) -> str:
+        text = replace(text, "limit_conn fhe_per_address 64;", "limit_conn fhe_per_address 1;", 2)
+        if trusted is not None:
+            text = replace(
+                text, "# set_real_ip_from 10.0.0.0/8;", f"set_real_ip_from {trusted};", 1
+            )
+        return text
+
+    return edit
+
+
+def health_status(port: int, forwarded_for: str | None, source: str = "127.0.0.1") -> int:
+    """The status of GET /healthz from `source`, saying it forwards for `forwarded_for`."""
+    head = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    if forwarded_for is not None:
+        head += f"X-Forwarded-For: {forwarded_for}\r\n"
+    return raw_request(port, head + "\r\n", source=source).status
+
+
+@contextlib.contextmanager
+def connection_held(port: int, forwarded_for: str) -> Iterator[None]:
+    """A prediction whose body stalls, holding its connection in nginx (for the body timeout)."""
+    head = post_head("/v1/models/iris/predict", 100, f"Bearer {ALICE}")
+    head = head.replace("\r\n\r\n", f"\r\nX-Forwarded-For: {forwarded_for}\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(head.encode() + b'{"inputs"')
+        time.sleep(0.2)  # nginx has read the headers and counts the connection
+        yield
+
+
+def test_behind_a_trusted_terminator_limits_key_on_the_forwarded_address(
+    api: ServerProcess, tmp_path: Path
+) -> None:
+    """With 127.0.0.1 as the trusted terminator (set_real_ip_from), each forwarded client has
+    its own per-address limit, a client cannot escape it by writing X-Forwarded-For entries of
+    its own, an untrusted peer's X-Forwarded-For is ignored, and nginx and the API log the
+    client's address. Without it (as shipped), all clients of the terminator share one limit."""
+    upstream, demo = f"127.0.0.1:{api.port}", f"127.0.0.1:{free_port()}"
+    trusted = one_connection_per_address("127.0.0.1")
+    with running_nginx(tmp_path / "trusted", upstream, demo, trusted) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with connection_held(port, "198.51.100.1"):
+            assert health_status(port, "198.51.100.1") == 429
+            assert health_status(port, "203.0.113.9, 198.51.100.1") == 429
+            assert health_status(port, "198.51.100.2") == 200
+            assert health_status(port, None) == 200  # the terminator's own address
+            assert health_status(port, "198.51.100.1", source="127.0.0.2") == 200
+        assert health_status(port, "198.51.100.1") == 200  # released
+    access = (tmp_path / "trusted" / "access.log").read_text()
+    addresses = [line.split(" ", 1)[0] for line in access.splitlines()]
+    assert {"198.51.100.1", "198.51.100.2", "127.0.0.1", "127.0.0.2"} <= set(addresses)
+    assert "203.0.113.9" not in addresses
+    # nginx passes the client's address on; the API (trusting its proxy) logs it.
+    assert '198.51.100.2:0 - "GET /healthz' in api.log.read_text(errors="replace")
+
+    as_shipped = one_connection_per_address(None)
+    with running_nginx(tmp_path / "shipped", upstream, demo, as_shipped) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with connection_held(port, "198.51.100.1"):
+            assert health_status(port, "198.51.100.2") == 429
+    access = (tmp_path / "shipped" / "access.log").read_text()
+    assert {line.split(" ", 1)[0] for line in access.splitlines()} == {"127.0.0.1"}
