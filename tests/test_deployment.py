@@ -4,7 +4,6 @@ slow clients. No Docker engine runs here, so the images are not run (see the REA
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import socket
@@ -12,25 +11,29 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
-from client.local_server import die_with_parent, free_port, stop_process
+from client.local_server import free_port
 from server.settings import ServerSettings
 from tests.conftest import IRIS, REPO, SKLEARN_FIXTURES
 from tests.server_process import ServerProcess
+from tests.support.nginx import (
+    NGINX_CONF,
+    TEST_TIMEOUT,
+    nginx_t,
+    nginx_wrapper,
+    render_nginx_conf,
+    running_nginx,
+)
 
 BIN = Path(sys.executable).parent
 DEPLOYMENT = REPO / "deployment"
 MANIFESTS = sorted((DEPLOYMENT / "kubernetes").glob("*.yaml"))
-NGINX_CONF = DEPLOYMENT / "nginx" / "fhe-server.conf"
 MiB = 1 << 20
-TEST_TIMEOUT = 2
-"""The header and body timeouts of the nginx the tests run (seconds), short to keep them fast."""
 
 
 @pytest.mark.fast
@@ -190,113 +193,11 @@ def test_the_commands_the_deployment_runs_exist() -> None:
     assert "--server" in demo and "--host" in demo and "--port" in demo
 
 
-def nginx_binary() -> str:
-    """Debian's nginx (in /usr/sbin, which a non-root PATH may lack)."""
-    found = shutil.which("nginx", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
-    assert found, "nginx is missing: apt-get install nginx (make test does)"
-    return found
-
-
-def render_nginx_conf(
-    directory: Path, api: str, demo: str, api_port: int, demo_port: int, timeout: int
-) -> Path:
-    """A copy of the shipped nginx file changing only upstreams, listen ports and two timeouts."""
-    # The compose and cluster names do not resolve here; short timeouts keep the tests fast.
-    text = NGINX_CONF.read_text()
-    changes = [
-        ("server fhe-api:8000;", f"server {api};", 1),
-        ("server fhe-demo:7860;", f"server {demo};", 1),
-        ("listen 8080;", f"listen 127.0.0.1:{api_port};", 1),
-        ("listen 7860;", f"listen 127.0.0.1:{demo_port};", 1),
-        ("client_header_timeout 10s;", f"client_header_timeout {timeout}s;", 2),
-        ("client_body_timeout 30s;", f"client_body_timeout {timeout}s;", 2),
-    ]
-    for old, new, count in changes:
-        assert text.count(old) == count, f"{NGINX_CONF.name} no longer has {old!r} {count}x"
-        text = text.replace(old, new)
-    rendered = directory / NGINX_CONF.name
-    rendered.write_text(text)
-    return rendered
-
-
-def nginx_wrapper(directory: Path, conf: Path) -> Path:
-    """A main nginx.conf including `conf` in its http block (as the official image's does)."""
-    # Its pid file, logs and temporary files go to `directory`.
-    temp = "\n".join(
-        f"    {kind}_temp_path {directory / kind};"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    # As root, nginx would run its workers as nobody, who cannot enter pytest's 0700 directories.
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    wrapper = directory / "nginx.conf"
-    wrapper.write_text(
-        f"""{user}daemon off;
-worker_processes 1;
-pid {directory / "nginx.pid"};
-error_log {directory / "error.log"} info;
-events {{ worker_connections 256; }}
-http {{
-    access_log {directory / "access.log"};
-{temp}
-    default_type application/octet-stream;
-    sendfile on;
-    keepalive_timeout 65;
-    include {conf};
-}}
-"""
-    )
-    return wrapper
-
-
-def nginx_command(directory: Path, *args: str) -> list[str]:
-    """nginx run on the wrapper config in `directory`."""
-    return [
-        nginx_binary(),
-        "-p",
-        str(directory),
-        "-e",
-        str(directory / "error.log"),
-        "-c",
-        str(directory / "nginx.conf"),
-        *args,
-    ]
-
-
-@contextmanager
-def running_nginx(directory: Path, api: str, demo: str) -> Iterator[str]:
-    """Debian's nginx in the foreground on the rendered shipped config; yields the API's URL."""
-    directory.mkdir(parents=True, exist_ok=True)
-    api_port, demo_port = free_port(), free_port()
-    conf = render_nginx_conf(directory, api, demo, api_port, demo_port, TEST_TIMEOUT)
-    nginx_wrapper(directory, conf)
-    process = subprocess.Popen(
-        nginx_command(directory),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-        preexec_fn=die_with_parent,
-    )
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            assert process.poll() is None, (directory / "error.log").read_text()
-            try:
-                socket.create_connection(("127.0.0.1", api_port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "nginx did not listen"
-                time.sleep(0.1)
-        yield f"http://127.0.0.1:{api_port}"
-    finally:
-        stop_process(process)
-
-
 @pytest.mark.fast
 def test_the_nginx_config_passes_nginx_t(tmp_path: Path) -> None:
     rendered = render_nginx_conf(tmp_path, "127.0.0.1:8000", "127.0.0.1:7860", 8080, 7860, 10)
     nginx_wrapper(tmp_path, rendered)
-    run = subprocess.run(
-        nginx_command(tmp_path, "-t"), capture_output=True, text=True, timeout=60, check=False
-    )
+    run = nginx_t(tmp_path)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "test is successful" in run.stderr
     assert "[warn]" not in run.stderr, run.stderr
@@ -316,7 +217,9 @@ def test_the_nginx_limits_match_the_server_defaults() -> None:
     assert read > defaults["celery_task_timeout"]
     assert re.search(r"client_body_timeout (\d+)s;", api).group(1) == "30"
     assert defaults["body_timeout_seconds"] == 30
+    # Bodies are buffered, but for keys, which stream to the API that bounds them itself.
     assert "proxy_request_buffering on;" in api
+    assert re.search(r"location = /v1/keys \{[^}]*proxy_request_buffering off;", text)
 
 
 @pytest.fixture(scope="module")
@@ -407,8 +310,12 @@ def test_nginx_answers_json_when_the_api_is_down(tmp_path: Path) -> None:
     dead = f"127.0.0.1:{free_port()}"
     with running_nginx(tmp_path, dead, dead) as url:
         response = httpx.get(f"{url}/healthz", timeout=10)
+        # A route behind the token check: the check itself cannot reach the API.
+        checked = httpx.post(f"{url}/v1/models/iris/predict", json={}, timeout=10)
     assert response.status_code == 502
     assert response.json()["code"] == "upstream_unavailable"
+    assert checked.status_code == 502, checked.text
+    assert checked.json()["code"] == "upstream_unavailable"
 
 
 MONITORING = DEPLOYMENT / "monitoring"

@@ -35,8 +35,8 @@ from server.compute.celery_app import TASK_RUN, make_celery
 from server.storage.database import engine_for, migrate
 from tests.conftest import REPO, SAMPLE_TEXTS, clear_labels
 from tests.server_process import ServerProcess
+from tests.support.nginx import running_nginx
 from tests.test_callbacks import Receiver
-from tests.test_deployment import running_nginx
 from tests.test_operations import metric
 
 TOKENS = {"alice": "alice-token", "bob": "bob-token"}

@@ -1,4 +1,5 @@
-"""Routes for operators and orchestrators: liveness, readiness and Prometheus metrics.
+"""Routes for operators, orchestrators and the proxy: liveness, readiness, Prometheus metrics and
+the token check the proxy asks before it reads a request body.
 
 Probes are public (they carry no API token). `/metrics` is public unless the operator sets
 `FHE_SERVER_METRICS_TOKEN`, which a server facing callers directly should; the proxy in front of
@@ -47,6 +48,17 @@ async def readyz(readiness: ReadinessCheck) -> dict[str, object]:
             checks=sorted(problems),
         )
     return {"status": "ready", "checks": readiness.names()}
+
+
+@router.get("/v1/auth", status_code=204, response_class=Response)
+async def check_token() -> Response:
+    """204 when the `Authorization: Bearer <token>` header holds a known API token (or the server
+    runs in development mode), else the app-wide token check answers 401 `unauthorized`.
+
+    nginx asks this (`auth_request`) with the caller's Authorization header alone before it reads
+    a request body, so that uploads without a valid token are refused unread
+    (deployment/nginx/fhe-server.conf)."""
+    return Response(status_code=204)
 
 
 @router.get("/metrics", response_class=Response)
