@@ -208,6 +208,12 @@ class ServerSettings(BaseSettings):
         description="when set, GET /metrics takes `Authorization: Bearer <this>` (set it when "
         "callers reach the server directly); empty: /metrics is public",
     )
+    graceful_shutdown_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="on SIGTERM, longest wait for requests in progress before they are cancelled "
+        "and running jobs go back to the queue (default: wait for all of them)",
+    )
     body_timeout_seconds: float = Field(
         30, gt=0, description="longest wait for the next piece of a request body"
     )

@@ -458,12 +458,16 @@ def _seconds(setting: str) -> float:
     return float(ServerSettings.model_fields[setting].default)
 
 
+def _proxy_read_timeout() -> int:
+    """How long nginx waits for the API's answer (seconds), from the shipped config."""
+    text = (NGINX / "fhe-server.conf").read_text()
+    return int(re.search(r"proxy_read_timeout (\d+)s;", text).group(1))
+
+
 def test_pods_stop_after_the_longest_synchronous_run(rendered: list[dict[str, Any]]) -> None:
     """preStop, then SIGTERM, then at most the grace period: a synchronous predict the proxy
     still waits for (proxy_read_timeout, longer than the API's task timeout) ends first."""
-    read_timeout = int(
-        re.search(r"proxy_read_timeout (\d+)s;", (NGINX / "fhe-server.conf").read_text()).group(1)
-    )
+    read_timeout = _proxy_read_timeout()
     assert read_timeout > _seconds("celery_task_timeout")
     for name in ("fhe-api", "fhe-proxy"):
         pod = workload(rendered, name)["spec"]["template"]["spec"]
@@ -473,6 +477,39 @@ def test_pods_stop_after_the_longest_synchronous_run(rendered: list[dict[str, An
         assert pod["terminationGracePeriodSeconds"] > int(command[1]) + read_timeout, name
     worker = workload(rendered, "fhe-worker")["spec"]["template"]["spec"]
     assert worker["terminationGracePeriodSeconds"] > _seconds("celery_task_timeout")
+
+
+def test_the_api_cancels_what_is_left_before_its_grace_runs_out(
+    rendered: list[dict[str, Any]],
+) -> None:
+    """uvicorn's graceful timeout ends with the proxy's wait, and leaves the lifespan shutdown
+    (which requeues running jobs) 30 s before SIGKILL."""
+    pod = workload(rendered, "fhe-api")["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    graceful = float(env["FHE_SERVER_GRACEFUL_SHUTDOWN_SECONDS"])
+    assert graceful >= _proxy_read_timeout()
+    pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
+    assert pre_stop + graceful + 30 <= pod["terminationGracePeriodSeconds"]
+
+
+def test_serve_hands_its_graceful_timeout_to_uvicorn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """FHE_SERVER_GRACEFUL_SHUTDOWN_SECONDS reaches uvicorn.run; unset, uvicorn waits for all."""
+    import uvicorn
+    from typer.testing import CliRunner
+
+    import server.app
+    from server.cli import app
+
+    given: list[dict[str, Any]] = []
+    monkeypatch.setattr(server.app, "create_app", lambda settings: object())
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: given.append(options))
+    runner = CliRunner()
+    env = {"FHE_SERVER_TOKENS": '{"a": "a-real-token-0123456789"}'}
+    assert runner.invoke(app, ["serve"], env=env).exit_code == 0
+    env["FHE_SERVER_GRACEFUL_SHUTDOWN_SECONDS"] = "960"
+    assert runner.invoke(app, ["serve"], env=env).exit_code == 0
+    assert [g["timeout_graceful_shutdown"] for g in given] == [None, 960.0]
 
 
 def test_api_replicas_spread_across_nodes(rendered: list[dict[str, Any]]) -> None:
