@@ -203,7 +203,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     if placeholders:
         raise ConfigurationError(
             f"{', '.join(placeholders)} still hold the example value from deployment/ "
-            "('replace-with-...'): set real secrets (see deployment/kubernetes/secret.yaml)"
+            "('replace-with-...'): set real secrets (see deployment/kubernetes/secret.example.env)"
         )
     app = FastAPI(
         title="fhe-server",

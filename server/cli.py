@@ -69,7 +69,13 @@ def serve(
     except ConfigurationError as error:
         typer.echo(f"fhe-server: {error}", err=True)
         raise typer.Exit(2) from None
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
+    )
 
 
 @app.command()

@@ -17,7 +17,7 @@ from server.models.clear import ModelPolicy
 MiB = 1 << 20
 
 PLACEHOLDER = "replace-with"
-"""How deployment/kubernetes/secret.yaml marks the values an operator must set."""
+"""How deployment/kubernetes/secret.example.env marks the values an operator must set."""
 
 SHIPPED_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 """The models/ directory of this checkout, which holds the shipped bundles."""
@@ -221,6 +221,12 @@ class ServerSettings(BaseSettings):
         description="when set, GET /metrics takes `Authorization: Bearer <this>` (set it when "
         "callers reach the server directly); empty: /metrics is public",
     )
+    graceful_shutdown_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="on SIGTERM, longest wait for requests in progress before they are cancelled "
+        "and running jobs go back to the queue (default: wait for all of them)",
+    )
     body_timeout_seconds: float = Field(
         30, gt=0, description="longest wait for the next piece of a request body"
     )
@@ -295,6 +301,9 @@ class ServerSettings(BaseSettings):
         ):
             if secret is not None and PLACEHOLDER in secret.get_secret_value().lower():
                 found.append(name)
+        # Redis's URL carries its password (deployment/kubernetes/secret.example.env).
+        if PLACEHOLDER in self.redis_url.lower():
+            found.append("FHE_SERVER_REDIS_URL")
         return found
 
     def public_base_url(self) -> str:
