@@ -430,12 +430,14 @@ def _exported_names() -> set[str]:
     from server import metrics
 
     metrics.RUN_SECONDS.labels(model="m").observe(1.0)
+    metrics.RUN_TURNAROUND.labels(model="m").observe(1.0)
     metrics.CLEAR_SECONDS.labels(model="m").observe(1.0)
     metrics.REQUESTS.labels(route="/r", code="200").inc()
     metrics.REQUEST_SECONDS.labels(route="/r").observe(1.0)
     metrics.KEY_CHECKS.labels(result="fits").inc()
     registry = CollectorRegistry()
     registry.register(metrics.StateCollector(dict, lambda: (0, 0, 1), lambda: 0))
+    registry.register(metrics.CardCollector(lambda: {"m": 1.5}))
     text = metrics.exposition(registry).decode()
     return {s.name for f in text_string_to_metric_families(text) for s in f.samples}
 
