@@ -492,6 +492,46 @@ def test_alert_rules_load_and_fire_as_their_unit_tests_say() -> None:
         assert exporter in comments and exporter in readme, exporter
 
 
+@pytest.mark.fast
+def test_prometheus_scrapes_the_api_replicas_and_the_workers(tmp_path: Path) -> None:
+    """Compose: a job per service, on the port each serves /metrics on (the service's DNS name
+    resolves to every replica); promtool accepts the file with the shipped rules. Kubernetes:
+    pod-role jobs keeping each component's pods by label and named port, which the manifests
+    carry. The job names are the ones the alerts match."""
+    config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    services = yaml.safe_load((DEPLOYMENT / "compose.yaml").read_text())["services"]
+    command = services["worker"]["command"]
+    worker_port = int(command[command.index("--metrics-port") + 1])
+    for job, service, port in (("fhe-api", "api", 8000), ("fhe-worker", "worker", worker_port)):
+        [sd] = jobs[job]["dns_sd_configs"]
+        assert sd["names"] == [service] and sd["type"] == "A" and sd["port"] == port, job
+    rules = " ".join(rule["expr"] for rule in alert_rules())
+    assert 'up{job="fhe-api"}' in rules and 'up{job="fhe-worker"}' in rules
+    config["rule_files"] = [str(MONITORING / "alerts.yml")]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    checked = _promtool("check", "config", "prometheus.yml", cwd=tmp_path)
+    assert checked.returncode == 0 and "SUCCESS" in checked.stdout, checked.stdout + checked.stderr
+    # Debian's promtool is built without Kubernetes discovery: this file is checked here only.
+    cluster = yaml.safe_load((MONITORING / "prometheus-kubernetes.yml").read_text())
+    jobs = {job["job_name"]: job for job in cluster["scrape_configs"]}
+    for job, manifest in (("fhe-api", "api.yaml"), ("fhe-worker", "worker.yaml")):
+        assert [sd["role"] for sd in jobs[job]["kubernetes_sd_configs"]] == ["pod"]
+        keep = {
+            tuple(rule["source_labels"]): rule["regex"]
+            for rule in jobs[job]["relabel_configs"]
+            if rule.get("action") == "keep"
+        }
+        app = keep[("__meta_kubernetes_pod_label_app_kubernetes_io_name",)]
+        port = keep[("__meta_kubernetes_pod_container_port_name",)]
+        docs = yaml.safe_load_all((DEPLOYMENT / "kubernetes" / manifest).read_text())
+        deployment = next(d for d in docs if d and d["kind"] == "Deployment")
+        template = deployment["spec"]["template"]
+        assert template["metadata"]["labels"]["app.kubernetes.io/name"] == app == job
+        ports = {p["name"] for c in template["spec"]["containers"] for p in c.get("ports", [])}
+        assert port in ports, (manifest, port, ports)
+
+
 def heading_anchors(markdown: str) -> set[str]:
     """The anchors GitHub gives a document's headings (lower case, punctuation dropped)."""
     headings = re.findall(r"^#+ (.+)$", markdown, flags=re.MULTILINE)
