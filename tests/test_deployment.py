@@ -101,21 +101,54 @@ def test_the_worker_takes_its_threads_from_its_cpu_limit() -> None:
 def test_compose_file_passes_docker_compose_config() -> None:
     binary = shutil.which("docker-compose")
     assert binary, "docker-compose is missing: apt-get install docker-compose (make test does)"
-    run = subprocess.run(
-        [binary, "-f", str(DEPLOYMENT / "compose.yaml"), "config", "-q"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={
-            "FHE_API_TOKEN": "validation-only",
-            "FHE_DB_PASSWORD": "validation-only",
-            "FHE_CALLBACK_SIGNING_KEY": "validation-only",
-            "PATH": "/usr/bin:/bin",
-        },
-        cwd=DEPLOYMENT,
-    )
+    env = {
+        "FHE_API_TOKEN": "validation-only",
+        "FHE_DB_PASSWORD": "validation-only",
+        "FHE_CALLBACK_SIGNING_KEY": "validation-only",
+        "FHE_REDIS_PASSWORD": "validation-only-redis",
+        "PATH": "/usr/bin:/bin",
+    }
+
+    def config(*args: str, **unset: None) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [binary, "-f", str(DEPLOYMENT / "compose.yaml"), "config", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            env={k: v for k, v in env.items() if k not in unset},
+            cwd=DEPLOYMENT,
+        )
+
+    run = config()
     assert run.returncode == 0, run.stdout + run.stderr
+    # Redis has a password, without which the stack does not start, and a bound that drops
+    # no queued task; the API, the workers and the health check use that password.
+    refused = config("-q", FHE_REDIS_PASSWORD=None)
+    assert refused.returncode != 0 and "FHE_REDIS_PASSWORD" in refused.stderr
+    resolved = yaml.safe_load(run.stdout)["services"]
+    redis = resolved["redis"]
+    flags = dict(zip(redis["command"][1::2], redis["command"][2::2], strict=False))
+    assert flags["--requirepass"] == env["FHE_REDIS_PASSWORD"]
+    assert flags["--maxmemory"] and flags["--maxmemory-policy"] == "noeviction"
+    assert redis["environment"]["REDISCLI_AUTH"] == env["FHE_REDIS_PASSWORD"]
+    assert "grep -q PONG" in " ".join(redis["healthcheck"]["test"])
+    for role in ("api", "worker"):
+        command = resolved[role]["command"]
+        redis_url = command[command.index("--redis") + 1]
+        assert redis_url == f"redis://:{env['FHE_REDIS_PASSWORD']}@redis:6379/0", role
+    # A scaled service (the worker, scaled with --scale; anything with replicas) mounts no
+    # named volume: its replicas would share one key cache and one metrics directory.
+    for name, service in resolved.items():
+        if name != "worker" and service.get("deploy", {}).get("replicas", 1) <= 1:
+            continue
+        for volume in service.get("volumes", []):
+            if isinstance(volume, str):
+                source = volume.split(":")[0] if ":" in volume else ""
+            else:
+                source = volume.get("source", "") if volume.get("type") == "volume" else "/"
+            assert not source or source.startswith(("/", ".")), (name, volume)
+    assert "/var/lib/fhe-server" in resolved["worker"]["volumes"]
     services = yaml.safe_load((DEPLOYMENT / "compose.yaml").read_text())["services"]
     assert {"api", "worker", "redis", "postgres", "demo", "proxy"} <= set(services)
     assert services["api"]["deploy"]["replicas"] == 2 and "volumes" not in services["api"]
