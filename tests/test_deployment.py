@@ -606,8 +606,14 @@ def test_every_dashboard_query_parses_and_names_exported_metrics(tmp_path: Path)
     used = {n for expr in exprs for n in re.findall(r"\bfhe_[a-z_]+", expr)}
     assert used <= _exported_names(), used - _exported_names()
     titles = " ".join(panel["title"] for panel in dashboard["panels"]).lower()
-    for topic in ("jobs", "queue wait", "fhe run p95", "key store", "crashes"):
+    for topic in ("jobs", "queue wait", "fhe run p95", "key store", "crashes", "turnaround"):
         assert topic in titles
+    # Runs per second from the histogram each run is counted in once (not the API's turnaround,
+    # which would add nothing, nor both, which would double them).
+    [runs] = [p for p in dashboard["panels"] if p["title"].startswith("FHE runs per second")]
+    assert [t["expr"] for t in runs["targets"]] == [
+        "sum by (model) (rate(fhe_run_seconds_count[5m]))"
+    ]
 
 
 @pytest.mark.fast
