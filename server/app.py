@@ -24,7 +24,7 @@ from server.jobs.callbacks import AllowList, CallbackSender, signing_key
 from server.jobs.queue import JobQueue
 from server.jobs.runner import JobPolicy, JobRunner
 from server.key_uploads import KeyUploads
-from server.metrics import RequestMetrics, StateCollector
+from server.metrics import CardCollector, RequestMetrics, StateCollector
 from server.models.clear import ClearModel
 from server.models.clear_worker import ClearSource, InputBounds
 from server.models.registry import FHEModel, ModelRegistry, single_model
@@ -125,7 +125,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.token_max_queue,
         "FHE runs",
     )
-    inference = Inference(registry, key_store, compute, fhe_share, clear_workers)
+    inference = Inference(
+        registry,
+        key_store,
+        compute,
+        fhe_share,
+        clear_workers,
+        workers_record_runs=settings.backend == "celery",
+    )
     callback_key = signing_key(settings)
     allow = AllowList.parse(settings.callback_allow)
     runner = JobRunner(
@@ -163,6 +170,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             settings.token_max_stored_bytes,
         ),
     )
+    expected = {m.name: m.expected_run_seconds for m in fhe_models if m.expected_run_seconds}
+    app.state.metrics_registry.register(CardCollector(lambda: expected))
     app.state.metrics_registry.register(
         StateCollector(
             job_store.counts_by_status,

@@ -111,12 +111,16 @@ class Inference:
         compute: Compute,
         fhe_share: FairShare,
         clear: ClearWorkers,
+        workers_record_runs: bool = False,
     ) -> None:
         self.registry = registry
         self.keys = keys
         self.compute = compute
         self.fhe_share = fhe_share
         self.clear = clear
+        # Each run is counted once in fhe_run_seconds, where it ran: Celery workers record
+        # their own runs (and key cache hits), this process only the runs of its own pool.
+        self.workers_record_runs = workers_record_runs
         self._checks = asyncio.Semaphore(KEY_CHECKS_AT_ONCE)
         self._misfits: cachetools.LRUCache[tuple[str, str], list[str]] = cachetools.LRUCache(
             maxsize=1024
@@ -228,13 +232,16 @@ class Inference:
     ) -> tuple[bytes, float]:
         """Run the circuit on one ciphertext in a worker when the owner's turn comes; returns
         the result and FHE seconds."""
+        asked = time.perf_counter()
         try:
             with self.keys.in_use(key.key_id):
                 async with self.fhe_share.turn(owner, bounded):
                     result, seconds, key_cached = await self.compute.run_circuit(
                         str(model.path), key.key_id, str(key.path or ""), ciphertext
                     )
-            metrics.record_run(model.name, seconds, key_cached)
+            metrics.RUN_TURNAROUND.labels(model=model.name).observe(time.perf_counter() - asked)
+            if not self.workers_record_runs:
+                metrics.record_run(model.name, seconds, key_cached)
             return result, seconds
         except (QueueFull, OwnerQueueFull) as error:
             raise shared_turn_error(error) from None

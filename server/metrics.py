@@ -30,15 +30,31 @@ from prometheus_client.registry import Collector
 
 disable_created_metrics()
 
-RUN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
-"""Seconds of one FHE circuit run: from a bootstrap-free linear model to a 10-minute circuit."""
+RUN_BUCKETS = (
+    *(0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 3, 5),
+    *(10, 20, 30, 50, 100, 200, 300, 600),
+)
+"""Seconds of one FHE circuit run, from a bootstrap-free linear model to a 10-minute circuit.
+Neighbouring bounds are at most 2x apart, so a p95 read from the buckets is within 2x of the
+truth: FheRunSlow (p95 over 3x the model card's) stays silent at 1.5x and fires at 10x."""
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 WAIT_BUCKETS = (0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 RUN_SECONDS = Histogram(
-    "fhe_run_seconds", "Seconds of one FHE circuit run, by model", ["model"], buckets=RUN_BUCKETS
+    "fhe_run_seconds",
+    "Seconds of one FHE circuit run, by model, recorded once where it ran: by the API's own "
+    "pool (backend embedded) or by the Celery worker that ran it",
+    ["model"],
+    buckets=RUN_BUCKETS,
+)
+RUN_TURNAROUND = Histogram(
+    "fhe_run_turnaround_seconds",
+    "Seconds from the API asking for an FHE run to its answer (waiting for a turn and a worker "
+    "included), by model, recorded by the API",
+    ["model"],
+    buckets=REQUEST_BUCKETS,
 )
 REQUESTS = Counter("fhe_requests", "HTTP requests answered, by route and status", ["route", "code"])
 REQUEST_SECONDS = Histogram(
@@ -82,6 +98,26 @@ def record_run(model: str, seconds: float, key_cached: bool | None) -> None:
         KEY_CACHE_HITS.inc()
     elif key_cached is False:
         KEY_CACHE_MISSES.inc()
+
+
+class CardCollector(Collector):
+    """`fhe_model_expected_run_seconds{model}`: the p90 seconds of one run that each FHE model's
+    card states (measured when the bundle was built), which FheRunSlow compares runs with.
+    Models whose card states none are left out (the alert falls back to a fixed bound)."""
+
+    def __init__(self, expected: Callable[[], dict[str, float]]) -> None:
+        self.expected = expected
+
+    def collect(self) -> Iterable[Metric]:
+        """The gauge, one sample per model with a measured run time."""
+        gauge = GaugeMetricFamily(
+            "fhe_model_expected_run_seconds",
+            "Seconds of one FHE run the model's card states (p90 measured at build time)",
+            labels=["model"],
+        )
+        for model, seconds in sorted(self.expected().items()):
+            gauge.add_metric([model], seconds)
+        yield gauge
 
 
 class StateCollector(Collector):

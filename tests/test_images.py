@@ -106,6 +106,7 @@ def stack(built: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dic
         "FHE_API_TOKEN": token,
         "FHE_DB_PASSWORD": secrets.token_hex(16),
         "FHE_CALLBACK_SIGNING_KEY": secrets.token_hex(32),
+        "FHE_REDIS_PASSWORD": secrets.token_hex(24),
         "FHE_PUBLISH_ADDRESS": "127.0.0.1",
         "FHE_API_PORT": str(ports["api"]),
         "FHE_DEMO_PORT": str(ports["demo"]),

@@ -62,6 +62,13 @@ class FHEModel:
         """True when the bundle can serve predictions (its circuit compiled here too)."""
         return self.reason is None and self.circuit_error is None
 
+    @property
+    def expected_run_seconds(self) -> float | None:
+        """The p90 seconds of one run its card states (measured when the bundle was built),
+        or None when the card states none."""
+        measured = self.metadata.metrics if self.metadata else None
+        return measured.fhe_seconds_p90 if measured and measured.fhe_seconds_p90 > 0 else None
+
     def client_file(self, what: str) -> tuple[str, str] | None:
         """(file name, sha256) of a file its clients download, `embedder delta` or
         `preprocessing`; None when the bundle has none."""
