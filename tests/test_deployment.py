@@ -321,7 +321,7 @@ def _exported_names() -> set[str]:
 def alert_rules() -> list[dict]:
     """Every rule of every group in alerts.yml."""
     groups = yaml.safe_load((MONITORING / "alerts.yml").read_text())["groups"]
-    return [rule for group in groups for rule in group["rules"]]
+    return [rule for group in groups for rule in group["rules"] if "alert" in rule]
 
 
 SATURATION_SERIES = {
@@ -340,7 +340,7 @@ SATURATION_SERIES = {
 @pytest.mark.fast
 def test_alert_rules_load_and_fire_as_their_unit_tests_say() -> None:
     checked = _promtool("check", "rules", "alerts.yml")
-    assert checked.returncode == 0 and "SUCCESS: 15 rules found" in checked.stdout, checked
+    assert checked.returncode == 0 and "SUCCESS: 16 rules found" in checked.stdout, checked
     tested = _promtool("test", "rules", "alerts.test.yml")
     assert tested.returncode == 0 and "SUCCESS" in tested.stdout, tested.stdout + tested.stderr
     rules = alert_rules()
@@ -457,3 +457,29 @@ def test_every_dashboard_query_parses_and_names_exported_metrics(tmp_path: Path)
     assert [t["expr"] for t in runs["targets"]] == [
         "sum by (model) (rate(fhe_run_seconds_count[5m]))"
     ]
+
+
+@pytest.mark.fast
+def test_the_workers_scale_on_the_backlog_the_server_exports() -> None:
+    """HPA, prometheus-adapter and the KEDA alternative read one recording rule, built on the
+    fhe_backlog gauge the API exports, and scale down slowly."""
+    groups = yaml.safe_load((MONITORING / "alerts.yml").read_text())["groups"]
+    records = {r["record"]: r["expr"] for g in groups for r in g["rules"] if "record" in r}
+    assert set(re.findall(r"\bfhe_[a-z_]+", records["fhe:backlog"])) == {"fhe_backlog"}
+    assert "fhe_backlog" in _exported_names()
+    parts = set(re.findall(r'part="(\w+)"', records["fhe:backlog"]))
+    assert parts == {"jobs_queued", "broker", "turns"}
+    [rule] = yaml.safe_load((MONITORING / "prometheus-adapter.yaml").read_text())["external"]
+    assert rule["seriesQuery"] == "fhe:backlog" and "fhe:backlog" in rule["metricsQuery"]
+    docs = yaml.safe_load_all((DEPLOYMENT / "kubernetes" / "worker.yaml").read_text())
+    hpa = next(d for d in docs if d and d["kind"] == "HorizontalPodAutoscaler")
+    external = [m["external"] for m in hpa["spec"]["metrics"] if m["type"] == "External"]
+    assert [m["metric"]["name"] for m in external] == [rule["name"]["as"]]
+    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 300
+    keda = yaml.safe_load(
+        (DEPLOYMENT / "kubernetes" / "keda" / "worker-scaledobject.yaml").read_text()
+    )
+    [trigger] = keda["spec"]["triggers"]
+    assert "fhe:backlog" in trigger["metadata"]["query"]
+    assert keda["spec"]["fallback"]["replicas"] >= keda["spec"]["minReplicaCount"]
+    assert keda["spec"]["scaleTargetRef"]["name"] == hpa["spec"]["scaleTargetRef"]["name"]
