@@ -55,7 +55,7 @@ def serve(
     settings = ServerSettings(**{key: value for key, value in given.items() if value is not None})
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     runs = (
-        f"FHE on Celery workers via {settings.redis_url}"
+        f"FHE on Celery workers via {settings.redis_shown()}"
         if settings.backend == "celery"
         else f"{settings.workers} FHE run(s) at once x {settings.threads_per_run()} thread(s)"
     )
@@ -195,8 +195,8 @@ def worker(
 
     hostname = name or f"fhe-{os.getpid()}@{socket.gethostname()}"
     typer.echo(
-        f"fhe-server worker {hostname}: models from {settings.models_dir}, {settings.redis_url}, "
-        f"1 FHE run at once x {threads} thread(s)",
+        f"fhe-server worker {hostname}: models from {settings.models_dir}, "
+        f"{settings.redis_shown()}, 1 FHE run at once x {threads} thread(s)",
         err=True,
     )
     celery.worker_main(

@@ -306,6 +306,18 @@ class ServerSettings(BaseSettings):
             found.append("FHE_SERVER_REDIS_URL")
         return found
 
+    def redis_shown(self) -> str:
+        """The Redis URL with its password masked, for logs and start-up lines."""
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(self.redis_url)
+        if parts.password is None:
+            return self.redis_url
+        user = parts.username or ""
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+        return parts._replace(netloc=f"{user}:***@{host}{port}").geturl()
+
     def public_base_url(self) -> str:
         """Where job URLs point: FHE_SERVER_PUBLIC_URL, else the configured host and port (never
         a request's Host header, which any caller can set)."""

@@ -161,13 +161,33 @@ def test_a_flush_and_an_empty_restart_of_redis_during_runs_lose_no_job(
     assert labels == [clear_labels(tiny_bundle, texts)] * 2
 
 
+PASSWORD = "b3c1f0a2d4e5"
+
+
+@pytest.fixture
+def locked_redis(tmp_path: Path) -> Iterator[LocalRedis]:
+    """Redis with a password, as every deployment layout runs it."""
+    server = LocalRedis(tmp_path / "redis", args=[*NOEVICTION, "--requirepass", PASSWORD]).start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.fast
+def test_the_redis_password_is_masked_where_the_url_is_shown() -> None:
+    from server.settings import ServerSettings
+
+    shown = ServerSettings(redis_url=f"redis://:{PASSWORD}@redis:6379/0").redis_shown()
+    assert shown == "redis://:***@redis:6379/0"
+    assert ServerSettings(redis_url="redis://redis:6379/0").redis_shown() == "redis://redis:6379/0"
+
+
 def test_the_backlog_counts_queued_jobs_and_runs_no_worker_started_on_celery(
-    tiny_models: Path, tiny_bundle: TrainedBundle, bounded_redis: LocalRedis, tmp_path: Path
+    tiny_models: Path, tiny_bundle: TrainedBundle, locked_redis: LocalRedis, tmp_path: Path
 ) -> None:
-    one = worker(bounded_redis.url, tiny_models, tmp_path, "w1").start()
-    api = celery_server(
-        tiny_models, tmp_path / "api", bounded_redis.url, FHE_SERVER_JOB_CONCURRENCY="4"
-    ).start()
+    """Also: API and worker reach a Redis that has a password, and neither logs it."""
+    url = locked_redis.url.replace("redis://", f"redis://:{PASSWORD}@")
+    one = worker(url, tiny_models, tmp_path, "w1").start()
+    api = celery_server(tiny_models, tmp_path / "api", url, FHE_SERVER_JOB_CONCURRENCY="4").start()
     texts = [SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)] for i in range(10)]
     try:
         with FHEServerAPI(api.url) as client:
@@ -186,6 +206,8 @@ def test_the_backlog_counts_queued_jobs_and_runs_no_worker_started_on_celery(
         api.stop()
         one.stop()
     assert labels == clear_labels(tiny_bundle, texts)
+    for log in (api.log, one.log):
+        assert PASSWORD not in log.read_text(errors="replace"), log
 
 
 def children_of(pid: int) -> list[int]:

@@ -210,6 +210,28 @@ def test_prometheus_scrapes_every_replica_and_the_worker_and_loads_the_rules(
     _record(prometheus_targets=len(active), fhe_run_seconds_count=runs)
 
 
+def test_jobs_finish_after_redis_is_killed_mid_run(stack: dict) -> None:
+    """Redis (the broker) SIGKILLed while jobs run: compose restarts it and every job still
+    ends done with the right label (runs it lost are sent again)."""
+    compose: ComposeStack = stack["compose"]
+    [redis] = compose.containers("redis")
+    with FHEServerAPI(stack["urls"]["api"], token=stack["token"]) as api:
+        remote = EncryptedModel(api, "sentiment", stack["client"])
+        texts = SAMPLE_TEXTS[:6]
+        expected = [p.label for p in remote.predict(texts)]
+        entries = submit_items(remote, texts, JobJournal(stack["client"] / "redis-jobs"))
+        unfinished = sum(api.job(e.job_id)["status"] not in ("done", "failed") for e in entries)
+        compose.kill(redis)
+        results = {
+            entry.job_id: fetch_prediction(remote, entry, status)
+            for entry, status in wait_for(remote, entries)
+        }
+    labels = [results[e.job_id].label for e in entries]
+    _record(unfinished_when_redis_killed=unfinished)
+    assert unfinished > 0
+    assert labels == expected
+
+
 def test_jobs_finish_after_the_replica_that_accepted_them_is_killed(stack: dict) -> None:
     """Run last: it kills an API replica (compose restarts it)."""
     compose: ComposeStack = stack["compose"]

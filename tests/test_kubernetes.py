@@ -337,7 +337,7 @@ def test_metrics_and_callbacks_leave_by_their_own_documented_rules(
     monitoring = {
         "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
     }
-    for name, port in (("fhe-api", 8000), ("fhe-worker", 9100)):
+    for name, port in (("fhe-api", 8000), ("fhe-worker", 9100), ("redis", 9121)):
         rules = policies[name]["ingress"]
         assert any(
             monitoring in r["from"] and {"protocol": "TCP", "port": port} in r["ports"]
@@ -532,7 +532,10 @@ def test_redis_is_a_bounded_stateful_set_behind_a_password(rendered: list[dict[s
     redis = workload(rendered, "redis")
     assert redis["kind"] == "StatefulSet" and redis["spec"]["replicas"] == 1
     assert [t["metadata"]["name"] for t in redis["spec"]["volumeClaimTemplates"]] == ["data"]
-    [container] = redis["spec"]["template"]["spec"]["containers"]
+    containers = {c["name"]: c for c in redis["spec"]["template"]["spec"]["containers"]}
+    container, exporter = containers["redis"], containers["metrics"]
+    assert exporter["ports"] == [{"name": "metrics", "containerPort": 9121}]
+    assert {e["name"] for e in exporter["env"]} == {"REDIS_ADDR", "REDIS_PASSWORD"}
     args = container["args"]
     option = {args[i]: args[i + 1] for i in range(1, len(args) - 1) if args[i].startswith("--")}
     assert option["--requirepass"] == "$(REDIS_PASSWORD)"
