@@ -229,13 +229,17 @@ class Inference:
         ciphertext: bytes,
         owner: str | None = None,
         bounded: bool = True,
+        queued_since: float | None = None,
     ) -> tuple[bytes, float]:
         """Run the circuit on one ciphertext in a worker when the owner's turn comes; returns
-        the result and FHE seconds."""
+        the result and FHE seconds. `queued_since` (a job's first run: when it was accepted)
+        times its wait up to its turn, not up to its claim."""
         asked = time.perf_counter()
         try:
             with self.keys.in_use(key.key_id):
                 async with self.fhe_share.turn(owner, bounded):
+                    if queued_since is not None:
+                        metrics.QUEUE_WAIT.observe(max(0.0, time.time() - queued_since))
                     result, seconds, key_cached = await self.compute.run_circuit(
                         str(model.path), key.key_id, str(key.path or ""), ciphertext
                     )
@@ -319,10 +323,15 @@ class Inference:
             model = self.model(job.model)
             if not isinstance(model, ClearModel):
                 raise errors.ModelChanged(f"model {job.model!r} is no longer a clear model")
+            if job.attempts == 1:
+                metrics.QUEUE_WAIT.observe(max(0.0, time.time() - job.created))
             answer = await self.run_clear(model, payload, job.owner, bounded=False)
             return json.dumps(answer).encode(), "application/json", None
         fhe_model = self.fhe_model(job.model)
         self.check_client_spec(fhe_model, job.client_spec)
         key = await self.fitting_key(job.key_id, fhe_model, job.owner)
-        result, seconds = await self.run_fhe(fhe_model, key, payload, job.owner, bounded=False)
+        first = job.created if job.attempts == 1 else None
+        result, seconds = await self.run_fhe(
+            fhe_model, key, payload, job.owner, bounded=False, queued_since=first
+        )
         return result, "application/octet-stream", seconds

@@ -65,7 +65,8 @@ REQUEST_SECONDS = Histogram(
 )
 QUEUE_WAIT = Histogram(
     "fhe_queue_wait_seconds",
-    "Seconds a job waited in the queue before it started",
+    "Seconds a job waited before its first run started (an FHE job: until its turn for a "
+    "worker, not its claim)",
     buckets=WAIT_BUCKETS,
 )
 KEY_CACHE_HITS = Counter(

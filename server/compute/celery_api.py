@@ -159,6 +159,11 @@ class CeleryExecutor:
                 return result.get(timeout=POLL_SECONDS)
             except (CeleryTimeout, *UNREACHABLE):
                 pass
+            except RuntimeError as error:
+                # Celery's result consumer gives up reconnecting with a bare RuntimeError whose
+                # cause is the connection error: an unreachable Redis like the others.
+                if not isinstance(error.__cause__, UNREACHABLE):
+                    raise
             now = time.monotonic()
             if now >= deadline:
                 raise TimedOut(

@@ -22,7 +22,7 @@ from typing import Any
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from server import errors, metrics
+from server import errors
 from server.executors import OPERATIONS, run_in
 from server.jobs.callbacks import CallbackSender, Delivery
 from server.storage.jobs import Job, JobStore
@@ -143,8 +143,6 @@ class JobRunner:
                         break
                     self.running += 1
                     self._running_ids[job.job_id] += 1
-                    if job.attempts == 1 and job.started is not None:
-                        metrics.QUEUE_WAIT.observe(max(0.0, job.started - job.created))
                     self._spawn(self._run(job))
             except errors.StateUnavailable:
                 log.warning("cannot claim jobs: the database does not answer; trying again")

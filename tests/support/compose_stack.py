@@ -147,3 +147,7 @@ class ComposeStack:
     def kill(self, container: str) -> None:
         """SIGKILL the container's processes (not a graceful stop)."""
         run([engine(), "kill", container])
+
+    def start(self, container: str) -> None:
+        """Start a stopped container again (podman applies no restart policy after a kill)."""
+        run([engine(), "start", container])

@@ -53,7 +53,7 @@ def render_nginx_conf(
     # The compose and cluster names do not resolve here; short timeouts keep the tests fast.
     text = NGINX_CONF.read_text()
     changes = [
-        ("server fhe-api:8000;", f"server {api};", 1),
+        ("server fhe-api:8000;", f"server {api};", 2),
         ("server fhe-demo:7860;", f"server {demo};", 1),
         ("listen 8080;", f"listen 127.0.0.1:{api_port};", 1),
         ("listen 7860;", f"listen 127.0.0.1:{demo_port};", 1),
