@@ -238,11 +238,12 @@ class Inference:
         try:
             with self.keys.in_use(key.key_id):
                 async with self.fhe_share.turn(owner, bounded):
-                    if queued_since is not None:
-                        metrics.QUEUE_WAIT.observe(max(0.0, time.time() - queued_since))
+                    turn = time.time()
                     result, seconds, key_cached = await self.compute.run_circuit(
                         str(model.path), key.key_id, str(key.path or ""), ciphertext
                     )
+            if queued_since is not None:  # once, for the run that went through
+                metrics.QUEUE_WAIT.observe(max(0.0, turn - queued_since))
             metrics.RUN_TURNAROUND.labels(model=model.name).observe(time.perf_counter() - asked)
             if not self.workers_record_runs:
                 metrics.record_run(model.name, seconds, key_cached)

@@ -320,6 +320,9 @@ def test_good_tokens_pass_with_their_bodies(api: ServerProcess, proxy: Proxy) ->
         "OPTIONS", f"{url}/v1/models/iris/predict", content=b"x" * 10, timeout=10
     )
     assert with_body.status_code == 401
+    # Nor is an OPTIONS without the preflight's Access-Control-Request-Method.
+    bare = httpx.options(f"{url}/v1/models/iris/predict", timeout=10)
+    assert bare.status_code == 401
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:

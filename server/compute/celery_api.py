@@ -20,6 +20,8 @@ import redis
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
 from kombu.exceptions import OperationalError
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from server.compute import BrokerLost, Busy, InFlight, RunRefused, TimedOut, circuits
 from server.compute.celery_app import (
@@ -52,6 +54,14 @@ def broker_errors() -> Iterator[None]:
         raise Busy("the broker (Redis) is full; try again shortly") from None
     except UNREACHABLE as error:
         raise Busy(f"the broker (Redis) does not answer ({type(error).__name__})") from None
+
+
+def failed_on_the_broker(result: Any) -> bool:
+    """Whether the task itself ended failed (its worker raised a Redis error, which `get`
+    raises again at once), rather than Redis being out of reach of this process now."""
+    with contextlib.suppress(*UNREACHABLE, RuntimeError):
+        return result.state == "FAILURE"
+    return False
 
 
 class TaskFailed(RuntimeError):
@@ -89,14 +99,22 @@ class CeleryExecutor:
         self.shared_keys = shared_keys
         self.grace = grace
         self.high_water = high_water
+        # Scrapes read the queue's length with no retry and a short timeout: a Redis that stops
+        # answering must not hold the threads that serve /metrics for long.
+        self.probe = redis.Redis.from_url(
+            redis_url, socket_timeout=1, socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)
+        )
         self.in_flight = InFlight(capacity)
         self.workers = capacity
         self._waiters = ThreadPoolExecutor(max_workers=capacity, thread_name_prefix="celery-wait")
+        # Readiness pings and key deletions never wait behind the runs' threads (which all may
+        # be waiting for answers when the replica is busy).
+        self._control = ThreadPoolExecutor(max_workers=2, thread_name_prefix="celery-control")
 
     def follow(self, keystore: Any) -> None:
         """Delete a key from Redis as soon as the API's store evicts it (in a waiter thread,
         so the event loop never waits on Redis)."""
-        keystore.evicted.append(lambda key_id: self._waiters.submit(self.forget_key, key_id))
+        keystore.evicted.append(lambda key_id: self._control.submit(self.forget_key, key_id))
 
     def forget_key(self, key_id: str) -> None:
         """Take a key out of the shared store (workers drop their copies on next use)."""
@@ -111,19 +129,20 @@ class CeleryExecutor:
         with broker_errors():
             if self.redis.expire(name, int(self.key_ttl)):
                 return
-            self._check_room()
             try:
                 data = path.read_bytes()
             except FileNotFoundError:
                 raise KeyError(key_id) from None
+            self._check_room(len(data))
             self.redis.set(name, data, ex=int(self.key_ttl))
 
-    def _check_room(self) -> None:
-        """Busy past the high-water mark of Redis' maxmemory: what is left is for the answers
-        of the runs already sent (Redis refuses writes when full, it never evicts a task)."""
+    def _check_room(self, adding: int = 0) -> None:
+        """Busy when Redis would pass the high-water mark of its maxmemory with `adding` more
+        bytes: what is left is for the answers of the runs already sent (Redis refuses writes
+        when full, it never evicts a task)."""
         memory = self.redis.info("memory")
         limit, used = int(memory.get("maxmemory", 0)), int(memory.get("used_memory", 0))
-        if limit and used >= limit * self.high_water:
+        if limit and used + adding >= limit * self.high_water:
             raise Busy(
                 f"the broker (Redis) holds {used >> 20} MiB of its {limit >> 20} MiB; try again "
                 "shortly"
@@ -155,15 +174,21 @@ class CeleryExecutor:
         deadline = time.monotonic() + self.timeout
         unreachable_since: float | None = None
         while True:
+            asked = time.monotonic()
             try:
                 return result.get(timeout=POLL_SECONDS)
-            except (CeleryTimeout, *UNREACHABLE):
+            except CeleryTimeout:
                 pass
-            except RuntimeError as error:
+            except (*UNREACHABLE, RuntimeError) as error:
                 # Celery's result consumer gives up reconnecting with a bare RuntimeError whose
                 # cause is the connection error: an unreachable Redis like the others.
-                if not isinstance(error.__cause__, UNREACHABLE):
+                if isinstance(error, RuntimeError) and not isinstance(error.__cause__, UNREACHABLE):
                     raise
+                if failed_on_the_broker(result):
+                    raise BrokerLost(
+                        "the worker lost the broker (Redis) during this run; it is sent again"
+                    ) from None
+                time.sleep(max(0.0, POLL_SECONDS - (time.monotonic() - asked)))
             now = time.monotonic()
             if now >= deadline:
                 raise TimedOut(
@@ -213,6 +238,8 @@ class CeleryExecutor:
             except TaskFailed as failed:
                 if failed.code == "unknown_key":
                     raise KeyError(str(failed)) from None
+                if failed.code == "busy":  # the worker found Redis full or out of reach
+                    raise Busy(str(failed)) from None
                 if failed.code in ("malformed_ciphertext", "malformed_keys"):
                     raise circuits.BadInput(str(failed)) from None
                 if failed.code == "state_unavailable":
@@ -246,15 +273,15 @@ class CeleryExecutor:
         try:
             await self._task(key_id, key_path, TASK_CHECK_KEYS, [key_id])
         except BaseException:
-            self._waiters.submit(self.forget_key, key_id)
+            self._control.submit(self.forget_key, key_id)
             raise
         if self.shared_keys:
-            self._waiters.submit(self.forget_key, key_id)
+            self._control.submit(self.forget_key, key_id)
 
     async def ping(self) -> str | None:
         """The broker answers a PING (in a waiter thread, bounded by the Redis timeout)."""
         loop = asyncio.get_running_loop()
-        answered = await loop.run_in_executor(self._waiters, self.redis.ping)
+        answered = await loop.run_in_executor(self._control, self.redis.ping)
         return None if answered else "the broker did not answer PING"
 
     def queued(self) -> int:
@@ -262,7 +289,7 @@ class CeleryExecutor:
         time, so this is runs sent and not started), at every priority level."""
         queue = self.app.conf.task_default_queue
         names = [queue, *(f"{queue}\x06\x16{level}" for level in (3, 6, 9))]
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self.probe.pipeline(transaction=False)
         for name in names:
             pipe.llen(name)
         return sum(int(length) for length in pipe.execute())
@@ -272,3 +299,4 @@ class CeleryExecutor:
 
     def close(self) -> None:
         self._waiters.shutdown(wait=False, cancel_futures=True)
+        self._control.shutdown(wait=False, cancel_futures=True)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import redis
 from celery import Celery
 
 from server import metrics
@@ -153,7 +154,10 @@ def register_tasks(app: Celery, state_of: Any, delivery_ttl: float = 86400) -> N
                 f"{bundle_client_spec(bundle)}, the API serves {client_spec}); the operator "
                 "must deploy the same models directory to the API and every worker",
             )
-        deliveries = state.deliveries(task.request.id, delivery_ttl)
+        try:
+            deliveries = state.deliveries(task.request.id, delivery_ttl)
+        except redis.RedisError as error:  # full (noeviction refuses writes) or unreachable
+            return _error(503, "busy", f"worker {host} cannot count the delivery: {error}")
         if deliveries > MAX_DELIVERIES:
             state.dead_letter(task.request.id, model, key_id, deliveries)
             metrics.DEAD_LETTERS.inc()
@@ -189,7 +193,10 @@ def register_tasks(app: Celery, state_of: Any, delivery_ttl: float = 86400) -> N
     @app.task(name=TASK_CHECK_KEYS, bind=True)
     def check_keys(task: Any, key_id: str) -> dict[str, Any]:
         state = state_of()
-        deliveries = state.deliveries(task.request.id, delivery_ttl)
+        try:
+            deliveries = state.deliveries(task.request.id, delivery_ttl)
+        except redis.RedisError as error:  # full (noeviction refuses writes) or unreachable
+            return _error(503, "busy", f"the worker cannot count the delivery: {error}")
         if deliveries > MAX_DELIVERIES:
             state.dead_letter(task.request.id, "", key_id, deliveries)
             metrics.DEAD_LETTERS.inc()
