@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -192,6 +194,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         explained={"circuits"},
     )
     await runner.start()
+    drain_on_signals(runner)
     try:
         yield
     finally:
@@ -203,6 +206,25 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         job_store.close()
         if engine is not None:
             engine.dispose()
+
+
+def drain_on_signals(runner: JobRunner) -> None:
+    """On SIGTERM or SIGINT, stop claiming jobs at once, then let uvicorn's handler (installed
+    before the lifespan starts) begin its graceful stop: requests in progress may take up to
+    FHE_SERVER_GRACEFUL_SHUTDOWN_SECONDS, and no new job starts meanwhile."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(signum)
+        if not callable(previous):
+            continue
+
+        def handler(number: int, frame: object, previous: Any = previous) -> None:
+            runner.drain()
+            previous(number, frame)
+
+        try:
+            signal.signal(signum, handler)
+        except ValueError:  # not the main thread (an in-process test client): nothing to chain
+            return
 
 
 def create_app(settings: ServerSettings | None = None) -> FastAPI:

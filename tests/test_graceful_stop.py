@@ -51,3 +51,57 @@ def test_the_runner_stops_promptly_every_time(tmp_path: Path) -> None:
         assert left == 0, f"stop {attempt}: {left} tasks still running"
         slowest = max(slowest, seconds)
     assert slowest < 2.0, f"the slowest of {STOPS} stops took {slowest:.2f} s"
+
+
+def test_a_stopping_server_starts_no_more_jobs(tiny_models: Path, tmp_path: Path) -> None:
+    """SIGTERM while a request is in progress: uvicorn lets it finish, and meanwhile the job
+    runner claims nothing more, so the queued jobs stay queued (never started) for the next
+    start, rather than starting runs the stop would cut short."""
+    import os
+    import signal
+    import sqlite3
+    import threading
+
+    from client.api import FHEServerAPI
+    from client.encrypted_model import EncryptedModel
+    from client.jobs import JobJournal, submit_items
+    from tests.conftest import SAMPLE_TEXTS
+    from tests.server_process import ServerProcess
+    from tests.test_broker_bounds import backlog, children_of, raw_predict, wait_until
+
+    env = {
+        "FHE_SERVER_WORKERS": "1",
+        "FHE_SERVER_JOB_CONCURRENCY": "1",
+        "FHE_SERVER_GRACEFUL_SHUTDOWN_SECONDS": "60",
+    }
+    api = ServerProcess(tiny_models, tmp_path / "api", env=env).start()
+    frozen: list[int] = []
+    try:
+        with FHEServerAPI(api.url) as client:
+            remote = EncryptedModel(client, "tiny", tmp_path / "client")
+            remote.predict(SAMPLE_TEXTS[:1])
+            ciphertext = remote.encrypt(SAMPLE_TEXTS[0]).ciphertext
+            frozen = children_of(api.process.pid)  # the pool's worker stops answering
+            for pid in frozen:
+                os.kill(pid, signal.SIGSTOP)
+            entries = submit_items(remote, SAMPLE_TEXTS[:5], JobJournal(tmp_path / "client"))
+            in_progress = threading.Thread(target=raw_predict, args=(api.url, remote, ciphertext))
+            in_progress.start()
+            wanted = {"jobs_queued": 4, "broker": 0, "turns": 1}
+            wait_until(lambda: backlog(api.url) == wanted, 30, f"backlog {backlog(api.url)}")
+            api.process.send_signal(signal.SIGTERM)
+            time.sleep(1)
+            for pid in frozen:
+                os.kill(pid, signal.SIGCONT)
+            frozen = []
+            in_progress.join(60)
+        assert api.process.wait(90) is not None
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+        api.stop()
+    with sqlite3.connect(tmp_path / "api" / "jobs" / "jobs.sqlite") as db:
+        rows = dict(db.execute("SELECT job_id, status || ':' || attempts FROM jobs").fetchall())
+    first, *rest = [rows[e.job_id] for e in entries]
+    assert first in ("done:1", "running:1"), rows
+    assert rest == ["queued:0"] * 4, rows

@@ -78,6 +78,7 @@ class JobRunner:
         self._running_ids: Counter[str] = Counter()
         self._notifying: set[str] = set()
         self._wakeup = asyncio.Event()
+        self.draining = False
         self._tasks: set[asyncio.Task] = set()
 
     def _spawn(self, coroutine: Awaitable[None]) -> None:
@@ -108,6 +109,12 @@ class JobRunner:
         """Loops, runs and deliveries not yet ended (none once `stop` has returned)."""
         return sum(1 for task in self._tasks if not task.done())
 
+    def drain(self) -> None:
+        """Claim no more jobs (the server was asked to stop): what is queued stays queued for
+        the next start or another replica, instead of starting runs the stop would cut short.
+        Safe to call from a signal handler (it only sets a flag)."""
+        self.draining = True
+
     def wake(self) -> None:
         """A job was queued or a slot freed: look at the queue now."""
         self._wakeup.set()
@@ -137,7 +144,7 @@ class JobRunner:
     async def _dispatch(self) -> None:
         while True:
             try:
-                while self.running < self.policy.concurrency:
+                while not self.draining and self.running < self.policy.concurrency:
                     job = await operations(self.store.claim_next)
                     if job is None:
                         break
