@@ -8,16 +8,13 @@ job waits and then finishes; a flush and an empty restart of Redis during runs l
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
-import signal
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
-import httpx
 import pytest
 import redis
 
@@ -28,6 +25,12 @@ from client.local_server import LocalPostgres, LocalRedis, LocalWorker
 from fhe.build.recipe import TrainedBundle
 from tests.conftest import REPO, SAMPLE_TEXTS, clear_labels, job_labels
 from tests.server_process import ServerProcess
+from tests.support.real_server import (
+    backlog,
+    frozen_children,
+    raw_predict,
+    wait_until,
+)
 
 NOEVICTION = ["--maxmemory-policy", "noeviction"]
 
@@ -54,36 +57,6 @@ def worker(
 ) -> LocalWorker:
     env = {"FHE_SERVER_DATABASE_URL": database} if database else {}
     return LocalWorker(redis_url, models, directory / name, name, env)
-
-
-def backlog(url: str) -> dict[str, float]:
-    """The server's fhe_backlog gauge, by part."""
-    text = httpx.get(f"{url}/metrics", timeout=30).text
-    return {
-        part: float(value)
-        for part, value in re.findall(r'^fhe_backlog\{part="(\w+)"\} (\S+)$', text, re.M)
-    }
-
-
-def wait_until(check, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
-
-
-def raw_predict(url: str, remote: EncryptedModel, ciphertext: bytes) -> httpx.Response:
-    """One synchronous prediction without the client's retries (which would hide a 503)."""
-    return httpx.post(
-        f"{url}/v1/models/{remote.name}/predict",
-        content=ciphertext,
-        headers={
-            "Content-Type": "application/octet-stream",
-            "X-Key-Id": remote.keys().key_id,
-            "X-Client-Spec": remote.client_spec,
-        },
-        timeout=60,
-    )
 
 
 def test_redis_at_maxmemory_answers_503_and_every_job_waits_then_finishes(
@@ -213,44 +186,21 @@ def test_the_backlog_counts_queued_jobs_and_runs_no_worker_started_on_celery(
         assert PASSWORD not in log.read_text(errors="replace"), log
 
 
-def children_of(pid: int) -> list[int]:
-    """Every descendant process of `pid` (from /proc)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found, frontier = [], [pid]
-    while frontier:
-        parent = frontier.pop()
-        for child, its_parent in parents.items():
-            if its_parent == parent:
-                found.append(child)
-                frontier.append(child)
-    return found
-
-
 def test_the_backlog_counts_queued_jobs_and_runs_waiting_for_a_turn_in_the_pool(
     tiny_models: Path, tiny_bundle: TrainedBundle, tmp_path: Path
 ) -> None:
     env = {"FHE_SERVER_WORKERS": "1", "FHE_SERVER_JOB_CONCURRENCY": "4"}
     api = ServerProcess(tiny_models, tmp_path / "api", env=env).start()
     texts = [SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)] for i in range(10)]
-    frozen: list[int] = []
     try:
-        with FHEServerAPI(api.url) as client:
+        with FHEServerAPI(api.url) as client, ExitStack() as stack:
             remote = EncryptedModel(client, "tiny", tmp_path / "client")
             remote.predict(texts[:1])
             ciphertext = remote.encrypt(texts[0]).ciphertext
             assert backlog(api.url) == {"jobs_queued": 0, "broker": 0, "turns": 0}
             # The pool's worker stops answering (SIGSTOP on the API's children): one run
             # holds it, the rest wait.
-            frozen = children_of(api.process.pid)
-            for pid in frozen:
-                os.kill(pid, signal.SIGSTOP)
+            thaw = stack.enter_context(frozen_children(api.process.pid))
             entries = submit_items(remote, texts, JobJournal(tmp_path / "client"))
             waiting = threading.Thread(target=raw_predict, args=(api.url, remote, ciphertext))
             waiting.start()
@@ -258,15 +208,11 @@ def test_the_backlog_counts_queued_jobs_and_runs_waiting_for_a_turn_in_the_pool(
             # synchronous request waiting too.
             wanted = {"jobs_queued": 6, "broker": 0, "turns": 4}
             wait_until(lambda: backlog(api.url) == wanted, 30, f"backlog {backlog(api.url)}")
-            for pid in frozen:
-                os.kill(pid, signal.SIGCONT)
-            frozen = []
+            thaw()
             labels = job_labels(remote, entries)
             waiting.join(60)
             assert backlog(api.url) == {"jobs_queued": 0, "broker": 0, "turns": 0}
     finally:
-        for pid in frozen:
-            os.kill(pid, signal.SIGCONT)
         api.stop()
     assert labels == clear_labels(tiny_bundle, texts)
 

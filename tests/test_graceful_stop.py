@@ -57,7 +57,6 @@ def test_a_stopping_server_starts_no_more_jobs(tiny_models: Path, tmp_path: Path
     """SIGTERM while a request is in progress: uvicorn lets it finish, and meanwhile the job
     runner claims nothing more, so the queued jobs stay queued (never started) for the next
     start, rather than starting runs the stop would cut short."""
-    import os
     import signal
     import sqlite3
     import threading
@@ -67,7 +66,7 @@ def test_a_stopping_server_starts_no_more_jobs(tiny_models: Path, tmp_path: Path
     from client.jobs import JobJournal, submit_items
     from tests.conftest import SAMPLE_TEXTS
     from tests.server_process import ServerProcess
-    from tests.test_broker_bounds import backlog, children_of, raw_predict, wait_until
+    from tests.support.real_server import backlog, frozen_children, raw_predict, wait_until
 
     env = {
         "FHE_SERVER_WORKERS": "1",
@@ -75,30 +74,26 @@ def test_a_stopping_server_starts_no_more_jobs(tiny_models: Path, tmp_path: Path
         "FHE_SERVER_GRACEFUL_SHUTDOWN_SECONDS": "60",
     }
     api = ServerProcess(tiny_models, tmp_path / "api", env=env).start()
-    frozen: list[int] = []
     try:
         with FHEServerAPI(api.url) as client:
             remote = EncryptedModel(client, "tiny", tmp_path / "client")
             remote.predict(SAMPLE_TEXTS[:1])
             ciphertext = remote.encrypt(SAMPLE_TEXTS[0]).ciphertext
-            frozen = children_of(api.process.pid)  # the pool's worker stops answering
-            for pid in frozen:
-                os.kill(pid, signal.SIGSTOP)
-            entries = submit_items(remote, SAMPLE_TEXTS[:5], JobJournal(tmp_path / "client"))
-            in_progress = threading.Thread(target=raw_predict, args=(api.url, remote, ciphertext))
-            in_progress.start()
-            wanted = {"jobs_queued": 4, "broker": 0, "turns": 1}
-            wait_until(lambda: backlog(api.url) == wanted, 30, f"backlog {backlog(api.url)}")
-            api.process.send_signal(signal.SIGTERM)
-            time.sleep(1)
-            for pid in frozen:
-                os.kill(pid, signal.SIGCONT)
-            frozen = []
-            in_progress.join(60)
+            # The pool's worker stops answering.
+            with frozen_children(api.process.pid) as thaw:
+                entries = submit_items(remote, SAMPLE_TEXTS[:5], JobJournal(tmp_path / "client"))
+                in_progress = threading.Thread(
+                    target=raw_predict, args=(api.url, remote, ciphertext)
+                )
+                in_progress.start()
+                wanted = {"jobs_queued": 4, "broker": 0, "turns": 1}
+                wait_until(lambda: backlog(api.url) == wanted, 30, f"backlog {backlog(api.url)}")
+                api.process.send_signal(signal.SIGTERM)
+                time.sleep(1)
+                thaw()
+                in_progress.join(60)
         assert api.process.wait(90) is not None
     finally:
-        for pid in frozen:
-            os.kill(pid, signal.SIGCONT)
         api.stop()
     with sqlite3.connect(tmp_path / "api" / "jobs" / "jobs.sqlite") as db:
         rows = dict(db.execute("SELECT job_id, status || ':' || attempts FROM jobs").fetchall())
