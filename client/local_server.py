@@ -35,11 +35,20 @@ SERVER = [sys.executable, "-m", "server.cli"]
 """fhe-server as a module of this interpreter: works installed and in an assembled Space alike."""
 
 
+_HANDED_OUT: set[int] = set()
+"""Ports this process was given: the kernel may hand a just-closed port out again, and two
+callers then bind (or point an upstream at) the same port."""
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on `host` that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    """A TCP port on `host` that nothing listens on right now, never one given before here."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def _prctl(option: int, value: int) -> None:
