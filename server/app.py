@@ -14,6 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 
+from server.allow_list import AllowList
 from server.compute import make_compute
 from server.compute.clear_workers import ClearWorkers
 from server.compute.compilation import CircuitCompilation
@@ -22,7 +23,7 @@ from server.deps import Access, authenticate
 from server.errors import ConfigurationError, install_error_handlers
 from server.executors import READINESS, run_in
 from server.inference import Inference
-from server.jobs.callbacks import AllowList, CallbackSender, signing_key
+from server.jobs.callbacks import CallbackSender, signing_key
 from server.jobs.queue import JobQueue
 from server.jobs.runner import JobPolicy, JobRunner
 from server.key_uploads import KeyUploads

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from server.allow_list import AllowList
 from server.cpu_quota import available_cpus
 from server.models.clear import ModelPolicy
 
@@ -268,8 +269,6 @@ class ServerSettings(BaseSettings):
     @classmethod
     def _check_callback_allow(cls, entries: list[str]) -> list[str]:
         """Refuse at start-up an entry that is no host name, address or CIDR."""
-        from server.jobs.callbacks import AllowList
-
         AllowList.parse(entries)
         return entries
 

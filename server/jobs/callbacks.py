@@ -20,11 +20,9 @@ import ipaddress
 import json
 import logging
 import os
-import re
 import socket
 import ssl
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,14 +33,13 @@ import httpx
 
 from fhe.contract.callback_signature import SIGNATURE_HEADER, sign_callback
 from server import errors
+from server.allow_list import HOST_NAME, AllowList, IPAddress, IPNetwork, canonical, host_name
 
 if TYPE_CHECKING:
     from server.settings import ServerSettings
 
 log = logging.getLogger("fhe_server.callbacks")
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 """Names one job's end: every delivery of it (retries, or another replica's) carries the same
@@ -53,7 +50,6 @@ MAX_URL_LENGTH = 2048
 RESOLVE_TIMEOUT_SECONDS = 5.0
 MAX_ADDRESSES_TRIED = 4
 LOCALHOST = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
-HOST_NAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*")
 
 BLOCKED_NETWORKS: tuple[tuple[IPNetwork, str], ...] = tuple(
     (ipaddress.ip_network(network), reason)
@@ -120,57 +116,6 @@ def address_refusal(address: IPAddress) -> str | None:
     return None
 
 
-def _canonical(address: IPAddress) -> IPAddress:
-    """An IPv4-mapped IPv6 address as the IPv4 address it is; any other address unchanged."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
-
-
-def _host_name(host: str) -> str:
-    """A host name as the allow-list compares it: lower case, ASCII, without the trailing dot."""
-    return host.lower().removesuffix(".")
-
-
-@dataclass(frozen=True)
-class AllowList:
-    """The operator's callback targets beyond public addresses: host names and address ranges."""
-
-    hosts: frozenset[str] = frozenset()
-    networks: tuple[IPNetwork, ...] = ()
-
-    @classmethod
-    def parse(cls, entries: Iterable[str]) -> AllowList:
-        """Host names, addresses and CIDRs ("hooks.internal", "::1", "10.0.0.0/8"); ValueError
-        names an entry that is none of these."""
-        hosts: set[str] = set()
-        networks: list[IPNetwork] = []
-        for entry in entries:
-            text = entry.strip()
-            try:
-                networks.append(ipaddress.ip_network(text, strict=False))
-                continue
-            except ValueError:
-                pass
-            try:
-                name = _host_name(text.encode("idna").decode("ascii"))
-            except UnicodeError:
-                name = ""
-            if not HOST_NAME.fullmatch(name):
-                raise ValueError(f"callback_allow entry {entry!r} is no host name, address or CIDR")
-            hosts.add(name)
-        return cls(frozenset(hosts), tuple(networks))
-
-    def allows_host(self, host: str) -> bool:
-        """True when the operator named this host."""
-        return _host_name(host) in self.hosts
-
-    def allows_address(self, address: IPAddress) -> bool:
-        """True when an allowed range holds this address."""
-        address = _canonical(address)
-        return any(address.version == n.version and address in n for n in self.networks)
-
-
 @dataclass(frozen=True)
 class CallbackURL:
     """A callback URL taken apart: what to resolve, and what to send as `Host` and TLS name."""
@@ -201,7 +146,7 @@ def _ipv4_literal(host: str) -> ipaddress.IPv4Address | None:
 
 def _is_localhost(host: str) -> bool:
     """True for localhost and its subdomains, which always mean loopback (RFC 6761)."""
-    name = _host_name(host)
+    name = host_name(host)
     return name == "localhost" or name.endswith(".localhost")
 
 
@@ -235,7 +180,7 @@ def parse_callback_url(url: str) -> CallbackURL:
             host = host.encode("idna").decode("ascii")
         except UnicodeError:
             raise _invalid(f"the callback URL's host {host!r} is no valid host name") from None
-        if not HOST_NAME.fullmatch(_host_name(host)):
+        if not HOST_NAME.fullmatch(host_name(host)):
             raise _invalid(f"the callback URL's host {host!r} is no valid host name")
         literal = _ipv4_literal(host)
         shown = host
@@ -296,11 +241,11 @@ def refusal(parsed: CallbackURL, addresses: list[IPAddress], allow: AllowList) -
     for address in addresses:
         if allow.allows_address(address):
             continue
-        reason = address_refusal(_canonical(address))
+        reason = address_refusal(canonical(address))
         if reason is None:
             continue
         if parsed.literal is not None or _is_localhost(parsed.host):
-            shown = _canonical(address)
+            shown = canonical(address)
             if parsed.host == str(shown):
                 return f"{parsed.host} is {reason}"
             return f"{parsed.host} is {shown} ({reason})"
@@ -420,7 +365,7 @@ class CallbackSender:
         }
         if isinstance(payload.get("delivery_id"), str):
             headers[IDEMPOTENCY_HEADER] = payload["delivery_id"]
-        extensions = {} if parsed.literal is not None else {"sni_hostname": _host_name(parsed.host)}
+        extensions = {} if parsed.literal is not None else {"sni_hostname": host_name(parsed.host)}
         failures: list[str] = []
         async with httpx.AsyncClient(
             timeout=self.timeout_seconds,
@@ -431,7 +376,7 @@ class CallbackSender:
             for address in addresses[:MAX_ADDRESSES_TRIED]:
                 request = http.build_request(
                     "POST",
-                    parsed.pinned(_canonical(address)),
+                    parsed.pinned(canonical(address)),
                     content=body,
                     headers=headers,
                     extensions=extensions,

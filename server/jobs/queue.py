@@ -6,7 +6,8 @@ from __future__ import annotations
 import time
 
 from server import errors
-from server.jobs.callbacks import AllowList, checked_callback_url
+from server.allow_list import AllowList
+from server.jobs.callbacks import checked_callback_url
 from server.jobs.runner import JobRunner
 from server.storage.calls import store_call
 from server.storage.jobs import Job, JobLimits, JobRefused, JobStore, new_job_id
