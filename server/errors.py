@@ -20,29 +20,23 @@ class ConfigurationError(Exception):
 class ServiceError(Exception):
     """An error a caller should see: `{"error": message, "code": code, ...extra}` with a status.
 
-    Subclasses fix the status and code; `ServiceError` itself takes them per instance, for errors
-    that come back from elsewhere with theirs (a Celery worker's answer, a stored job's error).
+    Each subclass fixes one status and one stable code; an error that comes back from elsewhere
+    with only its code (a Celery worker's answer) becomes its class through `from_code`, so a code
+    has the same status wherever it is raised.
     """
 
     status: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
 
     def __init__(
-        self,
-        message: str,
-        headers: dict[str, str] | None = None,
-        status: int | None = None,
-        code: str | None = None,
-        **extra: object,
+        self, message: str, headers: dict[str, str] | None = None, **extra: object
     ) -> None:
+        if "status" in extra or "code" in extra:
+            raise TypeError("a domain error's status and code are its class's")
         super().__init__(message)
         self.message = message
         self.headers = headers
         self.extra = extra
-        if status is not None:
-            self.status = status  # type: ignore[misc]
-        if code is not None:
-            self.code = code  # type: ignore[misc]
 
 
 class EmptyBody(ServiceError):
@@ -289,6 +283,50 @@ class BodyTimedOut(ServiceError):
     """The client stopped sending its body, or trickles it too slowly."""
 
     status, code = 408, "body_timeout"
+
+
+class UnprocessableKeys(ServiceError):
+    """Evaluation keys that stopped the worker deserializing them (a crash, or a run dead-lettered
+    after stopping several): like a ciphertext that does, 422."""
+
+    status, code = 422, "unprocessable_keys"
+
+
+class DeadLettered(ServiceError):
+    """A run that stopped several Celery workers in turn and was set aside."""
+
+    status, code = 422, "dead_lettered"
+
+
+class InvalidCallbackURL(ServiceError):
+    """A job's callback URL that is no absolute http(s) URL this server can call."""
+
+    status, code = 400, "invalid_callback_url"
+
+
+class CallbackNotAllowed(ServiceError):
+    """A job's callback URL that resolves to an address callbacks may not reach."""
+
+    status, code = 400, "callback_not_allowed"
+
+
+class WorkerError(ServiceError):
+    """A worker answered with a code this API does not know (another version of the server)."""
+
+    status, code = 502, "worker_error"
+
+
+def _all_classes(base: type[ServiceError]) -> list[type[ServiceError]]:
+    return [base, *(c for sub in base.__subclasses__() for c in _all_classes(sub))]
+
+
+def from_code(code: str, message: str) -> ServiceError:
+    """The domain error whose stable code is `code` (502 worker_error for a code not known here):
+    its status is the class's, whatever status came with the code."""
+    for cls in _all_classes(ServiceError):
+        if cls.code == code and cls is not ServiceError:
+            return cls(message)
+    return WorkerError(f"{code}: {message}")
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -16,15 +16,15 @@ import cachetools
 
 from fhe.contract.keyset import MalformedKeys, uploaded_keyset_file
 from server import errors, metrics
-from server.compute import Busy, Compute, RunRefused, TimedOut, WorkerCrashed, circuits
-from server.compute.clear_workers import ClearWorkerCrashed, ClearWorkers, PredictionTimedOut
-from server.compute.compiled_circuit import CircuitUnavailable
+from server.compute import Compute
+from server.compute.clear_workers import ClearWorkers
 from server.compute.fair_share import FairShare, OwnerQueueFull, QueueFull
 from server.executors import KEY_WORK, run_in
 from server.models.clear import ClearModel, InvalidInputs
 from server.models.clear_inputs import parse_inputs
 from server.models.clear_worker import Answer, ClearSource
 from server.models.registry import FHEModel, Model, ModelRegistry
+from server.run_errors import clear_run_errors, fhe_run_errors, shared_turn_error
 from server.storage.calls import store_call
 from server.storage.jobs import Job
 from server.storage.keys import KeyStore, StoredKey
@@ -80,13 +80,6 @@ def parsed_inputs(body: bytes) -> Any:
         return parse_inputs(body)
     except InvalidInputs as error:
         raise errors.InvalidInputsError(str(error)) from None
-
-
-def shared_turn_error(error: QueueFull | OwnerQueueFull) -> errors.ServiceError:
-    """429 when the token has its share waiting, 503 when every waiting place is taken."""
-    if isinstance(error, OwnerQueueFull):
-        return errors.TooManyRequests(str(error), headers={"Retry-After": "2"})
-    return errors.Busy(str(error), headers={"Retry-After": "2"})
 
 
 def clear_error(model: ClearModel, kind: str, message: str) -> errors.ServiceError:
@@ -235,43 +228,18 @@ class Inference:
         the result and FHE seconds. `queued_since` (a job's first run: when it was accepted)
         times its wait up to its turn, not up to its claim."""
         asked = time.perf_counter()
-        try:
-            with self.keys.in_use(key.key_id):
-                async with self.fhe_share.turn(owner, bounded):
-                    turn = time.time()
-                    result, seconds, key_cached = await self.compute.run_circuit(
-                        str(model.path), key.key_id, str(key.path or ""), ciphertext
-                    )
-            if queued_since is not None:  # once, for the run that went through
-                metrics.QUEUE_WAIT.observe(max(0.0, turn - queued_since))
-            metrics.RUN_TURNAROUND.labels(model=model.name).observe(time.perf_counter() - asked)
-            if not self.workers_record_runs:
-                metrics.record_run(model.name, seconds, key_cached)
-            return result, seconds
-        except (QueueFull, OwnerQueueFull) as error:
-            raise shared_turn_error(error) from None
-        except Busy as error:
-            raise errors.Busy(str(error), headers={"Retry-After": "2"}) from None
-        except circuits.BadInput as error:
-            raise errors.MalformedCiphertext(str(error)) from None
-        except CircuitUnavailable as error:
-            raise errors.CircuitUnavailable(
-                f"model {model.name!r} cannot run on this server: {error}"
-            ) from None
-        except circuits.StoreUnavailable as error:
-            raise errors.StateUnavailable(str(error), headers={"Retry-After": "5"}) from None
-        except KeyError:
-            raise errors.UnknownKey("evaluation key was evicted; upload it again") from None
-        except TimedOut as error:
-            raise errors.FHETimeout(str(error), headers={"Retry-After": "30"}) from None
-        except RunRefused as error:
-            raise errors.ServiceError(str(error), status=error.status, code=error.code) from None
-        except WorkerCrashed as error:
-            metrics.WORKER_CRASHES.inc()
-            raise errors.UnprocessableCiphertext(
-                f"{error}: the ciphertext or keys do not fit this model's circuit; other "
-                "requests were not affected",
-            ) from None
+        with fhe_run_errors(model.name), self.keys.in_use(key.key_id):
+            async with self.fhe_share.turn(owner, bounded):
+                turn = time.time()
+                result, seconds, key_cached = await self.compute.run_circuit(
+                    str(model.path), key.key_id, str(key.path or ""), ciphertext
+                )
+        if queued_since is not None:  # once, for the run that went through
+            metrics.QUEUE_WAIT.observe(max(0.0, turn - queued_since))
+        metrics.RUN_TURNAROUND.labels(model=model.name).observe(time.perf_counter() - asked)
+        if not self.workers_record_runs:
+            metrics.record_run(model.name, seconds, key_cached)
+        return result, seconds
 
     async def clear_answer(
         self, model: ClearModel, payload: bytes, owner: str | None, bounded: bool = True
@@ -279,15 +247,8 @@ class Inference:
         """Parse, bound and predict a clear model's JSON body in a clear worker, when the
         owner's turn comes: the worker's plain answer (see `clear_worker.Answer`)."""
         started = time.perf_counter()
-        try:
+        with clear_run_errors():
             answer = await self.clear.predict(ClearSource.of(model), payload, owner, bounded)
-        except (QueueFull, OwnerQueueFull) as error:
-            raise shared_turn_error(error) from None
-        except PredictionTimedOut as error:
-            raise errors.PredictionTimeout(str(error)) from None
-        except ClearWorkerCrashed as error:
-            metrics.WORKER_CRASHES.inc()
-            raise errors.PredictionCrashed(str(error)) from None
         if answer[0] == "ok":
             metrics.CLEAR_SECONDS.labels(model=model.name).observe(time.perf_counter() - started)
         return answer
@@ -305,15 +266,8 @@ class Inference:
     async def check_clear(self, model: ClearModel, payload: bytes, owner: str | None) -> None:
         """400 or 413 now, for a body the model's job would refuse (parsed in a worker)."""
         self.ready_clear(model)
-        try:
+        with clear_run_errors():
             kind, value, _ = await self.clear.check(ClearSource.of(model), payload, owner)
-        except (QueueFull, OwnerQueueFull) as error:
-            raise shared_turn_error(error) from None
-        except PredictionTimedOut as error:
-            raise errors.PredictionTimeout(str(error)) from None
-        except ClearWorkerCrashed as error:
-            metrics.WORKER_CRASHES.inc()
-            raise errors.PredictionCrashed(str(error)) from None
         if kind != "ok":
             raise clear_error(model, kind, value)
 

@@ -14,11 +14,12 @@ from contextlib import contextmanager
 
 from fhe.contract.keyset import KeysetDescription, MalformedKeys, uploaded_keyset_file
 from server import errors, metrics
-from server.compute import Busy, Compute, RunRefused, TimedOut, WorkerCrashed, circuits
-from server.compute.fair_share import FairShare, OwnerQueueFull, QueueFull
+from server.compute import Compute
+from server.compute.fair_share import FairShare
 from server.executors import KEY_WORK, run_in
-from server.inference import key_mismatch, shared_turn_error
+from server.inference import key_mismatch
 from server.models.registry import FHEModel, ModelRegistry
+from server.run_errors import key_check_errors
 from server.storage.calls import store_call
 from server.storage.keys import (
     KeyPinned,
@@ -246,21 +247,6 @@ class KeyUploads:
     async def _check_deserializes(self, upload: Upload, owner: str | None) -> None:
         """Have a worker deserialize the keys when the owner's turn comes, mapping what can go
         wrong to the caller's error."""
-        try:
+        with key_check_errors():
             async with self.fhe_share.turn(owner):
                 await self.compute.check_keys(upload.key_id, str(upload.path))
-        except (QueueFull, OwnerQueueFull) as error:
-            raise shared_turn_error(error) from None
-        except circuits.BadInput as error:
-            metrics.KEY_CHECKS.labels(result="malformed").inc()
-            raise errors.MalformedKeys(str(error)) from None
-        except WorkerCrashed as error:
-            metrics.WORKER_CRASHES.inc()
-            metrics.KEY_CHECKS.labels(result="crashed").inc()
-            raise errors.MalformedKeys(f"the evaluation keys crashed a worker: {error}") from None
-        except (Busy, KeyError) as error:
-            raise errors.Busy(str(error), headers={"Retry-After": "5"}) from None
-        except TimedOut as error:
-            raise errors.FHETimeout(str(error), headers={"Retry-After": "30"}) from None
-        except RunRefused as error:
-            raise errors.ServiceError(str(error), status=error.status, code=error.code) from None

@@ -33,11 +33,12 @@ class TimedOut(RuntimeError):
 
 
 class RunRefused(RuntimeError):
-    """A remote worker refused the run with a status and a stable code (Celery mode)."""
+    """A remote worker refused the run with a stable code (Celery mode): the API's domain error
+    of that code says the status."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
-        self.status, self.code = status, code
+        self.code = code
 
 
 class InFlight:

@@ -132,7 +132,7 @@ class CeleryExecutor:
             try:
                 data = path.read_bytes()
             except FileNotFoundError:
-                raise KeyError(key_id) from None
+                raise circuits.KeyMissing(key_id) from None
             self._check_room(len(data))
             self.redis.set(name, data, ex=int(self.key_ttl))
 
@@ -216,7 +216,7 @@ class CeleryExecutor:
         """Publish the key, send one task and wait for it; Busy past the in-flight bound.
 
         A key the worker could not find is published again and the task sent once more. Worker
-        errors come back as the local pool's: KeyError for an unknown key, BadInput for a
+        errors come back as the local pool's: KeyMissing for an unknown key, BadInput for a
         malformed input, RunRefused for the rest.
         """
         loop = asyncio.get_running_loop()
@@ -237,14 +237,14 @@ class CeleryExecutor:
                     return await publish_and_send()
             except TaskFailed as failed:
                 if failed.code == "unknown_key":
-                    raise KeyError(str(failed)) from None
+                    raise circuits.KeyMissing(str(failed)) from None
                 if failed.code == "busy":  # the worker found Redis full or out of reach
                     raise Busy(str(failed)) from None
                 if failed.code in ("malformed_ciphertext", "malformed_keys"):
                     raise circuits.BadInput(str(failed)) from None
                 if failed.code == "state_unavailable":
                     raise circuits.StoreUnavailable(str(failed)) from None
-                raise RunRefused(failed.status, failed.code, str(failed)) from None
+                raise RunRefused(failed.code, str(failed)) from None
 
     async def run_circuit(
         self, bundle_dir: str, key_id: str, key_path: str, ciphertext: bytes
@@ -272,6 +272,11 @@ class CeleryExecutor:
         them from the database once stored, so Redis held this copy only for the check)."""
         try:
             await self._task(key_id, key_path, TASK_CHECK_KEYS, [key_id])
+        except circuits.KeyMissing:  # this API published the keys: the broker lost them
+            self._control.submit(self.forget_key, key_id)
+            raise BrokerLost(
+                f"the broker lost evaluation key {key_id} before a worker checked it"
+            ) from None
         except BaseException:
             self._control.submit(self.forget_key, key_id)
             raise

@@ -72,24 +72,24 @@ class WorkerState:
         if shared and self.reader is not None:
             if not self.reader.exists(key_id):
                 path.unlink(missing_ok=True)
-                raise KeyError(key_id)
+                raise circuits.KeyMissing(key_id)
             if not path.is_file():
                 try:
                     self.reader.copy_to(key_id, path)
                 except FileNotFoundError:
-                    raise KeyError(key_id) from None
+                    raise circuits.KeyMissing(key_id) from None
                 self._evict(keep=path)
             os.utime(path)
             return path
         if not self.redis.exists(KEY_PREFIX + key_id):
             path.unlink(missing_ok=True)
-            raise KeyError(key_id)
+            raise circuits.KeyMissing(key_id)
         if path.is_file():
             os.utime(path)
             return path
         data = self.redis.get(KEY_PREFIX + key_id)
         if data is None:
-            raise KeyError(key_id)
+            raise circuits.KeyMissing(key_id)
         write_atomic(path, data, sync=False)
         self._evict(keep=path)
         return path
@@ -170,7 +170,7 @@ def register_tasks(app: Celery, state_of: Any, delivery_ttl: float = 86400) -> N
             )
         try:
             key_path = state.key_path(key_id)
-        except KeyError:
+        except circuits.KeyMissing:
             return _error(404, "unknown_key", f"evaluation key {key_id} is not in the key store")
         except Exception as error:  # the shared database did not answer: worth trying again
             log.warning("key %s could not be read: %s", key_id, error)
@@ -201,14 +201,14 @@ def register_tasks(app: Celery, state_of: Any, delivery_ttl: float = 86400) -> N
             state.dead_letter(task.request.id, "", key_id, deliveries)
             metrics.DEAD_LETTERS.inc()
             return _error(
-                400,
-                "malformed_keys",
+                422,
+                "unprocessable_keys",
                 f"deserializing these evaluation keys stopped {MAX_DELIVERIES} FHE workers",
             )
         try:
             # Keys are checked before they are stored: this one comes through Redis.
             circuits.check_keys(str(state.key_path(key_id, shared=False)))
-        except KeyError:
+        except circuits.KeyMissing:
             return _error(404, "unknown_key", f"evaluation key {key_id} is not in the key store")
         except circuits.BadInput as error:
             return _error(400, "malformed_keys", str(error))

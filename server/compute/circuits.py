@@ -40,6 +40,11 @@ class StoreUnavailable(Exception):
     """The shared key store did not answer; the run may be tried again later."""
 
 
+class KeyMissing(LookupError):
+    """The key store holds no key of this id (never uploaded, evicted or deleted): the caller
+    uploads it again. A class of its own, so a bug's KeyError is never taken for it."""
+
+
 def _exit_with_parent(parent: int) -> None:
     while os.getppid() == parent:
         time.sleep(1.0)
@@ -108,7 +113,7 @@ def _deserialize_keys(data: bytes) -> Any:
 
 
 def _read_keys(key_id: str, key_path: str) -> bytes:
-    """A key's bytes: its file, or the shared store; KeyError when neither holds it."""
+    """A key's bytes: its file, or the shared store; KeyMissing when neither holds it."""
     try:
         if key_path:
             return Path(key_path).read_bytes()
@@ -118,7 +123,7 @@ def _read_keys(key_id: str, key_path: str) -> bytes:
         pass
     except Exception as error:  # the database, not the caller: worth trying again
         raise StoreUnavailable(f"the key store did not answer: {type(error).__name__}") from None
-    raise KeyError(key_id)
+    raise KeyMissing(key_id)
 
 
 def _evaluation_keys(key_id: str, key_path: str) -> tuple[Any, bool]:

@@ -275,7 +275,7 @@ async def checked_callback_url(url: str | None, allow: AllowList) -> str | None:
     try:
         await check_callback_url(url, allow)
     except CallbackRefused as refused:
-        raise errors.ServiceError(refused.message, status=400, code=refused.code) from None
+        raise errors.from_code(refused.code, refused.message) from None
     return url
 
 
