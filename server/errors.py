@@ -310,6 +310,12 @@ class CallbackNotAllowed(ServiceError):
     status, code = 400, "callback_not_allowed"
 
 
+class ModelMismatch(ServiceError):
+    """Celery mode: a worker holds another bundle under the model's name."""
+
+    status, code = 503, "model_mismatch"
+
+
 class WorkerError(ServiceError):
     """A worker answered with a code this API does not know (another version of the server)."""
 

@@ -32,7 +32,7 @@ def _lint(root: Path) -> subprocess.CompletedProcess[str]:
 def test_the_tree_keeps_the_import_contract() -> None:
     run = _lint(REPO)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "4 kept, 0 broken" in run.stdout
+    assert "5 kept, 0 broken" in run.stdout
 
 
 def _copy(tmp_path: Path) -> Path:
@@ -61,6 +61,18 @@ def test_a_forbidden_import_breaks_it(tmp_path: Path) -> None:
         assert run.returncode != 0, f"{file}: {run.stdout}"
         assert "BROKEN" in run.stdout and "0 broken" not in run.stdout, run.stdout
         assert file.removesuffix(".py").replace("/", ".") in run.stdout, run.stdout
+
+
+def test_an_import_circle_in_the_server_breaks_it(tmp_path: Path) -> None:
+    """The acyclic contract fails on a circle: the domain errors importing the settings, which
+    import (through the models) the errors."""
+    root = _copy(tmp_path)
+    target = root / "server" / "errors.py"
+    target.write_text(target.read_text() + "from server import settings  # noqa\n")
+    run = _lint(root)
+    assert run.returncode != 0, run.stdout
+    assert "No import circle in the server" in run.stdout and "BROKEN" in run.stdout, run.stdout
+    assert "No cycles are allowed in server." in run.stdout, run.stdout
 
 
 def _concrete_imports(path: Path) -> list[str]:

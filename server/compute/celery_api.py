@@ -23,6 +23,7 @@ from kombu.exceptions import OperationalError
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from server import errors
 from server.compute import BrokerLost, Busy, InFlight, RunRefused, TimedOut, circuits
 from server.compute.celery_app import (
     KEY_PREFIX,
@@ -231,18 +232,22 @@ class CeleryExecutor:
                 try:
                     return await publish_and_send()
                 except TaskFailed as failed:
-                    if failed.code != "unknown_key" or not key_path or not Path(key_path).is_file():
+                    if (
+                        failed.code != errors.UnknownKey.code
+                        or not key_path
+                        or not Path(key_path).is_file()
+                    ):
                         raise
                     log.info("key %s was missing in Redis; published again", key_id)
                     return await publish_and_send()
             except TaskFailed as failed:
-                if failed.code == "unknown_key":
+                if failed.code == errors.UnknownKey.code:
                     raise circuits.KeyMissing(str(failed)) from None
-                if failed.code == "busy":  # the worker found Redis full or out of reach
+                if failed.code == errors.Busy.code:  # the worker found Redis full or out of reach
                     raise Busy(str(failed)) from None
-                if failed.code in ("malformed_ciphertext", "malformed_keys"):
+                if failed.code in (errors.MalformedCiphertext.code, errors.MalformedKeys.code):
                     raise circuits.BadInput(str(failed)) from None
-                if failed.code == "state_unavailable":
+                if failed.code == errors.StateUnavailable.code:
                     raise circuits.StoreUnavailable(str(failed)) from None
                 raise RunRefused(failed.code, str(failed)) from None
 

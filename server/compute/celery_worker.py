@@ -16,7 +16,7 @@ from typing import Any
 import redis
 from celery import Celery
 
-from server import metrics
+from server import errors, metrics
 from server.compute import circuits
 from server.compute.celery_app import (
     DEAD_LETTER,
@@ -130,8 +130,10 @@ class WorkerState:
         self.redis.ltrim(DEAD_LETTER, -1000, -1)
 
 
-def _error(status: int, code: str, message: str) -> dict[str, Any]:
-    return {"error": {"status": status, "code": code, "message": message}}
+def _error(error: type[errors.ServiceError], message: str) -> dict[str, Any]:
+    """A task's refusal: the code of a domain error (the API raises that error again), with
+    its status for readers of the result that do not know the class."""
+    return {"error": {"status": error.status, "code": error.code, "message": message}}
 
 
 def register_tasks(app: Celery, state_of: Any, delivery_ttl: float = 86400) -> None:
@@ -145,11 +147,10 @@ def register_tasks(app: Celery, state_of: Any, delivery_ttl: float = 86400) -> N
         bundle = state.models_dir / model
         host = socket.gethostname()
         if not (bundle / "server.zip").is_file():
-            return _error(404, "unknown_model", f"worker {host} has no {model!r}")
+            return _error(errors.UnknownModel, f"worker {host} has no {model!r}")
         if client_spec and bundle_client_spec(bundle) != client_spec:
             return _error(
-                503,
-                "model_mismatch",
+                errors.ModelMismatch,
                 f"worker {host} holds another bundle under the name {model!r} (client spec "
                 f"{bundle_client_spec(bundle)}, the API serves {client_spec}); the operator "
                 "must deploy the same models directory to the API and every worker",
@@ -157,32 +158,31 @@ def register_tasks(app: Celery, state_of: Any, delivery_ttl: float = 86400) -> N
         try:
             deliveries = state.deliveries(task.request.id, delivery_ttl)
         except redis.RedisError as error:  # full (noeviction refuses writes) or unreachable
-            return _error(503, "busy", f"worker {host} cannot count the delivery: {error}")
+            return _error(errors.Busy, f"worker {host} cannot count the delivery: {error}")
         if deliveries > MAX_DELIVERIES:
             state.dead_letter(task.request.id, model, key_id, deliveries)
             metrics.DEAD_LETTERS.inc()
             log.error("task %s dead-lettered after %d deliveries", task.request.id, deliveries)
             return _error(
-                422,
-                "dead_lettered",
+                errors.DeadLettered,
                 f"this run stopped {MAX_DELIVERIES} FHE workers and was set aside: the ciphertext "
                 "or keys do not fit this model's circuit; other requests were not affected",
             )
         try:
             key_path = state.key_path(key_id)
         except circuits.KeyMissing:
-            return _error(404, "unknown_key", f"evaluation key {key_id} is not in the key store")
+            return _error(errors.UnknownKey, f"evaluation key {key_id} is not in the key store")
         except Exception as error:  # the shared database did not answer: worth trying again
             log.warning("key %s could not be read: %s", key_id, error)
-            return _error(503, "state_unavailable", f"worker {host} cannot read the key store")
+            return _error(errors.StateUnavailable, f"worker {host} cannot read the key store")
         try:
             result, seconds, cached = circuits.run_circuit(
                 str(bundle), key_id, str(key_path), base64.b64decode(ciphertext_b64)
             )
         except circuits.BadInput as error:
-            return _error(400, "malformed_ciphertext", str(error))
+            return _error(errors.MalformedCiphertext, str(error))
         except CircuitUnavailable as error:
-            return _error(503, "circuit_unavailable", f"worker {host}: {error}")
+            return _error(errors.CircuitUnavailable, f"worker {host}: {error}")
         metrics.record_run(model, seconds, cached)
         return {
             "result": base64.b64encode(result).decode(),
@@ -196,20 +196,19 @@ def register_tasks(app: Celery, state_of: Any, delivery_ttl: float = 86400) -> N
         try:
             deliveries = state.deliveries(task.request.id, delivery_ttl)
         except redis.RedisError as error:  # full (noeviction refuses writes) or unreachable
-            return _error(503, "busy", f"the worker cannot count the delivery: {error}")
+            return _error(errors.Busy, f"the worker cannot count the delivery: {error}")
         if deliveries > MAX_DELIVERIES:
             state.dead_letter(task.request.id, "", key_id, deliveries)
             metrics.DEAD_LETTERS.inc()
             return _error(
-                422,
-                "unprocessable_keys",
+                errors.UnprocessableKeys,
                 f"deserializing these evaluation keys stopped {MAX_DELIVERIES} FHE workers",
             )
         try:
             # Keys are checked before they are stored: this one comes through Redis.
             circuits.check_keys(str(state.key_path(key_id, shared=False)))
         except circuits.KeyMissing:
-            return _error(404, "unknown_key", f"evaluation key {key_id} is not in the key store")
+            return _error(errors.UnknownKey, f"evaluation key {key_id} is not in the key store")
         except circuits.BadInput as error:
-            return _error(400, "malformed_keys", str(error))
+            return _error(errors.MalformedKeys, str(error))
         return {"ok": True}
