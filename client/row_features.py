@@ -13,10 +13,8 @@ from typing import Any
 import numpy as np
 
 from client.errors import ClientError
+from fhe.contract.outputs import extra_columns, missing_columns
 from fhe.contract.preprocessing import PlainPreprocessing, UnusablePreprocessing
-
-MISSING = "The following columns were expected but not given: {}"
-EXTRA = "The following columns were given but not expected: {}"
 
 
 class ColumnsMismatch(ClientError):
@@ -45,12 +43,12 @@ class TabularRows:
         if missing - self.imputes:
             imputed = sorted(missing & self.imputes)
             more = f" ({imputed} would be imputed)" if imputed else ""
-            raise ColumnsMismatch(MISSING.format(missing - self.imputes) + more)
+            raise ColumnsMismatch(missing_columns(missing - self.imputes) + more)
         found = []
         if given - expected:
-            found.append(EXTRA.format(given - expected))
+            found.append(extra_columns(given - expected))
         if missing:
-            found.append(MISSING.format(missing) + " (imputed by the model's preprocessing)")
+            found.append(missing_columns(missing) + " (imputed by the model's preprocessing)")
         return found
 
     def _value(self, column: dict[str, str], value: Any, where: str) -> Any:
