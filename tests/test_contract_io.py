@@ -11,15 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fhe.contract import outputs
 from fhe.contract.atomic import atomic_path, open_atomic, write_atomic
 from fhe.contract.concrete_zip import UnreadableZip, read_client_zip, read_members
-from fhe.contract.outputs import (
-    UnknownModelType,
-    built_in_model_class,
-    column_messages,
-    model_type,
-    top_classes,
-)
 
 pytestmark = pytest.mark.fast
 REPO = Path(__file__).resolve().parents[1]
@@ -65,23 +59,26 @@ def test_the_shipped_client_zip_reads_through_the_one_reader() -> None:
     assert client_zip.versions()["concrete-ml"] == "1.9.0"
     assert len(client_zip.specs()["circuits"]) == 1
     processing = client_zip.processing()
-    assert model_type(processing) == ("concrete.ml.sklearn.linear_model", "LogisticRegression")
-    assert built_in_model_class(processing) == "LogisticRegression"
-    with pytest.raises(UnknownModelType, match="unreadable model type"):
-        model_type({"model_type": {"serialized_value": "00ff"}})
+    assert outputs.model_type(processing) == (
+        "concrete.ml.sklearn.linear_model",
+        "LogisticRegression",
+    )
+    assert outputs.built_in_model_class(processing) == "LogisticRegression"
+    with pytest.raises(outputs.UnknownModelType, match="unreadable model type"):
+        outputs.model_type({"model_type": {"serialized_value": "00ff"}})
 
 
 def test_ties_go_to_the_first_label_row_by_row() -> None:
     rows = np.array([[0.3425177917246925, 0.31, 0.34251779172469254], [0.2, 0.3, 0.5]])
-    assert top_classes(rows).tolist() == [0, 2]
+    assert outputs.top_classes(rows).tolist() == [0, 2]
 
 
 def test_column_messages_name_extra_then_missing_columns() -> None:
-    assert column_messages(["a", "colour"], ["a", "b"]) == [
+    assert outputs.column_messages(["a", "colour"], ["a", "b"]) == [
         "The following columns were given but not expected: {'colour'}",
         "The following columns were expected but not given: {'b'}",
     ]
-    assert column_messages(["a"], ["a"]) == []
+    assert outputs.column_messages(["a"], ["a"]) == []
 
 
 def test_an_atomic_write_leaves_the_old_file_or_the_new_and_no_partial(tmp_path: Path) -> None:
