@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from client.errors import ClientError
-from fhe.contract.outputs import extra_columns, missing_columns
+from fhe.contract.outputs import extra_columns, missing_columns, mistyped_column, unfilled_column
 from fhe.contract.preprocessing import PlainPreprocessing, UnusablePreprocessing
 
 
@@ -57,26 +57,27 @@ class TabularRows:
         empty = value is None or value == "" or (isinstance(value, float) and math.isnan(value))
         if empty:
             if name not in self.imputes:
-                raise ClientError(f"{where}: column {name!r} is empty and the model needs it")
+                raise ClientError(f"{where}: {unfilled_column(name)}")
             return np.nan  # NaN, not None, even for text: scikit-learn imputes only NaN
         if dtype == "string":
             return str(value)
         if dtype == "bool" and isinstance(value, str):
             lowered = value.strip().lower()
             if lowered not in ("true", "false", "1", "0"):
-                raise ClientError(f"{where}: column {name!r} must be true or false, not {value!r}")
+                raise ClientError(f"{where}: {mistyped_column(name, 'true or false', repr(value))}")
             return lowered in ("true", "1")
         if isinstance(value, bool | int | float | str):
             try:
                 number = float(value)
             except ValueError:
                 raise ClientError(
-                    f"{where}: column {name!r} must be a number, not {value!r}"
+                    f"{where}: {mistyped_column(name, 'a number', repr(value))}"
                 ) from None
             if not math.isfinite(number):
-                raise ClientError(f"{where}: column {name!r} must be finite, not {value!r}")
+                raise ClientError(f"{where}: {mistyped_column(name, 'finite', repr(value))}")
             return number
-        raise ClientError(f"{where}: column {name!r} must be a number, not {type(value).__name__}")
+        wrong = type(value).__name__
+        raise ClientError(f"{where}: {mistyped_column(name, 'a number', wrong)}")
 
     def values(self, row: Mapping[str, Any], where: str = "the row") -> dict[str, Any]:
         """The row's values of the model's columns, in order and typed (missing: NaN or None)."""

@@ -42,6 +42,16 @@ def extra_columns(names: set[str]) -> str:
     return EXTRA_COLUMNS.format(names)
 
 
+def mistyped_column(name: str, wanted: str, shown: str) -> str:
+    """The message for a value (`shown` as the user should see it) not of its column's type."""
+    return f"column {name!r} must be {wanted}, not {shown}"
+
+
+def unfilled_column(name: str) -> str:
+    """The message for a column a row leaves empty that the model needs and does not impute."""
+    return f"column {name!r} is missing and is not imputed"
+
+
 def column_messages(given: Iterable[str], expected: Iterable[str]) -> list[str]:
     """The warnings for a row's columns against a model's: extra ones, then missing ones."""
     given, expected = set(given), set(expected)
