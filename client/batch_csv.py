@@ -15,13 +15,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from client.encrypted_model import Prediction
 from client.errors import ClientError
+from fhe.contract.atomic import open_atomic
 
 ROW_COLUMN = "row"
 
@@ -227,12 +227,10 @@ class BatchOutput:
 
     def _rewrite(self, numbers: list[int]) -> None:
         """Replace the file at once by the header and the given done rows, in that order."""
-        partial = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
-        with partial.open("w", newline="", encoding="utf-8") as handle:
+        with open_atomic(self.path, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(self.header)
             writer.writerows(self.done[number] for number in numbers)
-        partial.replace(self.path)
 
     def write(self, number: int, prediction: Prediction) -> None:
         """Append one finished row and flush it, so that no kill can lose it."""

@@ -11,13 +11,10 @@ TFHE-rs ciphertexts, several inputs).
 
 from __future__ import annotations
 
-import binascii
 import importlib.util
-import io
 import json
 import shutil
 import threading
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,7 +23,9 @@ import numpy as np
 
 from client.errors import ClientError
 from client.quantizer import Quantizer, UnsupportedProcessing
+from fhe.contract.concrete_zip import ClientZip, UnreadableZip, read_client_zip
 from fhe.contract.keyset import encrypted_input, encrypted_input_dimensions
+from fhe.contract.outputs import UnknownModelType, built_in_model_class
 
 
 class CircuitCodec(Protocol):
@@ -104,18 +103,11 @@ def _scores(values: np.ndarray) -> np.ndarray:
 
 
 def model_class(processing: dict[str, Any]) -> str:
-    """The Concrete-ML class a bundle was saved from (its skops type entry, read as JSON)."""
-    entry = processing.get("model_type") or {}
+    """The Concrete-ML built-in class a bundle was saved from; UnsupportedProcessing else."""
     try:
-        packed = binascii.unhexlify(entry["serialized_value"])
-        with zipfile.ZipFile(io.BytesIO(packed)) as archive:
-            schema = json.loads(archive.read("schema.json"))
-    except (KeyError, TypeError, ValueError, zipfile.BadZipFile) as error:
-        raise UnsupportedProcessing(f"unreadable model type ({error})") from None
-    module, name = schema.get("__module__", ""), schema.get("__class__", "")
-    if not module.startswith("concrete.ml.sklearn"):
-        raise UnsupportedProcessing(f"model type {module}.{name}")
-    return name
+        return built_in_model_class(processing)
+    except UnknownModelType as error:
+        raise UnsupportedProcessing(str(error)) from None
 
 
 KNOWN_CONCRETE_ML = ("1.9.0",)
@@ -134,18 +126,15 @@ class UnknownConcreteML(UnsupportedProcessing):
         )
 
 
-def bundle_concrete_ml(archive: zipfile.ZipFile) -> str:
+def bundle_concrete_ml(client_zip: ClientZip) -> str:
     """The Concrete-ML version a client.zip records in its versions.json ('none recorded')."""
     try:
-        if archive.getinfo("versions.json").file_size > MAX_SPEC_BYTES:
-            return "unreadable"
-        versions = json.loads(archive.read("versions.json"))
+        found = client_zip.versions().get("concrete-ml")
     except KeyError:
         return "none recorded"
-    except ValueError:
+    except UnreadableZip:
         return "unreadable"
-    found = versions.get("concrete-ml") if isinstance(versions, dict) else None
-    return str(found) if found else "none recorded"
+    return found or "none recorded"
 
 
 class CircuitClient:
@@ -156,7 +145,9 @@ class CircuitClient:
             self._read(client_zip)
         except UnsupportedProcessing:
             raise
-        except (KeyError, TypeError, ValueError, IndexError, zipfile.BadZipFile) as error:
+        except UnreadableZip as error:
+            raise UnsupportedProcessing(f"unexpected client.zip ({error})") from None
+        except (KeyError, TypeError, ValueError, IndexError) as error:
             raise UnsupportedProcessing(f"unexpected client.zip ({error!r})") from None
         self.key_dir = key_dir
         self._keyset: Any = None
@@ -165,15 +156,11 @@ class CircuitClient:
         """One key set operation at a time: a batch encrypts ahead while it decrypts."""
 
     def _read(self, client_zip: Path) -> None:
-        with zipfile.ZipFile(client_zip) as archive:
-            for name in ("client.specs.json", "serialized_processing.json"):
-                if archive.getinfo(name).file_size > MAX_SPEC_BYTES:
-                    raise UnsupportedProcessing(f"{name} is over {MAX_SPEC_BYTES} bytes")
-            version = bundle_concrete_ml(archive)
-            if version not in KNOWN_CONCRETE_ML:
-                raise UnknownConcreteML(version)
-            specs = json.loads(archive.read("client.specs.json"))
-            processing = json.loads(archive.read("serialized_processing.json"))
+        members = read_client_zip(client_zip, MAX_SPEC_BYTES)
+        version = bundle_concrete_ml(members)
+        if version not in KNOWN_CONCRETE_ML:
+            raise UnknownConcreteML(version)
+        specs, processing = members.specs(), members.processing()
         self.model_class = model_class(processing)
         rule = OUTPUTS.get(self.model_class)
         if rule is None:

@@ -7,7 +7,6 @@ cross the network.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import warnings
@@ -30,20 +29,14 @@ from client.keycache import KeyCache, KeyRecord
 from client.read_ahead import ReadAhead
 from client.row_features import TabularRows
 from client.settings import ClientSettings
+from fhe.contract.atomic import write_atomic
 from fhe.contract.bundle import BundleMetadata
 from fhe.contract.digest import bytes_sha256, file_sha256
 from fhe.contract.model_card import FheModelCard
+from fhe.contract.outputs import top_class
 from fhe.contract.projection import Projection
 
 T = TypeVar("T")
-
-
-def top_class(scores: np.ndarray) -> int:
-    """Index of the highest score; on a tie (equal to 1e-9) the first label wins, as in the clear.
-
-    Quantized trees tie often, and the float sums of tied classes differ in their last bits.
-    """
-    return int(np.argmax(np.round(np.asarray(scores, dtype=np.float64), 9)))
 
 
 class ColumnWarning(UserWarning):
@@ -262,7 +255,7 @@ class EncryptedModel:
         cache = KeyCache(self.cache_root, self.name, self.client_spec)
         if not cache.client_zip.is_file() or file_sha256(cache.client_zip) != self.client_spec:
             data = self._checked("client.zip", self.api.client_spec(self.name), self.client_spec)
-            cache.client_zip.write_bytes(data)
+            write_atomic(cache.client_zip, data, sync=False)
         return cache
 
     @cached_property
@@ -280,9 +273,7 @@ class EncryptedModel:
             return path
         data = self._checked(what, download(), sha256)
         self.embedder_cache.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.partial")
-        partial.write_bytes(data)
-        partial.replace(path)
+        write_atomic(path, data, sync=False)
         return path
 
     def _adapter(self, kind: type[T], wanted: str) -> T:

@@ -7,9 +7,10 @@ private key, which never leaves this directory), `evaluation_keys.bin` and `key.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from fhe.contract.atomic import write_atomic
 
 
 @dataclass(frozen=True)
@@ -58,9 +59,5 @@ class KeyCache:
 
     def save(self, record: KeyRecord, serialized_keys: bytes) -> None:
         """Remember the evaluation keys and their id; the record is written last, whole."""
-        partial = self.dir / f"evaluation_keys.{os.getpid()}.partial"
-        partial.write_bytes(serialized_keys)
-        partial.replace(self.evaluation_keys)
-        record_partial = self.dir / f"key.{os.getpid()}.partial"
-        record_partial.write_text(json.dumps(asdict(record)))
-        record_partial.replace(self.dir / "key.json")
+        write_atomic(self.evaluation_keys, serialized_keys, sync=False)
+        write_atomic(self.dir / "key.json", json.dumps(asdict(record)), sync=False)

@@ -13,10 +13,8 @@ from typing import Any
 import numpy as np
 
 from client.errors import ClientError
+from fhe.contract.outputs import extra_columns, missing_columns, mistyped_column, unfilled_column
 from fhe.contract.preprocessing import PlainPreprocessing, UnusablePreprocessing
-
-MISSING = "The following columns were expected but not given: {}"
-EXTRA = "The following columns were given but not expected: {}"
 
 
 class ColumnsMismatch(ClientError):
@@ -45,12 +43,12 @@ class TabularRows:
         if missing - self.imputes:
             imputed = sorted(missing & self.imputes)
             more = f" ({imputed} would be imputed)" if imputed else ""
-            raise ColumnsMismatch(MISSING.format(missing - self.imputes) + more)
+            raise ColumnsMismatch(missing_columns(missing - self.imputes) + more)
         found = []
         if given - expected:
-            found.append(EXTRA.format(given - expected))
+            found.append(extra_columns(given - expected))
         if missing:
-            found.append(MISSING.format(missing) + " (imputed by the model's preprocessing)")
+            found.append(missing_columns(missing) + " (imputed by the model's preprocessing)")
         return found
 
     def _value(self, column: dict[str, str], value: Any, where: str) -> Any:
@@ -59,26 +57,27 @@ class TabularRows:
         empty = value is None or value == "" or (isinstance(value, float) and math.isnan(value))
         if empty:
             if name not in self.imputes:
-                raise ClientError(f"{where}: column {name!r} is empty and the model needs it")
+                raise ClientError(f"{where}: {unfilled_column(name)}")
             return np.nan  # NaN, not None, even for text: scikit-learn imputes only NaN
         if dtype == "string":
             return str(value)
         if dtype == "bool" and isinstance(value, str):
             lowered = value.strip().lower()
             if lowered not in ("true", "false", "1", "0"):
-                raise ClientError(f"{where}: column {name!r} must be true or false, not {value!r}")
+                raise ClientError(f"{where}: {mistyped_column(name, 'true or false', repr(value))}")
             return lowered in ("true", "1")
         if isinstance(value, bool | int | float | str):
             try:
                 number = float(value)
             except ValueError:
                 raise ClientError(
-                    f"{where}: column {name!r} must be a number, not {value!r}"
+                    f"{where}: {mistyped_column(name, 'a number', repr(value))}"
                 ) from None
             if not math.isfinite(number):
-                raise ClientError(f"{where}: column {name!r} must be finite, not {value!r}")
+                raise ClientError(f"{where}: {mistyped_column(name, 'finite', repr(value))}")
             return number
-        raise ClientError(f"{where}: column {name!r} must be a number, not {type(value).__name__}")
+        wrong = type(value).__name__
+        raise ClientError(f"{where}: {mistyped_column(name, 'a number', wrong)}")
 
     def values(self, row: Mapping[str, Any], where: str = "the row") -> dict[str, Any]:
         """The row's values of the model's columns, in order and typed (missing: NaN or None)."""

@@ -26,6 +26,7 @@ from fhe.build.tabular_bundle import Measured, TabularModel, write_description, 
 from fhe.build.tabular_data import column_dtype
 from fhe.contract.bundle import Conversion
 from fhe.contract.digest import file_sha256
+from fhe.contract.outputs import missing_columns
 from fhe.contract.sklearn_files import ModelLoadRefused, ModelPolicy, load_estimator
 
 console = Console(stderr=True)
@@ -201,10 +202,7 @@ def convert(
         raise ConversionRefused("config.json names no columns and the model records none")
     missing = [column for column in columns if column not in rows.columns]
     if missing:
-        raise ConversionRefused(
-            f"The following columns were expected but not given: {set(missing)} "
-            f"(in {calibration.name})"
-        )
+        raise ConversionRefused(f"{missing_columns(set(missing))} (in {calibration.name})")
     rows = rows[columns].reset_index(drop=True)
     classifies = is_classifier(final)
     task = "tabular-classification" if classifies else "tabular-regression"

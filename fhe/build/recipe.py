@@ -42,6 +42,7 @@ from fhe.contract.bundle import (
     write_metadata,
 )
 from fhe.contract.digest import bytes_sha256, file_sha256
+from fhe.contract.outputs import top_classes
 from fhe.contract.projection import PROJECTION_FILE, Projection, circuit_features
 from fhe.embedding.torch_embedder import DEFAULT_EMBEDDING_MODEL, TextEmbedder
 
@@ -308,7 +309,7 @@ def train(config: RecipeConfig) -> TrainedBundle:
         )
     sample = min(config.fhe_sample, len(x_test))
     real = measure_real_fhe(config.out, x_test[:sample])
-    fhe_predictions = real.outputs.argmax(axis=1)
+    fhe_predictions = top_classes(real.outputs)
 
     metadata = BundleMetadata(
         name=config.name,

@@ -29,6 +29,7 @@ from fhe.contract.bundle import (
     TabularTrainingInfo,
     write_metadata,
 )
+from fhe.contract.outputs import top_classes
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ def _outputs(tabular: TabularModel, raw: np.ndarray) -> np.ndarray:
     """Class positions of probabilities, or the values of a regression."""
     raw = np.asarray(raw)
     if tabular.classifies:
-        return raw.argmax(axis=1)
+        return top_classes(raw)
     return raw.reshape(len(raw), -1)[:, 0]
 
 

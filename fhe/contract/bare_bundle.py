@@ -3,10 +3,7 @@ writes), described from what those files say so that it can be served as a `raw`
 
 from __future__ import annotations
 
-import io
-import json
 import math
-import zipfile
 from pathlib import Path
 
 from fhe.contract.bundle import (
@@ -17,9 +14,9 @@ from fhe.contract.bundle import (
     RawInput,
     client_spec_hash,
 )
+from fhe.contract.concrete_zip import UnreadableZip, read_client_zip
 from fhe.contract.keyset import encrypted_input_dimensions
-
-PROCESSING_FILE = "serialized_processing.json"
+from fhe.contract.outputs import UnknownModelType, model_type
 
 
 def is_bare_bundle(path: Path) -> bool:
@@ -28,13 +25,10 @@ def is_bare_bundle(path: Path) -> bool:
 
 
 def _model_class(processing: dict) -> str:
-    """The Concrete-ML class name that skops recorded in `model_type` (a hex-encoded zip)."""
+    """The Concrete-ML class name that skops recorded in `model_type`, or "unknown"."""
     try:
-        archive = zipfile.ZipFile(
-            io.BytesIO(bytes.fromhex(processing["model_type"]["serialized_value"]))
-        )
-        return str(json.loads(archive.read("schema.json"))["__class__"])
-    except (KeyError, TypeError, ValueError, zipfile.BadZipFile):
+        return model_type(processing)[1]
+    except UnknownModelType:
         return "unknown"
 
 
@@ -60,11 +54,9 @@ def describe_bare_bundle(path: Path) -> BundleMetadata:
     Raises ValueError when client.zip does not hold what Concrete-ML writes.
     """
     try:
-        with zipfile.ZipFile(path / CLIENT_ZIP) as archive:
-            processing = json.loads(archive.read(PROCESSING_FILE))
-            versions = json.loads(archive.read("versions.json"))
-            specs = json.loads(archive.read("client.specs.json"))
-    except (OSError, KeyError, zipfile.BadZipFile) as error:
+        members = read_client_zip(path / CLIENT_ZIP)
+        processing, versions, specs = members.processing(), members.versions(), members.specs()
+    except (KeyError, UnreadableZip) as error:
         raise ValueError(f"client.zip is not Concrete-ML's: {error}") from None
     quantizers = processing.get("input_quantizers")
     if not isinstance(quantizers, list) or not quantizers:
@@ -80,6 +72,6 @@ def describe_bare_bundle(path: Path) -> BundleMetadata:
         description=f"A Concrete-ML model served from the bare directory `{path.name}`.",
         input=RawInput(features=math.prod(shape), shape=shape),
         circuit=CircuitInfo(model_type=_model_class(processing), params={"input_n_bits": n_bits}),
-        versions={str(key): str(value) for key, value in versions.items()},
+        versions=versions,
         client_spec_sha256=client_spec_hash(path),
     )

@@ -9,17 +9,17 @@ ones, from reaching Concrete, which aborts the whole process on a mismatch inste
 
 from __future__ import annotations
 
-import json
 import math
 import mmap
 import os
 import re
 import struct
-import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from fhe.contract.concrete_zip import CLIENT_SPECS, member_json, read_members
 
 SCHEMA = Path(__file__).with_name("keyset.capnp")
 SEED_BYTES = 16
@@ -171,9 +171,9 @@ def client_spec_keyset(specs: dict[str, Any]) -> KeysetDescription:
 
 
 def read_client_specs(client_zip: Path) -> dict[str, Any]:
-    """The parsed `client.specs.json` inside a bundle's `client.zip`."""
-    with zipfile.ZipFile(client_zip) as archive:
-        return json.loads(archive.read("client.specs.json"))
+    """The parsed `client.specs.json` inside a bundle's `client.zip` (KeyError when it has none,
+    UnreadableZip when it is broken or over the reader's bounds)."""
+    return member_json(read_members(client_zip, [CLIENT_SPECS]), CLIENT_SPECS)
 
 
 def encrypted_input(specs: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from fhe.contract.outputs import mistyped_column, unfilled_column
 from fhe.contract.sklearn_files import ModelLoadRefused, ModelPolicy, load_estimator
 
 PLAIN_FORMAT = 1
@@ -153,9 +154,9 @@ def _apply(part: Part, values: Sequence[Any]) -> list[float]:
 
 def _number(value: Any, column: str) -> float:
     if _missing(value):
-        raise UnusablePreprocessing(f"column {column!r} is missing and is not imputed")
+        raise UnusablePreprocessing(unfilled_column(column))
     if isinstance(value, str):
-        raise UnusablePreprocessing(f"column {column!r} must be a number, not {value!r}")
+        raise UnusablePreprocessing(mistyped_column(column, "a number", repr(value)))
     return float(value)
 
 

@@ -11,15 +11,17 @@ is refused with a reason rather than mis-run.
 from __future__ import annotations
 
 import hashlib
-import json
-import zipfile
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-MAX_MEMBER_BYTES = 64 << 20
-"""No member of a server.zip we serve is near this (the 100-tree circuit's MLIR is 12 kB)."""
+from fhe.contract.concrete_zip import (
+    UnreadableZip,
+    member_json,
+    read_members,
+    recorded_versions,
+)
 
 KNOWN_LAYOUTS = {"concrete-ml": ("1.9.0",)}
 """Concrete-ML versions whose server.zip layout and configuration this reader knows."""
@@ -206,22 +208,11 @@ def version_mismatch(versions: dict[str, Any]) -> str | None:
     return None
 
 
-def _members(path: Path) -> dict[str, bytes]:
-    """Each member's bytes, bounded in size before it is read."""
-    with zipfile.ZipFile(path) as archive:
-        files = {}
-        for info in archive.infolist():
-            if info.file_size > MAX_MEMBER_BYTES:
-                raise UnsupportedServerZip(f"{info.filename} is {info.file_size} bytes")
-            files[info.filename] = archive.read(info)
-        return files
-
-
 def _json(files: dict[str, bytes], name: str) -> Any:
     try:
-        return json.loads(files[name])
-    except ValueError as error:
-        raise UnsupportedServerZip(f"{name} is not JSON: {error}") from None
+        return member_json(files, name)
+    except UnreadableZip as error:
+        raise UnsupportedServerZip(str(error)) from None
 
 
 def _one_circuit(specs: Any) -> None:
@@ -248,17 +239,16 @@ def read_server_zip(path: Path) -> ServerZip:
     """Read and check a server.zip; UnsupportedServerZip says what this server will not run."""
     try:
         data = path.read_bytes()
-        files = _members(path)
-    except (OSError, zipfile.BadZipFile, ValueError, EOFError) as error:
-        if isinstance(error, UnsupportedServerZip):
-            raise
+        files = read_members(data)
+    except (OSError, UnreadableZip) as error:
         raise UnsupportedServerZip(f"server.zip is unreadable: {error}") from None
     missing = [name for name in REQUIRED if name not in files]
     if missing:
         raise UnsupportedServerZip(f"server.zip lacks {missing}")
-    versions = _json(files, "versions.json")
-    if not isinstance(versions, dict):
-        raise UnsupportedServerZip("versions.json is not an object")
+    try:
+        versions = recorded_versions(files)
+    except UnreadableZip as error:
+        raise UnsupportedServerZip(str(error)) from None
     mismatch = version_mismatch(versions)
     if mismatch:
         raise UnsupportedServerZip(mismatch)

@@ -4,7 +4,6 @@ kept: into a bundle at build time, or once into a client's cache for a bundle th
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import threading
 import warnings
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fhe.contract.atomic import atomic_path
 from fhe.contract.bundle import ONNX_EMBEDDER_FILE, TOKENIZER_FILE, OnnxEmbedderInfo
 from fhe.contract.digest import file_sha256
 from fhe.embedding.onnx_embedder import OnnxEmbedder, exported_embedder, identity_key
@@ -44,10 +44,11 @@ def export(embedder: TextEmbedder, path: Path, precision: str = "float32") -> fl
     """
     import torch
 
+    if precision not in ("float32", "int8"):
+        raise ValueError(f"precision must be float32 or int8, not {precision!r}")
     tokenizer, model = embedder.load()._tokenizer_and_model
     sample = tokenizer(list(CHECK_TEXTS), padding=True, return_tensors="pt")
     names = [name for name in ("input_ids", "attention_mask", "token_type_ids") if name in sample]
-    partial = path.with_suffix(f".{os.getpid()}.partial")
 
     class LastHidden(torch.nn.Module):
         def __init__(self) -> None:
@@ -58,36 +59,34 @@ def export(embedder: TextEmbedder, path: Path, precision: str = "float32") -> fl
             return self.model(**dict(zip(names, tensors, strict=True))).last_hidden_state
 
     axes = {name: {0: "batch", 1: "tokens"} for name in names}
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the tracer's notes on constants, not for the user
-        torch.onnx.export(
-            LastHidden().eval(),  # export restores this mode on the shared model afterwards
-            tuple(sample[name] for name in names),
-            str(partial),
-            input_names=names,
-            output_names=["last_hidden_state"],
-            dynamic_axes={**axes, "last_hidden_state": {0: "batch", 1: "tokens"}},
-            opset_version=17,
-        )
-    tolerance = TOLERANCE
-    if precision == "int8":
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+    with atomic_path(path) as partial:
+        floats = partial if precision == "float32" else partial.with_suffix(".float.partial")
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the tracer's notes on constants, not for the user
+                torch.onnx.export(
+                    LastHidden().eval(),  # export restores this mode on the shared model after
+                    tuple(sample[name] for name in names),
+                    str(floats),
+                    input_names=names,
+                    output_names=["last_hidden_state"],
+                    dynamic_axes={**axes, "last_hidden_state": {0: "batch", 1: "tokens"}},
+                    opset_version=17,
+                )
+            if precision == "int8":
+                from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        floats = partial.with_suffix(".float.partial")
-        partial.replace(floats)
-        quantize_dynamic(str(floats), str(partial), weight_type=QuantType.QInt8)
-        floats.unlink()
-        tolerance = INT8_TOLERANCE
-    elif precision != "float32":
-        raise ValueError(f"precision must be float32 or int8, not {precision!r}")
-    exported = OnnxEmbedder(partial, embedder.model_dir / "tokenizer.json", embedder.max_length)
-    difference = float(
-        np.abs(exported.embed(CHECK_TEXTS) - embedder.embed(list(CHECK_TEXTS))).max()
-    )
-    if difference > tolerance:
-        partial.unlink(missing_ok=True)
-        raise RuntimeError(f"the ONNX export differs from torch by {difference:g}")
-    partial.replace(path)
+                quantize_dynamic(str(floats), str(partial), weight_type=QuantType.QInt8)
+        finally:
+            if floats != partial:
+                floats.unlink(missing_ok=True)
+        tolerance = TOLERANCE if precision == "float32" else INT8_TOLERANCE
+        exported = OnnxEmbedder(partial, embedder.model_dir / "tokenizer.json", embedder.max_length)
+        difference = float(
+            np.abs(exported.embed(CHECK_TEXTS) - embedder.embed(list(CHECK_TEXTS))).max()
+        )
+        if difference > tolerance:
+            raise RuntimeError(f"the ONNX export differs from torch by {difference:g}")
     return difference
 
 
@@ -128,9 +127,8 @@ def cached_onnx_embedder(embedder: TextEmbedder, cache_dir: Path) -> OnnxEmbedde
     kept_tokenizer = cache_dir / f"{key}.tokenizer.json"
     if not path.is_file() or not kept_tokenizer.is_file():
         cache_dir.mkdir(parents=True, exist_ok=True)
-        partial = kept_tokenizer.with_suffix(f".{os.getpid()}.partial")
-        shutil.copyfile(tokenizer, partial)
-        partial.replace(kept_tokenizer)
+        with atomic_path(kept_tokenizer) as partial:
+            shutil.copyfile(tokenizer, partial)
         if not path.is_file():
             export(embedder, path)
         (cache_dir / f"{key}.json").write_text(

@@ -16,6 +16,7 @@ from typing import Any
 import redis
 from celery import Celery
 
+from fhe.contract.atomic import write_atomic
 from server import errors, metrics
 from server.compute import circuits
 from server.compute.celery_app import (
@@ -29,7 +30,6 @@ from server.compute.celery_app import (
     bundle_client_spec,
 )
 from server.compute.compiled_circuit import CircuitUnavailable
-from server.storage.atomic import write_atomic
 
 log = logging.getLogger("fhe_server.celery")
 

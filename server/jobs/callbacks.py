@@ -12,7 +12,6 @@ with HMAC-SHA256 under a secret per token, in the format `client.webhook` verifi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import hashlib
 import hmac
@@ -31,6 +30,7 @@ from urllib.parse import quote, urlsplit
 import certifi
 import httpx
 
+from fhe.contract.atomic import open_atomic
 from fhe.contract.callback_signature import SIGNATURE_HEADER, sign_callback
 from server import errors
 from server.allow_list import HOST_NAME, AllowList, IPAddress, IPNetwork, canonical, host_name
@@ -281,17 +281,8 @@ async def checked_callback_url(url: str | None, allow: AllowList) -> str | None:
 
 def _write_new_key(path: Path) -> None:
     """Create the key file with 32 random bytes, mode 0600, unless another process did first."""
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(os.urandom(32))
-            handle.flush()
-            os.fsync(handle.fileno())
-        with contextlib.suppress(FileExistsError):
-            os.link(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    with open_atomic(path, sync=True, exclusive=True, permissions=0o600) as handle:
+        handle.write(os.urandom(32))
 
 
 @functools.cache

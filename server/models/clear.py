@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fhe.contract.outputs import column_messages
 from fhe.contract.sklearn_files import ModelLoadRefused, ModelPolicy, load_estimator
 
 TASKS = ("tabular-classification", "tabular-regression", "text-classification")
@@ -154,14 +155,7 @@ class ClearModel:
     def _column_warnings(self, inputs: Any) -> list[str]:
         if not self.columns or not self.task or not self.task.startswith("tabular"):
             return []
-        given = set(_tabular_data(inputs).keys())
-        expected = set(self.columns)
-        found = []
-        if given - expected:
-            found.append(f"The following columns were given but not expected: {given - expected}")
-        if expected - given:
-            found.append(f"The following columns were expected but not given: {expected - given}")
-        return found
+        return column_messages(_tabular_data(inputs).keys(), self.columns)
 
     def _output(self, inputs: Any) -> Any:
         if self.task == "text-classification":

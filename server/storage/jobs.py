@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from server.storage.atomic import write_atomic
+from fhe.contract.atomic import write_atomic
 
 JOB_ID_LENGTH = 32
 

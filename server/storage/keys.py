@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.storage.atomic import write_atomic
+from fhe.contract.atomic import write_atomic
 
 KEY_ID_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 

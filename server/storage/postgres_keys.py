@@ -27,6 +27,7 @@ from pathlib import Path
 from sqlalchemy import Engine, delete, func, insert, select, text, update
 from sqlalchemy.engine import Connection
 
+from fhe.contract.atomic import open_atomic
 from server.storage.database import STORE_LOCK, UNREACHABLE, shared_state, unavailable
 from server.storage.keys import (
     KeyPinned,
@@ -462,15 +463,10 @@ class KeyReader:
     def copy_to(self, key_id: str, path: Path) -> None:
         """Write the key's bytes to `path` a chunk at a time (through a temporary file beside
         it); FileNotFoundError when the store does not hold it."""
-        partial = path.with_name(f".{path.name}.partial")
         wrote = 0
-        try:
-            with self.engine.connect() as connection, partial.open("wb") as handle:
-                for chunk in read_key(connection, key_id):
-                    handle.write(chunk)
-                    wrote += len(chunk)
+        with self.engine.connect() as connection, open_atomic(path) as handle:
+            for chunk in read_key(connection, key_id):
+                handle.write(chunk)
+                wrote += len(chunk)
             if not wrote:
                 raise FileNotFoundError(f"evaluation key {key_id}")
-            partial.replace(path)
-        finally:
-            partial.unlink(missing_ok=True)
