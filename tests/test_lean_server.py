@@ -157,6 +157,7 @@ def _keys_and_ciphertexts(
     )
 
 
+@pytest.mark.fhe
 @pytest.mark.parametrize("name", SHIPPED)
 def test_outputs_equal_concrete_ml_on_the_same_ciphertexts(name: str, tmp_path: Path) -> None:
     from concrete.ml.deployment import FHEModelServer

@@ -144,6 +144,7 @@ def uploads_so_far(server: ServerProcess) -> float:
     )
 
 
+@pytest.mark.redis
 def test_readiness_follows_the_broker_and_a_worker_serves_its_own_metrics(
     tiny_models: Path, tmp_path: Path
 ) -> None:

@@ -369,6 +369,7 @@ def test_a_database_outage_answers_503_and_loses_no_accepted_job(
         b.stop()
 
 
+@pytest.mark.redis
 def test_a_key_deleted_through_one_replica_is_refused_by_the_other_and_a_worker(
     database: str, shared_models: Path, tiny_bundle: TrainedBundle, tmp_path: Path
 ) -> None:
