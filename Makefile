@@ -77,8 +77,12 @@ lint: install
 test: lint system-packages
 	$(BIN)/pytest
 
-# The edit-test loop: lint and the tests that start no server process, generate no FHE keys and
-# drive no browser (those marked `fast`), in under 3 minutes.
+# The edit-test loop on a fresh clone: install, lint, and the tests marked `fast`, in under 2
+# minutes: the in-process tier (every route through FastAPI's TestClient over real stores and
+# small real circuits) and the tests that need nothing but the venv. It installs no Debian
+# package (that takes root and apt, and minutes): the tests that run docker-compose, nginx or
+# promtool, start Postgres or Redis, generate FHE keys or drive Chromium are not `fast`, and run
+# in `make test` (markers `postgres`, `redis`, `browser`, `fhe` select them: pytest -m redis).
 test-fast: lint
 	$(BIN)/pytest -m fast
 

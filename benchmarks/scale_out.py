@@ -34,7 +34,10 @@ from benchmarks.latency import TEXTS
 from benchmarks.throughput import run_level
 from client.api import FHEServerAPI
 from client.encrypted_model import EncryptedModel
-from client.local_server import LocalPostgres, LocalRedis, LocalServer, LocalWorker
+from client.local_server import LocalServer
+from tests.support.local_postgres import LocalPostgres
+from tests.support.local_redis import LocalRedis
+from tests.support.local_worker import LocalWorker
 
 
 def sizing(models: Path, model: str, requests: int, rounds: int) -> dict:

@@ -1,7 +1,7 @@
-"""Real fhe-server processes on this machine: the API, a Celery worker, its Redis broker, and the
-Postgres that replicas share.
+"""A real fhe-server process on this machine, and the process handling it takes.
 
-One harness for `fhe-client demo --start-server`, the tests and the benchmarks. Each process is
+The harness of `fhe-client demo --start-server`, which the tests and benchmarks use too (their own
+Redis, Postgres and Celery worker harnesses are in tests/support). Each process is
 started as a program (`python -m server.cli ...`), so the client never imports server code. Each
 runs in a process group of its own, with the processes it starts (the API's FHE workers): stopping
 or killing it reaches them too, and a Ctrl-C in a terminal reaches only the program that started
@@ -13,16 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import glob
 import os
-import pwd
-import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -240,200 +235,3 @@ class LocalServer:
         """SIGKILL the server and its workers, as a crash or a lost machine would stop them."""
         kill_process(self.process)
         self.process = None
-
-
-@dataclass
-class LocalRedis:
-    """`redis-server` on a loopback port, without persistence (its owner decides its lifetime)."""
-
-    workdir: Path
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen | None = None
-    args: list[str] = field(default_factory=list)
-    """More redis-server options (`--maxmemory 64mb`, `--requirepass ...`)."""
-
-    @property
-    def url(self) -> str:
-        """The Redis URL of database 0."""
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def answers(self) -> bool:
-        """Whether it answers PING."""
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-                sock.sendall(b"PING\r\n")
-                # A Redis with a password answers NOAUTH: it is up all the same.
-                return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
-        except OSError:
-            return False
-
-    def start(self, timeout: float = 30.0) -> LocalRedis:
-        """Start redis-server and wait until it answers PING."""
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is missing: apt-get install redis-server")
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        command = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        command += ["--appendonly", "no", "--dir", str(self.workdir), *self.args]
-        self.process = spawn(command, self.workdir / "redis.log")
-        deadline = time.monotonic() + timeout
-        while not self.answers():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                tail = log_tail(self.workdir / "redis.log")
-                raise RuntimeError(f"redis-server did not answer: {tail}")
-            time.sleep(0.1)
-        return self
-
-    def stop(self) -> None:
-        """Stop redis-server."""
-        stop_process(self.process)
-
-
-def _postgres_binary(name: str) -> str:
-    """A PostgreSQL server program: Debian keeps them under /usr/lib/postgresql/<version>/bin."""
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")) or [shutil.which(name) or ""]
-    if not found[-1]:
-        raise RuntimeError(f"{name} is missing: apt-get install postgresql")
-    return found[-1]
-
-
-@dataclass
-class LocalPostgres:
-    """A throw-away PostgreSQL server on a loopback port, in a directory of its own (fsync off).
-
-    PostgreSQL refuses to run as root, so under root it runs as Debian's `postgres` user. Its
-    owner decides its lifetime: `stop` then `start` keeps the data (an outage), `remove` deletes
-    it.
-    """
-
-    port: int = field(default_factory=free_port)
-    root: Path | None = None
-    process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        """The SQLAlchemy URL of its `postgres` database, as superuser `fhe` (trusted locally)."""
-        return f"postgresql://fhe@127.0.0.1:{self.port}/postgres"
-
-    def _account(self) -> dict[str, object]:
-        """Popen arguments that run a program as `postgres` when this process is root."""
-        if os.getuid() != 0:
-            return {}
-        account = pwd.getpwnam("postgres")
-        return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
-
-    def _prepare(self) -> Path:
-        self.root = Path(tempfile.mkdtemp(prefix="fhe-postgres-"))
-        account = self._account()
-        if account:
-            os.chown(self.root, account["user"], account["group"])  # type: ignore[arg-type]
-        initdb = [_postgres_binary("initdb"), "-D", str(self.root / "data"), "-U", "fhe"]
-        initdb += ["--auth=trust", "--encoding=UTF8", "--no-sync"]
-        done = subprocess.run(
-            initdb, capture_output=True, text=True, check=False, timeout=120, **account
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"initdb failed: {done.stdout}{done.stderr}")
-        return self.root
-
-    def answers(self) -> bool:
-        """Whether it accepts TCP connections."""
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                return True
-        except OSError:
-            return False
-
-    def start(self, timeout: float = 60.0) -> LocalPostgres:
-        """Start the server (making its directory the first time) and wait until it listens."""
-        root = self.root or self._prepare()
-        command = [_postgres_binary("postgres"), "-D", str(root / "data"), "-p", str(self.port)]
-        command += ["-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={root}"]
-        command += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "max_connections=200"]
-        log = root / "postgres.log"
-        output = log.open("ab")
-        try:
-            self.process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                process_group=0,
-                preexec_fn=die_with_parent if sys.platform == "linux" else None,
-                **self._account(),
-            )
-        finally:
-            output.close()
-        deadline = time.monotonic() + timeout
-        while not self.answers():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"postgres did not start: {log_tail(log)}")
-            time.sleep(0.1)
-        return self
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop the server at once (fast shutdown: open connections are cut), keeping its data."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=timeout)
-        kill_process(self.process)
-        self.process = None
-
-    def remove(self) -> None:
-        """Stop the server and delete its directory."""
-        self.stop()
-        if self.root is not None:
-            shutil.rmtree(self.root, ignore_errors=True)
-            self.root = None
-
-
-@dataclass
-class LocalWorker:
-    """`fhe-server worker` against a Redis URL, with its own key cache and log in `data_dir`."""
-
-    redis_url: str
-    models: Path
-    data_dir: Path
-    name: str
-    env: dict[str, str] = field(default_factory=dict)
-    process: subprocess.Popen | None = None
-
-    @property
-    def log(self) -> Path:
-        """The worker's log file."""
-        return self.data_dir / f"{self.name}.log"
-
-    def start(self, timeout: float = 120.0) -> LocalWorker:
-        """Start the worker and wait until Celery logs that it is ready."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        command = [*SERVER, "worker", "--redis", self.redis_url, "--models", str(self.models)]
-        command += ["--data-dir", str(self.data_dir), "--name", f"{self.name}@localhost"]
-        self.process = spawn(command, self.log, self.env)
-        deadline = time.monotonic() + timeout
-        while " ready." not in self.log.read_text(errors="replace"):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(f"worker {self.name} not ready: {log_tail(self.log)}")
-            time.sleep(0.2)
-        return self
-
-    def kill(self) -> None:
-        """SIGKILL the worker and its pool child, as a lost machine: its unacknowledged task goes
-        to another worker."""
-        kill_process(self.process)
-
-    def stop(self) -> None:
-        """Stop the worker (SIGTERM: Celery's warm shutdown)."""
-        stop_process(self.process)
-
-    def task_ids(self, event: str) -> list[str]:
-        """Ids of the run tasks this worker logged as `received` or `succeeded`."""
-        found = re.findall(
-            rf"fhe\.run_circuit\[([0-9a-f-]+)\] {event}", self.log.read_text(errors="replace")
-        )
-        return list(dict.fromkeys(found))

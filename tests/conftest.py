@@ -46,6 +46,28 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         os._exit(_exit_status[-1])
 
 
+FIXTURE_MARKS = {
+    "tiny_bundle": "fhe",  # trained by the real recipe, which runs real FHE (keys included)
+    "shipped_server": "fhe",  # its tests predict with the shipped bundle: real keys
+    "browser": "browser",
+    "postgres": "postgres",
+    "redis_server": "redis",
+    "bounded_redis": "redis",
+    "locked_redis": "redis",
+}
+"""Markers every test gets whose fixtures (direct or indirect) include the fixture named; tests
+that start those programs themselves carry the marker in their module."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with what its fixtures need (FIXTURE_MARKS), so that `-m "not fhe"` or
+    `-m "not postgres"` leaves out every test that needs it."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        for marker in sorted({FIXTURE_MARKS[name] for name in fixtures & FIXTURE_MARKS.keys()}):
+            item.add_marker(marker)
+
+
 SAMPLE_TEXTS = [
     "I love this airline, the crew was wonderful",
     "worst flight ever, they lost my bag and nobody helped",

@@ -157,6 +157,7 @@ def interrupted(client: subprocess.Popen, log: Path) -> int:
     return int(found.group(1))
 
 
+@pytest.mark.fhe
 def test_killed_server_then_rerun_resumes_without_redoing_rows(
     linear_models: Path, client_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -208,6 +209,7 @@ def test_killed_server_then_rerun_resumes_without_redoing_rows(
     assert "--overwrite" in said and out.read_bytes() == before
 
 
+@pytest.mark.fhe
 def test_async_batch_resumes_from_the_journal(
     linear_models: Path, client_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -348,6 +350,7 @@ def test_journal_line_cut_by_a_kill_does_not_swallow_the_next(tmp_path: Path) ->
     assert journal.batch("out.csv") == {1: journal.entries()[1]}
 
 
+@pytest.mark.fhe
 def test_a_queue_that_stays_full_stops_the_batch_which_then_resumes(
     client_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:

@@ -36,6 +36,7 @@ def linear_bundle(tmp_path_factory: pytest.TempPathFactory) -> TrainedBundle:
     return train(config)
 
 
+@pytest.mark.fhe
 def test_linear_bundle_has_no_bootstrap_and_decrypts_probabilities(
     linear_bundle: TrainedBundle, tmp_path: Path
 ) -> None:
@@ -56,11 +57,13 @@ def test_linear_bundle_has_no_bootstrap_and_decrypts_probabilities(
         assert sum(prediction.scores.values()) == pytest.approx(1.0, abs=1e-6)
 
 
+@pytest.mark.fhe
 def test_single_pbs_time_is_measured() -> None:
     seconds = single_pbs_seconds(2, elements=8, repeats=1)
     assert 0 < seconds < 1
 
 
+@pytest.mark.fhe
 def test_a_circuit_lever_is_scored_and_timed_under_real_fhe() -> None:
     """benchmarks.circuit_levers on a small real circuit: simulated accuracy on each part, the
     cost estimate, and real runs compared with simulation."""

@@ -54,6 +54,7 @@ def _agrees_with_concrete_ml(bundle: Path, key_dir: Path, features: np.ndarray) 
             assert np.array_equal(got, want), (got, want)
 
 
+@pytest.mark.fhe
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_bundles_agree_with_concrete_ml(name: str, tmp_path: Path) -> None:
     bundle = REPO / "models" / name
@@ -79,6 +80,7 @@ def _compiled_bundle(estimator, x: np.ndarray, y: np.ndarray, path: Path) -> Pat
     "kind",
     ["XGBRegressor", "DecisionTreeClassifier", "RandomForestRegressor", "LinearSVC", "Lasso"],
 )
+@pytest.mark.fhe
 def test_each_output_rule_agrees_with_concrete_ml(kind: str, tmp_path: Path) -> None:
     from concrete.ml import sklearn as cml
     from sklearn.datasets import load_diabetes, load_iris
@@ -141,6 +143,7 @@ def test_unknown_model_classes_use_concrete_mls_client(tmp_path: Path) -> None:
     assert np.array_equal(fallback.quantize(row), light.quantize(row))
 
 
+@pytest.mark.fhe
 def test_a_model_class_without_a_rule_runs_through_concrete_mls_client(tmp_path: Path) -> None:
     from concrete.ml.deployment import FHEModelServer
     from concrete.ml.sklearn import SGDClassifier
@@ -161,6 +164,7 @@ def test_a_model_class_without_a_rule_runs_through_concrete_mls_client(tmp_path:
         np.testing.assert_allclose(client.decrypt(result)[0], expected, atol=1e-9)
 
 
+@pytest.mark.fhe
 def test_forced_keys_are_new_and_kept(tmp_path: Path) -> None:
     bundle = REPO / "models" / "diabetes"
     first = CircuitClient(bundle / "client.zip", tmp_path / "keys")
@@ -248,6 +252,7 @@ def test_an_oversized_or_broken_client_zip_is_refused(
         CircuitClient(source, tmp_path / "keys")
 
 
+@pytest.mark.fhe
 def test_the_client_path_does_not_import_torch(tmp_path: Path) -> None:
     code = (
         "import sys, numpy as np\n"

@@ -128,6 +128,7 @@ def _csv(path: Path, header: list[str], rows: list[list[object]]) -> Path:
     return path
 
 
+@pytest.mark.fhe
 @pytest.mark.parametrize(("model", "count"), [("sentiment-linear", 20), ("sentiment", 5)])
 def test_light_client_labels_texts_as_the_full_client(
     light_venv: Path, server: ServerProcess, tmp_path: Path, model: str, count: int
@@ -142,6 +143,7 @@ def test_light_client_labels_texts_as_the_full_client(
     assert len(light) == count
 
 
+@pytest.mark.fhe
 def test_light_client_labels_every_breast_cancer_row_as_the_full_client(
     light_venv: Path, server: ServerProcess, tmp_path: Path
 ) -> None:
@@ -158,6 +160,7 @@ def test_light_client_labels_every_breast_cancer_row_as_the_full_client(
     assert agree > 0.9  # the card: 96.49% on these rows
 
 
+@pytest.mark.fhe
 def test_light_client_regression_and_raw_rows_equal_the_full_client(
     light_venv: Path, server: ServerProcess, tmp_path: Path
 ) -> None:

@@ -82,6 +82,7 @@ def busy_answers(server: ServerProcess) -> int:
     return len(BUSY_LINE.findall(server.log.read_text()))
 
 
+@pytest.mark.fhe
 def test_without_retries_a_full_queue_refuses_with_busy(
     busy_server: ServerProcess, key_cache: Path
 ) -> None:
@@ -93,6 +94,7 @@ def test_without_retries_a_full_queue_refuses_with_busy(
         assert error.retry_after is not None
 
 
+@pytest.mark.fhe
 def test_retries_honour_retry_after_until_every_prediction_ends(
     busy_server: ServerProcess, key_cache: Path
 ) -> None:

@@ -50,7 +50,9 @@ def describe(processes: list[psutil.Process]) -> str:
     return "\n".join(lines)
 
 
-@pytest.mark.parametrize("situation", ["default", "ignored", "browser"])
+@pytest.mark.parametrize(
+    "situation", ["default", "ignored", pytest.param("browser", marks=pytest.mark.browser)]
+)
 def test_one_ctrl_c_stops_make_run_and_every_process_it_started(
     request: pytest.FixtureRequest, tmp_path: Path, situation: str
 ) -> None:

@@ -267,6 +267,7 @@ def test_with_a_good_token_nginx_reads_the_body(api: ServerProcess, proxy: Proxy
     assert "stalled-good" not in api.log.read_text(errors="replace")
 
 
+@pytest.mark.fhe
 def test_good_tokens_pass_with_their_bodies(api: ServerProcess, proxy: Proxy) -> None:
     url = proxy.url
     rows = 60_000  # about 1.4 MB: past client_body_buffer_size, so nginx buffers it to a file

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 FAILING_AFTER_A_CIRCUIT = """
@@ -22,6 +24,7 @@ def test_fails_after_running_a_circuit():
 """
 
 
+@pytest.mark.fhe
 def test_a_failure_after_a_circuit_run_exits_non_zero(tmp_path: Path) -> None:
     test = tmp_path / "test_on_purpose.py"
     test.write_text(FAILING_AFTER_A_CIRCUIT)

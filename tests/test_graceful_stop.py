@@ -9,8 +9,6 @@ import random
 import time
 from pathlib import Path
 
-import pytest
-
 from server.jobs.callbacks import AllowList, CallbackSender
 from server.jobs.runner import JobPolicy, JobRunner
 from server.storage.jobs import Job, JobStore, new_job_id
@@ -43,7 +41,6 @@ async def stop_under_load(root: Path, seed: int) -> tuple[float, int]:
     return seconds, runner.tasks_left
 
 
-@pytest.mark.fast
 def test_the_runner_stops_promptly_every_time(tmp_path: Path) -> None:
     slowest = 0.0
     for attempt in range(STOPS):

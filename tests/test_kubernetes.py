@@ -127,11 +127,16 @@ def test_the_proxy_is_the_only_way_in_on_kubernetes(rendered: list[dict[str, Any
 
 
 def test_every_container_has_probes_and_resources(rendered: list[dict[str, Any]]) -> None:
+    checked = set()
     for where, pod, _ in pod_specs(rendered):
         for container in pod["containers"]:
             named = f"{where}: {container['name']}"
             assert "readinessProbe" in container and "livenessProbe" in container, named
             assert {"requests", "limits"} <= set(container["resources"]), named
+            checked.add(where)
+    # An empty or unrendered manifest set must not pass: the API, the workers, the proxy, the
+    # demo, Postgres and Redis are all workloads.
+    assert len(checked) >= 6, sorted(checked)
 
 
 def test_the_worker_takes_its_threads_from_its_cpu_limit(rendered: list[dict[str, Any]]) -> None:

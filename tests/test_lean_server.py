@@ -23,7 +23,6 @@ import pytest
 
 from client.api import FHEServerAPI
 from client.encrypted_model import EncryptedModel
-from client.local_server import LocalRedis, LocalWorker
 from fhe.build.recipe import TrainedBundle
 from fhe.contract.keyset import encrypted_input_dimensions, read_client_specs
 from fhe.contract.server_zip import UnsupportedServerZip, read_server_zip
@@ -37,6 +36,8 @@ from server.compute.compiled_circuit import (
 )
 from tests.conftest import REPO, SAMPLE_TEXTS, clear_labels
 from tests.server_process import ServerProcess
+from tests.support.local_redis import LocalRedis
+from tests.support.local_worker import LocalWorker
 
 SHIPPED = ("sentiment", "sentiment-linear", "breast-cancer", "diabetes")
 """The shipped FHE bundles; the linear ones' circuits have no bootstrap, so equal bytes out."""
@@ -157,6 +158,7 @@ def _keys_and_ciphertexts(
     )
 
 
+@pytest.mark.fhe
 @pytest.mark.parametrize("name", SHIPPED)
 def test_outputs_equal_concrete_ml_on_the_same_ciphertexts(name: str, tmp_path: Path) -> None:
     from concrete.ml.deployment import FHEModelServer

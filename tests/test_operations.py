@@ -15,10 +15,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from client.api import FHEServerAPI
 from client.encrypted_model import EncryptedModel
-from client.local_server import LocalRedis, LocalWorker, free_port
+from client.local_server import free_port
 from client.settings import ClientSettings
 from tests.conftest import IRIS, SAMPLE_TEXTS, SKLEARN_FIXTURES
 from tests.server_process import ServerProcess
+from tests.support.local_redis import LocalRedis
+from tests.support.local_worker import LocalWorker
 
 ALICE, BOB = "alice-token", "bob-token"
 
@@ -144,6 +146,7 @@ def uploads_so_far(server: ServerProcess) -> float:
     )
 
 
+@pytest.mark.redis
 def test_readiness_follows_the_broker_and_a_worker_serves_its_own_metrics(
     tiny_models: Path, tmp_path: Path
 ) -> None:

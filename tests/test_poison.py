@@ -42,6 +42,7 @@ def attacker_keys(api: FHEServerAPI, cache: Path) -> bytes:
     return linear.cache.evaluation_keys.read_bytes()
 
 
+@pytest.mark.fhe
 def test_poison_keys_are_refused_and_honest_work_in_flight_finishes(
     shipped: ServerProcess, tmp_path: Path
 ) -> None:
@@ -95,6 +96,7 @@ def test_poison_keys_are_refused_and_honest_work_in_flight_finishes(
         assert honest.predict(SAMPLE_TEXTS[:1])[0].label in honest.labels
 
 
+@pytest.mark.fhe
 def test_ciphertext_padded_past_its_spec_is_refused(shipped: ServerProcess, tmp_path: Path) -> None:
     """The client spec fixes a ciphertext's size: junk padding is refused with 413, unread."""
     with FHEServerAPI(shipped.url) as api:
@@ -113,6 +115,7 @@ def test_ciphertext_padded_past_its_spec_is_refused(shipped: ServerProcess, tmp_
         assert model.predict(SAMPLE_TEXTS[:1])[0].label in model.labels
 
 
+@pytest.mark.fhe
 def test_a_run_that_kills_its_worker_fails_alone(tmp_path: Path) -> None:
     """The pool itself, fed a run that really aborts Concrete next to honest runs: only the
     crashing run fails, and the pool goes on serving with a fresh worker."""

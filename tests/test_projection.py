@@ -54,6 +54,7 @@ def server(
     process.stop()
 
 
+@pytest.mark.fhe
 def test_the_circuit_takes_the_projection_and_the_card_says_so(projected: TrainedBundle) -> None:
     info = projected.metadata.input.embedding.projection
     assert info is not None and info.width == 8 and 0 < info.explained_variance < 1
@@ -96,6 +97,7 @@ def test_the_server_hands_out_the_projection_with_its_hash(
     assert refused.status_code == 404 and refused.json()["code"] == "no_projection"
 
 
+@pytest.mark.fhe
 def test_a_bundle_whose_projection_changed_does_not_load(
     projected: TrainedBundle, tmp_path: Path
 ) -> None:
@@ -192,6 +194,7 @@ def test_a_projection_too_big_to_unpack_is_refused_before_reading(tmp_path: Path
         Projection.load(path, 384)
 
 
+@pytest.mark.fhe
 def test_a_projection_of_another_width_than_the_circuit_does_not_load(
     projected: TrainedBundle, tmp_path: Path
 ) -> None:

@@ -73,6 +73,7 @@ class LeanServer(ServerProcess):
         return [str(self.venv / "bin" / "fhe-server"), *full[full.index("serve") :]]
 
 
+@pytest.mark.fhe
 def test_the_lean_server_serves_every_kind_as_the_full_one(
     server_venv: Path, tmp_path: Path
 ) -> None:

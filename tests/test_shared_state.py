@@ -28,13 +28,15 @@ from sqlalchemy import create_engine, text
 
 from client.api import FHEServerAPI
 from client.encrypted_model import EncryptedModel
-from client.local_server import LocalPostgres, LocalRedis, LocalWorker
 from client.settings import ClientSettings
 from fhe.build.recipe import TrainedBundle
 from server.compute.celery_app import TASK_RUN, make_celery
 from server.storage.database import engine_for, migrate
 from tests.conftest import REPO, SAMPLE_TEXTS, clear_labels
 from tests.server_process import ServerProcess
+from tests.support.local_postgres import LocalPostgres
+from tests.support.local_redis import LocalRedis
+from tests.support.local_worker import LocalWorker
 from tests.support.nginx import running_nginx
 from tests.test_callbacks import Receiver
 from tests.test_operations import metric
@@ -369,6 +371,7 @@ def test_a_database_outage_answers_503_and_loses_no_accepted_job(
         b.stop()
 
 
+@pytest.mark.redis
 def test_a_key_deleted_through_one_replica_is_refused_by_the_other_and_a_worker(
     database: str, shared_models: Path, tiny_bundle: TrainedBundle, tmp_path: Path
 ) -> None:

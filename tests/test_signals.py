@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 SCRIPT = """
 import socket
 import numpy as np
@@ -36,11 +38,13 @@ def run(fix: bool) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.fhe
 def test_ignore_sigpipe_keeps_broken_pipes_harmless() -> None:
     fixed = run(True)
     assert fixed.returncode == 0 and "broken pipe raised" in fixed.stdout, fixed.stderr[-2000:]
 
 
+@pytest.mark.fhe
 def test_without_it_concrete_turns_a_broken_pipe_into_a_crash() -> None:
     """The reason for the fix: if this starts passing cleanly, Concrete no longer needs it."""
     crashed = run(False)

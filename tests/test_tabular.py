@@ -197,6 +197,7 @@ def _remote(server: ServerProcess, name: str, cache: Path) -> Iterator[Encrypted
         yield EncryptedModel(api, name, cache)
 
 
+@pytest.mark.fhe
 def test_listing_and_cards_show_input_task_columns_and_origin(
     built: Built, server: ServerProcess, client_env: dict[str, str]
 ) -> None:
@@ -261,6 +262,7 @@ def test_listing_and_cards_show_input_task_columns_and_origin(
     assert "DecisionTreeClassifier" in bare["card"] and "FHEModelDev" in bare["card"]
 
 
+@pytest.mark.fhe
 def test_classification_csv_labels_equal_the_clear_quantized_model(
     built: Built, server: ServerProcess, client_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -282,6 +284,7 @@ def test_classification_csv_labels_equal_the_clear_quantized_model(
     assert again.returncode == 0 and "3 rows in" in again.stderr, again.stderr
 
 
+@pytest.mark.fhe
 def test_one_row_as_json_and_a_dataframe_through_the_python_api(
     built: Built, server: ServerProcess, client_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -304,6 +307,7 @@ def test_one_row_as_json_and_a_dataframe_through_the_python_api(
     assert extra[0].value == predictions[0].value
 
 
+@pytest.mark.fhe
 def test_regression_values_within_the_stated_quantization_error(
     built: Built, server: ServerProcess, client_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -320,6 +324,7 @@ def test_regression_values_within_the_stated_quantization_error(
     assert np.allclose(values, built.health.quantized[:5], atol=1e-6)
 
 
+@pytest.mark.fhe
 def test_a_missing_imputed_column_is_a_warning_a_missing_needed_one_an_error(
     built: Built, server: ServerProcess, client_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -352,6 +357,7 @@ def test_a_missing_imputed_column_is_a_warning_a_missing_needed_one_an_error(
     assert "expected but not given: {'mean texture'}" in second_short.stderr
 
 
+@pytest.mark.fhe
 def test_input_kinds_are_refused_with_what_the_model_takes(
     built: Built, server: ServerProcess, client_env: dict[str, str]
 ) -> None:
@@ -369,6 +375,7 @@ def test_input_kinds_are_refused_with_what_the_model_takes(
     assert short.returncode == 1 and "has 2 numbers, the model takes 4" in short.stderr
 
 
+@pytest.mark.fhe
 def test_a_bare_fhemodeldev_directory_is_served_as_raw(
     built: Built, server: ServerProcess, client_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -390,6 +397,7 @@ def test_a_bare_fhemodeldev_directory_is_served_as_raw(
     assert outputs.argmax(axis=1).tolist() == [0, 1, 2]
 
 
+@pytest.mark.fhe
 def test_a_bare_torch_model_takes_an_array_of_its_input_shape(
     built: Built, server: ServerProcess, client_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -415,6 +423,7 @@ def test_a_bare_torch_model_takes_an_array_of_its_input_shape(
     assert short.returncode == 1 and "has 3 numbers, the model takes 6" in short.stderr
 
 
+@pytest.mark.fhe
 def test_converted_models_agree_with_the_clear_model_as_their_cards_say(
     built: Built, server: ServerProcess, tmp_path: Path
 ) -> None:
@@ -440,6 +449,7 @@ def test_converted_models_agree_with_the_clear_model_as_their_cards_say(
         assert encrypted == simulated[:4], name
 
 
+@pytest.mark.fhe
 def test_conversions_refused_with_the_reason(built: Built, tmp_path: Path) -> None:
     with pytest.raises(ConversionRefused) as unsupported:
         convert(
@@ -479,6 +489,7 @@ def test_conversions_refused_with_the_reason(built: Built, tmp_path: Path) -> No
         convert(IRIS_LINEAR, missing, tmp_path / "missing")
 
 
+@pytest.mark.fhe
 def test_the_command_line_converter_exits_2_with_the_refusal(
     built: Built, client_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -576,6 +587,7 @@ def test_a_text_model_is_refused_a_row(
     assert "takes text, not a row" in result.stderr
 
 
+@pytest.mark.fhe
 def test_tabular_client_refuses_text_in_the_python_api(
     built: Built, server: ServerProcess, tmp_path: Path
 ) -> None:
@@ -584,6 +596,7 @@ def test_tabular_client_refuses_text_in_the_python_api(
             remote.predict(["a sentence"])
 
 
+@pytest.mark.fhe
 def test_a_preprocessing_that_changed_on_disk_makes_the_bundle_unloadable(
     built: Built, tmp_path: Path
 ) -> None:
