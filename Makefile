@@ -17,7 +17,7 @@ SYSTEM_PACKAGES := chromium redis-server docker-compose nginx prometheus postgre
 	mmdebstrap
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install client-install server-install system-packages run test test-fast lint model tabular-models clean
+.PHONY: install fast-install client-install server-install system-packages run test test-fast lint model tabular-models clean
 
 install: $(VENV)/.installed
 
@@ -69,10 +69,15 @@ system-packages:
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(SYSTEM_PACKAGES); }
 
+# ruff and the import contract, with the tools in the bin directory $(1).
+define lint-with
+	$(1)/ruff check .
+	$(1)/ruff format --check .
+	$(1)/lint-imports --no-cache
+endef
+
 lint: install
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
-	$(BIN)/lint-imports --no-cache
+	$(call lint-with,$(BIN))
 
 test: lint system-packages
 	$(BIN)/pytest
@@ -83,8 +88,28 @@ test: lint system-packages
 # package (that takes root and apt, and minutes): the tests that run docker-compose, nginx or
 # promtool, start Postgres or Redis, generate FHE keys or drive Chromium are not `fast`, and run
 # in `make test` (markers `postgres`, `redis`, `browser`, `fhe` select them: pytest -m redis).
-test-fast: lint
-	$(BIN)/pytest -m fast
+# Its venv is .venv-fast (make fast-install, about a minute from pip's cache), or .venv when
+# `make install` has made it: .venv holds everything .venv-fast does.
+FAST_VENV := $(if $(wildcard $(VENV)/.installed),$(VENV),.venv-fast)
+test-fast: $(FAST_VENV)/.installed
+	$(call lint-with,$(FAST_VENV)/bin)
+	$(FAST_VENV)/bin/pytest -m fast
+
+# The lean venv of the fast tier, about 1 GB: the server's and the client's pinned packages with
+# the test tools (requirements-test-fast.txt), all installed without their declared dependencies
+# like `make server-install`, and this checkout in editable mode. No torch, transformers,
+# Concrete-ML, xgboost or CUDA libraries: no test marked `fast` needs the build role.
+fast-install: .venv-fast/.installed
+
+.venv-fast/.installed: pyproject.toml requirements-server.txt requirements-client.txt \
+		requirements-test-fast.txt
+	rm -rf .venv-fast
+	$(PYTHON) -m venv .venv-fast
+	.venv-fast/bin/pip install --quiet --upgrade pip
+	.venv-fast/bin/pip install --quiet --no-deps -r requirements-server.txt \
+		-r requirements-client.txt -r requirements-test-fast.txt
+	.venv-fast/bin/pip install --quiet --no-deps -e .
+	touch $@
 
 # Rebuilds the shipped bundles from ../shared/data/twitter_airline_sentiment.csv: the default
 # XGBoost circuit, then the bootstrap-free linear one on the same fine-tuned embedder, both over
@@ -108,7 +133,7 @@ tabular-models: install
 	encrypted row."
 
 clean:
-	rm -rf $(VENV) .cache test-artifacts
+	rm -rf $(VENV) .venv-fast .cache test-artifacts
 
 # Container images by role (make base-image, make images, make image-test): deployment/images.mk.
 include deployment/images.mk

@@ -102,7 +102,7 @@ def test_each_output_rule_agrees_with_concrete_ml(kind: str, tmp_path: Path) -> 
     _agrees_with_concrete_ml(bundle, tmp_path / "keys", x[::50])
 
 
-@pytest.mark.fast
+# Not `fast` (nor the next one): Concrete-ML is the build role, which .venv-fast leaves out.
 def test_output_rules_name_concrete_ml_classes() -> None:
     from concrete.ml import sklearn as cml
 
@@ -131,7 +131,6 @@ def _with_model_class(source: Path, target: Path, name: str) -> Path:
     return target
 
 
-@pytest.mark.fast
 def test_unknown_model_classes_use_concrete_mls_client(tmp_path: Path) -> None:
     source = REPO / "models" / "breast-cancer"
     assert isinstance(open_circuit_client(source, tmp_path / "a"), CircuitClient)

@@ -16,8 +16,8 @@ from fhe.embedding.weights import (
     packaged_model_dir,
 )
 
-pytestmark = pytest.mark.fast
-
+# Not `fast`: the embedder needs torch, transformers and the packaged weights, the build role,
+# which .venv-fast (make test-fast) leaves out.
 TEXTS = ["the crew was lovely", "my bag is lost", "a much longer tweet " * 20]
 REPO = Path(__file__).resolve().parents[1]
 
