@@ -20,9 +20,8 @@ from server.executors import KEY_WORK, run_in
 from server.inference import key_mismatch, shared_turn_error
 from server.models.registry import FHEModel, ModelRegistry
 from server.storage.calls import store_call
-from server.storage.keys import (
+from server.storage.key import (
     KeyPinned,
-    KeyStore,
     KeyTooLarge,
     QuotaExceeded,
     ReceivingFull,
@@ -32,7 +31,7 @@ from server.storage.keys import (
     Upload,
     check_quota,
 )
-from server.storage.postgres_keys import PostgresKeyStore
+from server.storage.protocols import KeyStore
 
 
 def described(upload: Upload) -> KeysetDescription:
@@ -84,7 +83,7 @@ class KeyUploads:
     def __init__(
         self,
         registry: ModelRegistry,
-        keys: KeyStore | PostgresKeyStore,
+        keys: KeyStore,
         compute: Compute,
         fhe_share: FairShare,
         max_key_bytes: int,

@@ -24,7 +24,7 @@ SHARED_CALL_SECONDS = 10.0
 async def store_call(method: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """`method(*args, **kwargs)` of a store: in a thread for a shared store (503 past
     `SHARED_CALL_SECONDS`), inline otherwise."""
-    if not getattr(getattr(method, "__self__", None), "shared", False):
+    if not getattr(getattr(method, "__self__", None), "shares_state", False):
         return method(*args, **kwargs)
     try:
         async with asyncio.timeout(SHARED_CALL_SECONDS):  # not wait_for: see jobs.runner
