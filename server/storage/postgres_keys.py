@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, delete, func, insert, select, text, update
+from sqlalchemy import Engine, all_, delete, func, insert, literal, select, text, update
 from sqlalchemy.engine import Connection
 
 from server.storage.database import STORE_LOCK, UNREACHABLE, shared_state, unavailable
@@ -320,7 +320,7 @@ class PostgresKeyStore(KeyStoreBase):
     def _record_spec(connection: Connection, key_id: str, client_spec: str) -> None:
         connection.execute(
             update(keys)
-            .where(keys.c.key_id == key_id, ~keys.c.checked_specs.any(client_spec))
+            .where(keys.c.key_id == key_id, literal(client_spec) != all_(keys.c.checked_specs))
             .values(checked_specs=func.array_append(keys.c.checked_specs, client_spec))
         )
 
