@@ -1,16 +1,18 @@
 """Jobs in the shared database, so that any replica answers for any job and runs any queued one.
 
-A replica claims the oldest queued job with `FOR UPDATE SKIP LOCKED` (two replicas never claim
-the same row) and holds it under a lease it renews while the run goes on. A job whose replica
-died is claimed again by another once its lease has passed, and runs once more at most per lost
-lease, up to `max_attempts` runs. Only the claim that holds the lease (this replica's name and
-the attempt it started) may finish, fail or requeue a job, so a run that lost its lease cannot
-overwrite or undo the one that took the job over. Lease times are the database's clock.
+A replica claims the next queued job in fairness with `FOR UPDATE SKIP LOCKED` (two replicas
+never claim the same row) and holds it under a lease it renews while the run goes on. A job
+whose replica died is claimed again by another once its lease has passed, and runs once more at
+most per lost lease, up to `max_attempts` runs. Only the claim that holds the lease (this
+replica's name and the attempt it started) may finish, fail or requeue a job, so a run that lost
+its lease cannot overwrite or undo the one that took the job over. Lease times are the
+database's clock.
 
 A finished job's callback is leased too, from the moment the job ends, to the replica that ends
 it; the others sweep up callbacks whose lease passed (their replica died before delivering).
 
 The job's input and result live in `job_payloads` beside the row and are committed with it.
+These are the overrides of `SqlJobStore` (sql_jobs.py), whose code the embedded store shares.
 """
 
 from __future__ import annotations
