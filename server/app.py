@@ -12,7 +12,6 @@ from typing import Any
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
-from sqlalchemy import Engine
 
 from server.allow_list import AllowList
 from server.compute import make_compute
@@ -35,50 +34,12 @@ from server.readiness import Readiness
 from server.routes import callbacks, hf_compat, jobs, keys, models, operations, predict
 from server.routes.body import BodyTimeout
 from server.settings import ServerSettings
-from server.storage.database import engine_for, migrate
-from server.storage.jobs import JobLimits, JobStore
-from server.storage.keys import KeyStore
-from server.storage.postgres_jobs import PostgresJobStore
-from server.storage.postgres_keys import PostgresKeyStore
+from server.storage.job import JobLimits
+from server.storage.stores import open_stores
 
 log = logging.getLogger("fhe_server")
 
 COMPUTE_HEADERS = ["x-compute-time", "x-compute-type"]
-
-
-def open_stores(
-    settings: ServerSettings,
-) -> tuple[JobStore | PostgresJobStore, KeyStore | PostgresKeyStore, Engine | None]:
-    """The job and key stores: in the shared database when one is configured (migrated first,
-    under its lock), else SQLite and files in the data directory; and the engine to dispose."""
-    url = settings.database()
-    if url is None:
-        job_store = JobStore(settings.data_dir / "jobs", settings.job_max_attempts)
-        key_store = KeyStore(
-            settings.data_dir / "keys",
-            settings.keystore_max_bytes,
-            pinned_by_jobs=job_store.key_ids_in_flight,
-            max_receiving_bytes=settings.max_receiving_key_bytes,
-        )
-        return job_store, key_store, None
-    if not settings.callback_signing_key.get_secret_value():
-        raise ConfigurationError(
-            "with FHE_SERVER_DATABASE_URL, set FHE_SERVER_CALLBACK_SIGNING_KEY to the same secret "
-            "on every replica, so that each signs callbacks as the secret its clients hold"
-        )
-    engine = engine_for(url)
-    migrate(engine)
-    shared_jobs = PostgresJobStore(
-        engine, settings.replica_name, settings.job_max_attempts, settings.job_lease_seconds
-    )
-    shared_keys = PostgresKeyStore(
-        engine,
-        settings.data_dir / "uploads",
-        settings.keystore_max_bytes,
-        max_receiving_bytes=settings.max_receiving_key_bytes,
-    )
-    log.warning("shared state in the database as replica %s", settings.replica_name)
-    return shared_jobs, shared_keys, engine
 
 
 @asynccontextmanager

@@ -26,9 +26,9 @@ from server.models.clear_worker import Answer, ClearSource
 from server.models.registry import FHEModel, Model, ModelRegistry
 from server.run_errors import clear_run_errors, fhe_run_errors, shared_turn_error
 from server.storage.calls import store_call
-from server.storage.jobs import Job
-from server.storage.keys import KeyStore, StoredKey
-from server.storage.postgres_keys import PostgresKeyStore
+from server.storage.job import Job
+from server.storage.key import StoredKey
+from server.storage.protocols import KeyStore
 
 KEYGEN_HINT = "run `fhe-client keygen --model {model}` to generate and upload evaluation keys"
 KEY_CHECKS_AT_ONCE = 2
@@ -47,9 +47,7 @@ def keyset_differences(model: FHEModel, path: Path) -> list[str]:
         return [str(error)]
 
 
-def stored_key_differences(
-    keys: KeyStore | PostgresKeyStore, key_id: str, model: FHEModel
-) -> list[str]:
+def stored_key_differences(keys: KeyStore, key_id: str, model: FHEModel) -> list[str]:
     """`keyset_differences` of a stored key (blocking); OSError when it is gone."""
     with keys.key_file(key_id) as path:
         return keyset_differences(model, path)
@@ -100,7 +98,7 @@ class Inference:
     def __init__(
         self,
         registry: ModelRegistry,
-        keys: KeyStore | PostgresKeyStore,
+        keys: KeyStore,
         compute: Compute,
         fhe_share: FairShare,
         clear: ClearWorkers,

@@ -21,9 +21,8 @@ from server.inference import key_mismatch
 from server.models.registry import FHEModel, ModelRegistry
 from server.run_errors import key_check_errors
 from server.storage.calls import store_call
-from server.storage.keys import (
+from server.storage.key import (
     KeyPinned,
-    KeyStore,
     KeyTooLarge,
     QuotaExceeded,
     ReceivingFull,
@@ -33,7 +32,7 @@ from server.storage.keys import (
     Upload,
     check_quota,
 )
-from server.storage.postgres_keys import PostgresKeyStore
+from server.storage.protocols import KeyStore
 
 
 def described(upload: Upload) -> KeysetDescription:
@@ -85,7 +84,7 @@ class KeyUploads:
     def __init__(
         self,
         registry: ModelRegistry,
-        keys: KeyStore | PostgresKeyStore,
+        keys: KeyStore,
         compute: Compute,
         fhe_share: FairShare,
         max_key_bytes: int,

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from server.settings import ServerSettings
-    from server.storage.keys import KeyStore
+    from server.storage.protocols import KeyStore
 
 
 class Busy(RuntimeError):

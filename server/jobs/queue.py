@@ -10,8 +10,8 @@ from server.allow_list import AllowList
 from server.jobs.callbacks import checked_callback_url
 from server.jobs.runner import JobRunner
 from server.storage.calls import store_call
-from server.storage.jobs import Job, JobLimits, JobRefused, JobStore, new_job_id
-from server.storage.postgres_jobs import PostgresJobStore
+from server.storage.job import Job, JobLimits, JobRefused, new_job_id
+from server.storage.protocols import JobStore
 
 
 def refusal(refused: JobRefused) -> errors.ServiceError:
@@ -28,7 +28,7 @@ class JobQueue:
 
     def __init__(
         self,
-        store: JobStore | PostgresJobStore,
+        store: JobStore,
         runner: JobRunner,
         callback_allow: AllowList,
         base_url: str,

@@ -25,8 +25,8 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 from server import errors
 from server.executors import OPERATIONS, run_in
 from server.jobs.callbacks import CallbackSender, Delivery
-from server.storage.jobs import Job, JobStore
-from server.storage.postgres_jobs import PostgresJobStore
+from server.storage.job import Job
+from server.storage.protocols import JobStore
 
 log = logging.getLogger("fhe_server.jobs")
 
@@ -65,7 +65,7 @@ class JobRunner:
 
     def __init__(
         self,
-        store: JobStore | PostgresJobStore,
+        store: JobStore,
         execute: Execute,
         policy: JobPolicy,
         callbacks: CallbackSender,
@@ -94,7 +94,7 @@ class JobRunner:
         await self._resume_callbacks()
         self._spawn(self._dispatch())
         self._spawn(self._expire())
-        if self.store.shared:
+        if self.store.shares_state:
             self._spawn(self._renew_leases())
 
     async def _resume_callbacks(self) -> None:
@@ -133,7 +133,7 @@ class JobRunner:
             for task in stuck:
                 log.warning("a job task did not stop within %g s; left behind", STOP_SECONDS)
                 task.cancel()
-        if self.store.shared:
+        if self.store.shares_state:
             for job_id in running:
                 try:
                     async with asyncio.timeout(STOP_SECONDS):
@@ -296,7 +296,7 @@ class JobRunner:
                 removed = await operations(self.store.expire)
                 if removed:
                     log.info("%d expired jobs deleted", removed)
-                if self.store.shared:
+                if self.store.shares_state:
                     await self._resume_callbacks()
             except errors.StateUnavailable:
                 log.warning("cannot expire jobs: the database does not answer")

@@ -1,8 +1,9 @@
 """How services call a store from the event loop.
 
-A shared store's calls wait on the network, so they run in a thread and the loop keeps serving
-/healthz and other requests; one that gets no answer within `SHARED_CALL_SECONDS` (a database that
-hangs rather than refusing connections) answers 503 instead of holding its request. The embedded
+A store whose `shares_state` is true (see `protocols`) waits on the network, so its calls run in
+a thread and the loop keeps serving /healthz and other requests; one that gets no answer within
+`SHARED_CALL_SECONDS` (a database that hangs rather than refusing connections) answers 503
+instead of holding its request. The embedded
 stores answer from local disk at once and are called inline, which keeps their ordering
 guarantees: no other request runs between a key's check and the job row that pins it.
 """
@@ -22,9 +23,9 @@ SHARED_CALL_SECONDS = 10.0
 
 
 async def store_call(method: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    """`method(*args, **kwargs)` of a store: in a thread for a shared store (503 past
-    `SHARED_CALL_SECONDS`), inline otherwise."""
-    if not getattr(getattr(method, "__self__", None), "shared", False):
+    """`method(*args, **kwargs)` of a store: in a thread when the store `shares_state` (503
+    past `SHARED_CALL_SECONDS`), inline otherwise."""
+    if not getattr(getattr(method, "__self__", None), "shares_state", False):
         return method(*args, **kwargs)
     try:
         async with asyncio.timeout(SHARED_CALL_SECONDS):  # not wait_for: see jobs.runner

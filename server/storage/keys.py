@@ -14,85 +14,42 @@ records list owners without times.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
-import tempfile
-import threading
 import time
-from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from fhe.contract.atomic import write_atomic
+from server.storage.key import (
+    KeyPinned,
+    KeyTooLarge,
+    QuotaExceeded,
+    ReceivingFull,
+    StoredKey,
+    StoreFull,
+    TooManyKeys,
+    Upload,
+    check_quota,
+    is_key_id,
+)
+from server.storage.key_base import KeyStoreBase
 
-KEY_ID_PATTERN = re.compile(r"^[0-9a-f]{64}$")
-
-
-class KeyTooLarge(ValueError):
-    """The upload exceeds the per-upload limit or the whole store."""
-
-
-class StoreFull(RuntimeError):
-    """Every stored key that could make room is pinned by work in flight; try again later."""
-
-
-class QuotaExceeded(RuntimeError):
-    """The owner's stored keys would pass its quota."""
-
-
-class TooManyKeys(RuntimeError):
-    """The owner holds as many keys as it may."""
-
-
-class ReceivingFull(RuntimeError):
-    """Uploads being received at once would pass their bound; try again shortly."""
-
-
-def check_quota(
-    owner_keys: int, owner_bytes: int, size: int, quota: int | None, max_keys: int | None
-) -> None:
-    """QuotaExceeded or TooManyKeys unless one more key of `size` bytes fits the owner's bounds."""
-    if quota is not None and owner_bytes + size > quota:
-        raise QuotaExceeded(
-            f"this token holds {owner_bytes} bytes of keys; {size} more would pass its quota "
-            f"of {quota}"
-        )
-    if max_keys is not None and owner_keys + 1 > max_keys:
-        raise TooManyKeys(
-            f"this token holds {owner_keys} evaluation keys, its limit; delete one it no longer "
-            "needs (DELETE /v1/keys/{key_id}) before uploading another"
-        )
-
-
-class KeyPinned(RuntimeError):
-    """The key cannot be deleted while queued or running work needs it."""
-
-
-@dataclass(frozen=True)
-class StoredKey:
-    """One stored key: its id, size, the client specs it was checked for, its file (None in a
-    shared database: workers read it by id), owners, and when it was stored and last used (by
-    the owner it was asked for; without one, by anyone)."""
-
-    key_id: str
-    size: int
-    client_specs: tuple[str, ...]
-    path: Path | None
-    owners: tuple[str, ...] = ()
-    created: float | None = None
-    last_used: float | None = None
-
-    def fits(self, client_spec: str | None) -> bool:
-        """True when the key has been checked against this client spec's key set."""
-        return client_spec in self.client_specs
-
-    def usable_by(self, owner: str | None) -> bool:
-        """True when `owner` uploaded these bytes (any caller, without access control)."""
-        return owner is None or owner in self.owners
+__all__ = [  # the key types are re-exported: older code and tests import them from here
+    "FileKeyStore",
+    "KeyPinned",
+    "KeyStore",
+    "KeyTooLarge",
+    "QuotaExceeded",
+    "ReceivingFull",
+    "StoreFull",
+    "StoredKey",
+    "TooManyKeys",
+    "Upload",
+    "check_quota",
+    "is_key_id",
+]
 
 
 def _owners(meta: dict) -> tuple[str, ...]:
@@ -135,23 +92,8 @@ def _read_meta(path: Path) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
-def is_key_id(text: str) -> bool:
-    """True when `text` has the shape of a key id (and is safe as a file name)."""
-    return bool(KEY_ID_PATTERN.match(text))
-
-
-@dataclass(frozen=True)
-class Upload:
-    """Evaluation keys received into a temporary file: its path, sha256 (the key id), size."""
-
-    path: Path
-    key_id: str
-    size: int
-
-
-class KeyStore:
-    """Keys on local disk; thread-safe within one process (`PostgresKeyStore` has the same
-    methods for many replicas).
+class FileKeyStore(KeyStoreBase):
+    """Keys on local disk; thread-safe within one process (the embedded `KeyStore`).
 
     Keys that work in flight needs are pinned and never evicted: the keys of queued and running
     jobs (asked of `pinned_by_jobs`) and of runs holding `in_use`. Only a checked key being
@@ -166,46 +108,20 @@ class KeyStore:
         pinned_by_jobs: Callable[[], set[str]] | None = None,
         max_receiving_bytes: int | None = None,
     ) -> None:
+        super().__init__(root, max_bytes, max_receiving_bytes)
         self.root = root
-        self.max_bytes = max_bytes
-        self.max_receiving_bytes = max_receiving_bytes or max_bytes
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
         self._sizes: dict[str, int] = {}
         self._owners: dict[str, tuple[str, ...]] = {}
-        self._pending: dict[Path, int] = {}
-        self._in_use: Counter[str] = Counter()
         self.pinned_by_jobs = pinned_by_jobs or set
-        self.evicted: list[Callable[[str], None]] = []
         for path in self.root.glob("*.keys"):
             if is_key_id(path.stem):
                 self._sizes[path.stem] = path.stat().st_size
                 self._owners[path.stem] = _owners(_read_meta(self._paths(path.stem)[1]))
-        for stale in self.root.glob("upload-*"):
-            stale.unlink(missing_ok=True)
 
     @property
     def total_bytes(self) -> int:
         """Bytes of all stored keys."""
         return sum(self._sizes.values())
-
-    @property
-    def receiving_bytes(self) -> int:
-        """Bytes of uploads received and not yet stored or discarded."""
-        return sum(self._pending.values())
-
-    @contextmanager
-    def in_use(self, key_id: str) -> Iterator[None]:
-        """Pin a key against eviction while a run uses it."""
-        with self._lock:
-            self._in_use[key_id] += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._in_use[key_id] -= 1
-                if self._in_use[key_id] <= 0:
-                    del self._in_use[key_id]
 
     def _pinned(self) -> set[str]:
         return set(self._in_use) | set(self.pinned_by_jobs())
@@ -334,52 +250,6 @@ class KeyStore:
         self._notify([key_id])
         return True
 
-    async def receive(self, chunks: AsyncIterator[bytes], limit: int) -> Upload:
-        """Stream an upload into a temporary file while hashing it; refuse past `limit` bytes,
-        past the whole store, or past the bound of bytes being received at once.
-
-        Its bytes count toward that bound until it is `add`ed or `discard`ed; they never evict.
-        """
-        digest = hashlib.sha256()
-        size = 0
-        # Kept on success (the caller adds or discards it), removed on any failure.
-        handle = tempfile.NamedTemporaryFile(dir=self.root, prefix="upload-", delete=False)  # noqa: SIM115
-        path = Path(handle.name)
-        try:
-            with handle:
-                async for chunk in chunks:
-                    if size + len(chunk) > limit:
-                        raise KeyTooLarge(f"evaluation keys exceed the limit of {limit} bytes")
-                    if size + len(chunk) > self.max_bytes:
-                        raise KeyTooLarge(
-                            f"evaluation keys exceed the whole store ({self.max_bytes} bytes)"
-                        )
-                    self._reserve(path, len(chunk))
-                    size += len(chunk)
-                    digest.update(chunk)
-                    handle.write(chunk)
-        except BaseException:
-            self.discard(Upload(path, "", size))
-            raise
-        return Upload(path, digest.hexdigest(), size)
-
-    def discard(self, upload: Upload) -> None:
-        """Drop a received upload that will not be stored, and release its bytes (idempotent)."""
-        upload.path.unlink(missing_ok=True)
-        with self._lock:
-            self._pending.pop(upload.path, None)
-
-    def _reserve(self, path: Path, size: int) -> None:
-        """Count `size` more bytes of the upload at `path` against the uploads' own bound."""
-        with self._lock:
-            receiving = sum(self._pending.values())
-            if receiving + size > self.max_receiving_bytes:
-                raise ReceivingFull(
-                    f"evaluation key uploads in progress fill the {self.max_receiving_bytes} "
-                    "bytes this server receives at once; try again shortly"
-                )
-            self._pending[path] = self._pending.get(path, 0) + size
-
     def add(
         self,
         upload: Upload,
@@ -490,12 +360,6 @@ class KeyStore:
             self._forget(key_id)
         return victims
 
-    def _notify(self, key_ids: list[str]) -> None:
-        """Tell the listeners (the Celery executor's Redis copy) which keys left the store."""
-        for key_id in key_ids:
-            for listener in self.evicted:
-                listener(key_id)
-
     def _mtime(self, key_id: str) -> float:
         try:
             return self._paths(key_id)[0].stat().st_mtime
@@ -507,3 +371,8 @@ class KeyStore:
         self._owners.pop(key_id, None)
         for path in self._paths(key_id):
             path.unlink(missing_ok=True)
+
+
+KeyStore = FileKeyStore
+"""The embedded key store's former name, kept for the tests and scripts that import it from here
+(code above `server.storage` annotates with `server.storage.protocols.KeyStore`)."""

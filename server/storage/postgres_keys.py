@@ -1,6 +1,6 @@
 """Evaluation keys in the shared database, so that every replica and worker reads the same store.
 
-The same contract as the embedded `KeyStore`: content-addressed ids, owners per token (each with
+The same contract as the embedded `FileKeyStore`: content-addressed ids, owners per token (each with
 its own `created` and `last_used` in `key_owners`; the key's `last_used`, any owner's latest, orders
 eviction), a bound in bytes with least-recently-used eviction that never takes a key that queued or
 running jobs need (the jobs of every replica, read from the same database), quotas per token in
@@ -15,30 +15,26 @@ quota, explicit DELETE) deletes its rows, which every replica and worker then se
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
-import threading
 import time
-from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, delete, func, insert, select, text, update
+from sqlalchemy import Engine, all_, delete, func, insert, literal, select, text, update
 from sqlalchemy.engine import Connection
 
 from fhe.contract.atomic import open_atomic
 from server.storage.database import STORE_LOCK, UNREACHABLE, shared_state, unavailable
-from server.storage.keys import (
+from server.storage.key import (
     KeyPinned,
-    KeyTooLarge,
-    ReceivingFull,
     StoredKey,
     StoreFull,
     Upload,
     check_quota,
     is_key_id,
 )
+from server.storage.key_base import KeyStoreBase
 from server.storage.tables import jobs, key_chunks, key_owners, keys
 
 CHUNK_BYTES = 1 << 20
@@ -77,11 +73,11 @@ def take_store_lock(connection: Connection) -> None:
     connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": STORE_LOCK})
 
 
-class PostgresKeyStore:
-    """Keys in Postgres; the same methods as the embedded `KeyStore`, with no file per key
-    (`StoredKey.path` is None: read the bytes with `read_bytes`, or by id in a worker)."""
+class PostgresKeyStore(KeyStoreBase):
+    """Keys in Postgres; the same methods as the embedded `FileKeyStore`, with no file per key
+    (`StoredKey.path` is None: read the bytes with `key_file`, or by id in a worker)."""
 
-    shared = True
+    shares_state = True
 
     def __init__(
         self,
@@ -90,45 +86,16 @@ class PostgresKeyStore:
         max_bytes: int,
         max_receiving_bytes: int | None = None,
     ) -> None:
+        super().__init__(spool_dir, max_bytes, max_receiving_bytes)
         self.engine = engine
-        self.spool_dir = spool_dir
-        self.max_bytes = max_bytes
-        self.max_receiving_bytes = max_receiving_bytes or max_bytes
-        self.spool_dir.mkdir(parents=True, exist_ok=True)
-        for pattern in ("upload-*", "check-*"):
-            for stale in self.spool_dir.glob(pattern):
-                stale.unlink(missing_ok=True)
-        self._lock = threading.Lock()
-        self._pending: dict[Path, int] = {}
-        self._in_use: Counter[str] = Counter()
-        self.evicted: list[Callable[[str], None]] = []
 
     @property
     def total_bytes(self) -> int:
         """Bytes of all stored keys."""
         return self.totals()[1]
 
-    @property
-    def receiving_bytes(self) -> int:
-        """Bytes of uploads this replica is receiving."""
-        with self._lock:
-            return sum(self._pending.values())
-
     def __len__(self) -> int:
         return self.totals()[0]
-
-    @contextmanager
-    def in_use(self, key_id: str) -> Iterator[None]:
-        """Pin a key against eviction by this replica while one of its runs uses it."""
-        with self._lock:
-            self._in_use[key_id] += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._in_use[key_id] -= 1
-                if self._in_use[key_id] <= 0:
-                    del self._in_use[key_id]
 
     def _pinned(self, connection: Connection) -> set[str]:
         """Keys that queued or running jobs of any replica need, or runs of this one use."""
@@ -253,46 +220,6 @@ class PostgresKeyStore:
         finally:
             path.unlink(missing_ok=True)
 
-    async def receive(self, chunks: AsyncIterator[bytes], limit: int) -> Upload:
-        """Spool an upload to a local file while hashing it; refuse past `limit` bytes, past the
-        whole store, or past this replica's bound of bytes being received at once (they never
-        count toward the store's bound)."""
-        digest = hashlib.sha256()
-        size = 0
-        # Kept on success (the caller adds or discards it), removed on any failure.
-        handle = tempfile.NamedTemporaryFile(dir=self.spool_dir, prefix="upload-", delete=False)  # noqa: SIM115
-        path = Path(handle.name)
-        try:
-            with handle:
-                async for chunk in chunks:
-                    if size + len(chunk) > limit:
-                        raise KeyTooLarge(f"evaluation keys exceed the limit of {limit} bytes")
-                    if size + len(chunk) > self.max_bytes:
-                        raise KeyTooLarge(
-                            f"evaluation keys exceed the whole store ({self.max_bytes} bytes)"
-                        )
-                    with self._lock:
-                        if sum(self._pending.values()) + len(chunk) > self.max_receiving_bytes:
-                            raise ReceivingFull(
-                                "evaluation key uploads in progress fill the "
-                                f"{self.max_receiving_bytes} bytes this replica receives at "
-                                "once; try again shortly"
-                            )
-                        self._pending[path] = self._pending.get(path, 0) + len(chunk)
-                    size += len(chunk)
-                    digest.update(chunk)
-                    handle.write(chunk)
-        except BaseException:
-            self.discard(Upload(path, "", size))
-            raise
-        return Upload(path, digest.hexdigest(), size)
-
-    def discard(self, upload: Upload) -> None:
-        """Drop a spooled upload that will not be stored (idempotent)."""
-        upload.path.unlink(missing_ok=True)
-        with self._lock:
-            self._pending.pop(upload.path, None)
-
     @shared_state
     def add(
         self,
@@ -394,7 +321,7 @@ class PostgresKeyStore:
     def _record_spec(connection: Connection, key_id: str, client_spec: str) -> None:
         connection.execute(
             update(keys)
-            .where(keys.c.key_id == key_id, ~keys.c.checked_specs.any(client_spec))
+            .where(keys.c.key_id == key_id, literal(client_spec) != all_(keys.c.checked_specs))
             .values(checked_specs=func.array_append(keys.c.checked_specs, client_spec))
         )
 
@@ -432,12 +359,6 @@ class PostgresKeyStore:
             connection.execute(delete(keys).where(keys.c.key_id == key_id))
         self._notify([key_id])
         return True
-
-    def _notify(self, key_ids: list[str]) -> None:
-        """Tell the listeners (the Celery executor) which keys left the store."""
-        for key_id in key_ids:
-            for listener in self.evicted:
-                listener(key_id)
 
 
 class KeyReader:

@@ -1,5 +1,12 @@
-"""The shared state's tables (Postgres): jobs and their payloads, keys, their owners and their
-bytes in chunks. Alembic's migrations in `migrations/` create them; this is what the code reads."""
+"""The stores' tables in SQLAlchemy Core: the one schema of jobs, read and written by both job
+stores, and the shared database's job payloads and keys (owners, bytes in chunks).
+
+Postgres: Alembic's revisions in `migrations/` create these (a revision is frozen history, so it
+spells its own columns; tests/test_store_contract.py checks that the newest revision and this
+module agree). SQLite (the embedded job store): `jobs` is created from this metadata; see
+`server.storage.jobs`. The lease columns are the Postgres store's; the embedded one leaves them
+empty.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 
@@ -46,7 +54,7 @@ jobs = Table(
     Column("error_code", Text),
     Column("error", Text),
     Column("callback_attempts", Integer, nullable=False, server_default="0"),
-    Column("callback_delivered", Boolean, nullable=False, server_default="false"),
+    Column("callback_delivered", Boolean, nullable=False, server_default=false()),
     Column("callback_error", Text),
     Column("lease_holder", Text),
     Column("lease_until", Float),
