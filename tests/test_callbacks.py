@@ -39,7 +39,8 @@ from server.jobs.callbacks import (
     check_callback_url,
     parse_callback_url,
 )
-from server.storage.jobs import Job, JobStore, new_job_id
+from server.storage.job import Job, new_job_id
+from server.storage.jobs import SqliteJobStore
 from tests.conftest import IRIS, SKLEARN_FIXTURES
 from tests.server_process import ServerProcess
 
@@ -170,7 +171,7 @@ def guarded(
     """Tokens, an allow-list naming 127.0.0.1/32 and hooks.localhost, and jobs whose stored
     callback URLs the notifier must check again."""
     data = tmp_path_factory.mktemp("guarded") / "data"
-    store = JobStore(data / "jobs")
+    store = SqliteJobStore(data / "jobs")
     for name, url in SEEDED.items():
         job = Job(new_job_id(), "iris", "clear", "queued", time.time(), "http://old.example/")
         job.owner, job.callback_url = "alice", url.format(port=receiver.port, port6=receiver6.port)

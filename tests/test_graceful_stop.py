@@ -11,14 +11,15 @@ from pathlib import Path
 
 from server.jobs.callbacks import AllowList, CallbackSender
 from server.jobs.runner import JobPolicy, JobRunner
-from server.storage.jobs import Job, JobStore, new_job_id
+from server.storage.job import Job, new_job_id
+from server.storage.jobs import SqliteJobStore
 
 STOPS = 150
 
 
 async def stop_under_load(root: Path, seed: int) -> tuple[float, int]:
     """Queue 60 jobs, let the runner work for a moment, stop it: seconds and tasks left."""
-    store = JobStore(root)
+    store = SqliteJobStore(root)
     for _ in range(60):
         job = Job(new_job_id(), "m", "fhe", "queued", time.time(), "http://127.0.0.1/")
         store.add(job, b"input")

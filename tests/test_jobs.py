@@ -17,7 +17,8 @@ from client.encrypted_model import EncryptedModel
 from client.jobs import JobJournal, submit_items
 from client.local_server import free_port
 from fhe.build.recipe import TrainedBundle
-from server.storage.jobs import Job, JobStore, new_job_id
+from server.storage.job import Job, new_job_id
+from server.storage.jobs import SqliteJobStore
 from tests.conftest import (
     IRIS,
     SAMPLE_TEXTS,
@@ -58,14 +59,14 @@ def finished(api: FHEServerAPI, job_id: str, timeout: float = 120) -> dict:
 
 @pytest.mark.fast
 def test_store_keeps_jobs_and_requeues_interrupted_ones(tmp_path: Path) -> None:
-    store = JobStore(tmp_path, max_attempts=2)
+    store = SqliteJobStore(tmp_path, max_attempts=2)
     job = Job(new_job_id(), "m", "fhe", "queued", time.time(), "http://x/")
     store.add(job, b"ciphertext")
     assert store.input_path(job.job_id).read_bytes() == b"ciphertext"
     claimed = store.claim_next()
     assert claimed is not None and claimed.job_id == job.job_id and claimed.attempts == 1
     assert store.claim_next() is None
-    reopened = JobStore(tmp_path, max_attempts=2)
+    reopened = SqliteJobStore(tmp_path, max_attempts=2)
     assert reopened.requeue_interrupted(ttl=60) == 1
     assert reopened.get(job.job_id).status == "queued"
     reopened.claim_next()
@@ -77,7 +78,7 @@ def test_store_keeps_jobs_and_requeues_interrupted_ones(tmp_path: Path) -> None:
 
 @pytest.mark.fast
 def test_store_expires_finished_jobs(tmp_path: Path) -> None:
-    store = JobStore(tmp_path)
+    store = SqliteJobStore(tmp_path)
     job = store.add(Job(new_job_id(), "m", "clear", "queued", time.time(), "http://x/"), b"{}")
     store.claim_next()
     store.finish(job.job_id, b"result", "application/json", None, ttl=0.2)

@@ -12,14 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from server.storage.keys import (
-    KeyStore,
-    KeyTooLarge,
-    QuotaExceeded,
-    ReceivingFull,
-    StoreFull,
-    TooManyKeys,
-)
+from server.storage.key import KeyTooLarge, QuotaExceeded, ReceivingFull, StoreFull, TooManyKeys
+from server.storage.keys import FileKeyStore
 
 pytestmark = pytest.mark.fast
 
@@ -29,14 +23,16 @@ async def _chunks(data: bytes):
         yield data[start : start + 7]
 
 
-def put(store: KeyStore, data: bytes, spec: str | None = None, owner: str | None = None, **bounds):
+def put(
+    store: FileKeyStore, data: bytes, spec: str | None = None, owner: str | None = None, **bounds
+):
     upload = asyncio.run(store.receive(_chunks(data), limit=10_000))
     assert upload.size == len(data)
     return store.add(upload, spec, owner, **bounds)
 
 
 def test_key_id_is_sha256_and_upload_is_idempotent(tmp_path: Path) -> None:
-    store = KeyStore(tmp_path, max_bytes=1000)
+    store = FileKeyStore(tmp_path, max_bytes=1000)
     stored, created = put(store, b"a" * 100, "spec")
     assert stored.key_id == hashlib.sha256(b"a" * 100).hexdigest()
     assert created
@@ -49,18 +45,18 @@ def test_key_id_is_sha256_and_upload_is_idempotent(tmp_path: Path) -> None:
 
 def test_identical_bytes_serve_every_spec_they_were_uploaded_for(tmp_path: Path) -> None:
     """Circuits without bootstrapping share the same tiny key bytes, hence the same id."""
-    store = KeyStore(tmp_path, max_bytes=1000)
+    store = FileKeyStore(tmp_path, max_bytes=1000)
     first, _ = put(store, b"e" * 64, "linear-a")
     second, created = put(store, b"e" * 64, "linear-b")
     assert not created and second.key_id == first.key_id
     assert second.client_specs == ("linear-a", "linear-b")
-    found = KeyStore(tmp_path, max_bytes=1000).get(first.key_id)
+    found = FileKeyStore(tmp_path, max_bytes=1000).get(first.key_id)
     assert found is not None and found.fits("linear-a") and found.fits("linear-b")
     assert not found.fits("xgb")
 
 
 def test_least_recently_used_key_is_evicted_first(tmp_path: Path) -> None:
-    store = KeyStore(tmp_path, max_bytes=250)
+    store = FileKeyStore(tmp_path, max_bytes=250)
     first, _ = put(store, b"1" * 100)
     second, _ = put(store, b"2" * 100)
     past = time.time() - 100
@@ -74,15 +70,15 @@ def test_least_recently_used_key_is_evicted_first(tmp_path: Path) -> None:
 
 
 def test_store_survives_a_new_instance(tmp_path: Path) -> None:
-    stored, _ = put(KeyStore(tmp_path, max_bytes=1000), b"k" * 10, "s")
-    reopened = KeyStore(tmp_path, max_bytes=1000)
+    stored, _ = put(FileKeyStore(tmp_path, max_bytes=1000), b"k" * 10, "s")
+    reopened = FileKeyStore(tmp_path, max_bytes=1000)
     found = reopened.get(stored.key_id)
     assert found is not None and found.client_specs == ("s",)
     assert found.path.read_bytes() == b"k" * 10
 
 
 def test_limits(tmp_path: Path) -> None:
-    store = KeyStore(tmp_path, max_bytes=50)
+    store = FileKeyStore(tmp_path, max_bytes=50)
     with pytest.raises(KeyTooLarge):
         asyncio.run(store.receive(_chunks(b"x" * 100), limit=20))
     assert list(tmp_path.glob("upload-*")) == []
@@ -93,7 +89,7 @@ def test_limits(tmp_path: Path) -> None:
 
 
 def test_bad_key_ids_are_unknown(tmp_path: Path) -> None:
-    store = KeyStore(tmp_path, max_bytes=50)
+    store = FileKeyStore(tmp_path, max_bytes=50)
     for key_id in ("", "../x", "A" * 64, "0" * 64):
         assert store.get(key_id) is None
 
@@ -101,7 +97,7 @@ def test_bad_key_ids_are_unknown(tmp_path: Path) -> None:
 def test_keys_of_work_in_flight_are_never_evicted(tmp_path: Path) -> None:
     """Keys named by queued or running jobs, and keys a run is using, stay; others go."""
     pinned: set[str] = set()
-    store = KeyStore(tmp_path, max_bytes=250, pinned_by_jobs=lambda: pinned)
+    store = FileKeyStore(tmp_path, max_bytes=250, pinned_by_jobs=lambda: pinned)
     job_key, _ = put(store, b"j" * 100)
     run_key, _ = put(store, b"r" * 100)
     pinned.add(job_key.key_id)
@@ -120,7 +116,7 @@ def test_keys_of_work_in_flight_are_never_evicted(tmp_path: Path) -> None:
 def test_uploads_in_progress_have_their_own_bound_and_never_evict(tmp_path: Path) -> None:
     """Two uploads streaming at once cannot together pass the bound of bytes being received;
     neither counts toward the store or evicts the key it holds (only `add` does)."""
-    store = KeyStore(tmp_path, max_bytes=150, max_receiving_bytes=150)
+    store = FileKeyStore(tmp_path, max_bytes=150, max_receiving_bytes=150)
     held, _ = put(store, b"h" * 100, owner="alice")
 
     async def both() -> list[object]:
@@ -156,7 +152,7 @@ def test_uploads_in_progress_have_their_own_bound_and_never_evict(tmp_path: Path
 def test_owners_have_their_own_records_of_shared_bytes(tmp_path: Path) -> None:
     """The same bytes uploaded by two owners: new for each, each seeing and moving its own
     times only; another token can neither see nor touch the key."""
-    store = KeyStore(tmp_path, max_bytes=1000)
+    store = FileKeyStore(tmp_path, max_bytes=1000)
     alice, alice_new = put(store, b"s" * 64, "linear", owner="alice")
     time.sleep(0.05)
     bob, bob_new = put(store, b"s" * 64, "linear", owner="bob")
@@ -170,7 +166,7 @@ def test_owners_have_their_own_records_of_shared_bytes(tmp_path: Path) -> None:
     time.sleep(0.05)
     used = store.get(alice.key_id, "bob")
     assert used is not None and used.last_used > bob.last_used
-    seen_by_alice = KeyStore(tmp_path, max_bytes=1000).status(alice.key_id, "alice")
+    seen_by_alice = FileKeyStore(tmp_path, max_bytes=1000).status(alice.key_id, "alice")
     assert seen_by_alice is not None
     assert (seen_by_alice.created, seen_by_alice.last_used) == (alice.created, alice.last_used)
     assert store.status(alice.key_id, "bob").last_used == used.last_used
@@ -181,13 +177,13 @@ def test_owners_have_their_own_records_of_shared_bytes(tmp_path: Path) -> None:
 def test_a_sidecar_without_owner_records_still_reads(tmp_path: Path) -> None:
     """Sidecars written before owner records list owners without times: each owner sees the
     key's creation, never another's use."""
-    store = KeyStore(tmp_path, max_bytes=1000)
+    store = FileKeyStore(tmp_path, max_bytes=1000)
     stored, _ = put(store, b"o" * 10, "s", owner="alice")
     meta_path = tmp_path / f"{stored.key_id}.json"
     meta = json.loads(meta_path.read_text())
     legacy = {"checked_specs": ["s"], "owners": ["alice", "bob"], "bytes": 10, "created": 5.0}
     meta_path.write_text(json.dumps(legacy))
-    reopened = KeyStore(tmp_path, max_bytes=1000)
+    reopened = FileKeyStore(tmp_path, max_bytes=1000)
     for owner in ("alice", "bob"):
         seen = reopened.status(stored.key_id, owner)
         assert seen is not None and (seen.created, seen.last_used) == (5.0, 5.0)
@@ -197,7 +193,7 @@ def test_a_sidecar_without_owner_records_still_reads(tmp_path: Path) -> None:
 
 
 def test_quotas_count_keys_and_bytes_per_owner(tmp_path: Path) -> None:
-    store = KeyStore(tmp_path, max_bytes=1000)
+    store = FileKeyStore(tmp_path, max_bytes=1000)
     put(store, b"1" * 10, owner="alice", owner_quota=100, owner_max_keys=2)
     put(store, b"2" * 10, owner="alice", owner_quota=100, owner_max_keys=2)
     with pytest.raises(TooManyKeys):

@@ -552,7 +552,7 @@ def test_replicas_migrating_together_migrate_once(postgres: LocalPostgres) -> No
 def test_only_the_claim_holding_the_lease_ends_a_job(database: str) -> None:
     """The store itself: a lease that passed hands the job over; the claim that lost it can
     neither record a result nor requeue the job, even when its own replica took it back."""
-    from server.storage.jobs import Job, new_job_id
+    from server.storage.job import Job, new_job_id
     from server.storage.postgres_jobs import PostgresJobStore
 
     engine = engine_for(database)
@@ -634,7 +634,7 @@ def racing_adds(store: object, limits: object, owners: list[str | None]) -> int:
     """One `add` per owner, all from threads at once; how many were accepted."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from server.storage.jobs import Job, JobRefused, new_job_id
+    from server.storage.job import Job, JobRefused, new_job_id
 
     barrier = threading.Barrier(len(owners))
 
@@ -655,14 +655,15 @@ def test_job_limits_hold_against_racing_adds_and_claims_take_turns(database: str
     """In Postgres, as in SQLite: limits checked in the row's transaction (60 racing adds, 20
     accepted; 40 of one token against its 25), and claims go to the token served least
     recently."""
-    from server.storage.jobs import Job, JobLimits, JobStore, new_job_id
+    from server.storage.job import Job, JobLimits, new_job_id
+    from server.storage.jobs import SqliteJobStore
     from server.storage.postgres_jobs import PostgresJobStore
 
     engine = engine_for(database)
     migrate(engine)
     try:
         with tempfile.TemporaryDirectory() as root:
-            stores = [PostgresJobStore(engine, "replica-1"), JobStore(Path(root))]
+            stores = [PostgresJobStore(engine, "replica-1"), SqliteJobStore(Path(root))]
             for store in stores:
                 whole = JobLimits(
                     owner_max_in_flight=1000, max_queued=20, owner_max_stored_bytes=1 << 30

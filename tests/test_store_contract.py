@@ -63,8 +63,8 @@ def postgres_engine() -> Iterator[Engine]:
     """A throw-away PostgreSQL with the schema migrated to the newest revision."""
     if not has_initdb():
         pytest.skip("initdb is not installed: apt-get install postgresql")
-    from tests.support.local_postgres import LocalPostgres
     from server.storage.database import engine_for, migrate
+    from tests.support.local_postgres import LocalPostgres
 
     server = LocalPostgres().start()
     name = f"c{uuid.uuid4().hex[:12]}"

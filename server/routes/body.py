@@ -12,7 +12,7 @@ from server import errors
 from server.errors import BodyTimedOut
 from server.inference import Inference
 from server.models.registry import FHEModel
-from server.storage.keys import StoredKey
+from server.storage.key import StoredKey
 
 
 class BodyTooLarge(errors.TooLarge):

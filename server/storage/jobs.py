@@ -30,29 +30,8 @@ from sqlalchemy import create_engine, event, select
 from sqlalchemy.engine import Connection
 
 from fhe.contract.atomic import write_atomic
-from server.storage.job import (
-    JOB_ID_LENGTH,
-    Job,
-    JobLimits,
-    JobRefused,
-    check_limits,
-    is_job_id,
-    new_job_id,
-)
 from server.storage.sql_jobs import SqlJobStore
 from server.storage.tables import jobs, metadata
-
-__all__ = [  # the job types are re-exported: older code and tests import them from here
-    "JOB_ID_LENGTH",
-    "Job",
-    "JobLimits",
-    "JobRefused",
-    "JobStore",
-    "SqliteJobStore",
-    "check_limits",
-    "is_job_id",
-    "new_job_id",
-]
 
 BUSY_TIMEOUT_SECONDS = 5.0
 """How long a write waits for another connection's lock on the file before it errs."""
@@ -157,8 +136,3 @@ class SqliteJobStore(SqlJobStore):
             else:
                 self.retry(job_id)
         return len(rows)
-
-
-JobStore = SqliteJobStore
-"""The embedded job store's former name, kept for the tests and scripts that import it from here
-(code above `server.storage` annotates with `server.storage.protocols.JobStore`)."""

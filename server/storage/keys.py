@@ -24,32 +24,13 @@ from pathlib import Path
 from fhe.contract.atomic import write_atomic
 from server.storage.key import (
     KeyPinned,
-    KeyTooLarge,
-    QuotaExceeded,
-    ReceivingFull,
     StoredKey,
     StoreFull,
-    TooManyKeys,
     Upload,
     check_quota,
     is_key_id,
 )
 from server.storage.key_base import KeyStoreBase
-
-__all__ = [  # the key types are re-exported: older code and tests import them from here
-    "FileKeyStore",
-    "KeyPinned",
-    "KeyStore",
-    "KeyTooLarge",
-    "QuotaExceeded",
-    "ReceivingFull",
-    "StoreFull",
-    "StoredKey",
-    "TooManyKeys",
-    "Upload",
-    "check_quota",
-    "is_key_id",
-]
 
 
 def _owners(meta: dict) -> tuple[str, ...]:
@@ -371,8 +352,3 @@ class FileKeyStore(KeyStoreBase):
         self._owners.pop(key_id, None)
         for path in self._paths(key_id):
             path.unlink(missing_ok=True)
-
-
-KeyStore = FileKeyStore
-"""The embedded key store's former name, kept for the tests and scripts that import it from here
-(code above `server.storage` annotates with `server.storage.protocols.KeyStore`)."""
