@@ -137,11 +137,11 @@ def test_any_replica_answers_and_quotas_hold_across_replicas(
                 labels = [p.label for p in remote_b.predict(SAMPLE_TEXTS[:3])]
                 assert labels == clear_labels(tiny_bundle, SAMPLE_TEXTS[:3])
                 assert key_uploads(b.url) == 0
-                assert on_b.key_status(info.key_id)["models"] == ["tiny"]
+                assert on_b.key_status(info.key_id).models == ["tiny"]
                 # A job submitted on A is read, and its result fetched, on B.
                 job = remote_a.submit(remote_a.encrypt(SAMPLE_TEXTS[3]).ciphertext)
                 deadline = time.monotonic() + 120
-                while on_b.job(job["job_id"])["status"] not in ("done", "failed"):
+                while on_b.job(job.job_id).status not in ("done", "failed"):
                     assert time.monotonic() < deadline, "the job did not finish"
                     time.sleep(0.2)
                 result = httpx.get(
@@ -222,8 +222,7 @@ def test_jobs_of_a_killed_replica_finish_on_the_other(
             remote.keys()
             ciphertexts = [remote.encrypt(t).ciphertext for t in texts]
             job_ids = [
-                remote.submit(c, callback_url=f"{receiver.base}/hook")["job_id"]
-                for c in ciphertexts
+                remote.submit(c, callback_url=f"{receiver.base}/hook").job_id for c in ciphertexts
             ]
         holder = None
         deadline = time.monotonic() + 60
@@ -254,7 +253,7 @@ def test_jobs_of_a_killed_replica_finish_on_the_other(
                 for job_id in job_ids:
                     if job_id not in finals:
                         status = on_b.job(job_id)
-                        if status["status"] in ("done", "failed"):
+                        if status.status in ("done", "failed"):
                             finals[job_id] = status
                 time.sleep(0.2)
             labels = []
@@ -358,8 +357,8 @@ def test_a_database_outage_answers_503_and_loses_no_accepted_job(
                 assert time.monotonic() < deadline, f"{len(pending)} accepted jobs never ended"
                 for job_id in list(pending):
                     status = on_b.job(job_id)
-                    if status["status"] in ("done", "failed"):
-                        assert status["status"] == "done", status
+                    if status.status in ("done", "failed"):
+                        assert status.status == "done", status
                         pending.discard(job_id)
                 time.sleep(0.3)
         assert all(httpx.get(f"{r.url}/readyz").status_code == 200 for r in (a, b))
@@ -457,7 +456,7 @@ def test_owners_have_their_own_records_and_unchecked_uploads_evict_nothing(
             )
             assert his_upload.status_code == 201, his_upload.text
             his = on_bob.key_status(key_id)
-            assert his["created"] > hers["last_used"] >= hers["created"]
+            assert his.created > hers.last_used >= hers.created
             ciphertext = alice.encrypt(SAMPLE_TEXTS[0]).ciphertext
             assert on_bob.predict("tiny", ciphertext, key_id, alice.client_spec).ciphertext
             assert on_alice.key_status(key_id) == hers, "bob's upload or use moved alice's record"
@@ -485,8 +484,8 @@ def test_owners_have_their_own_records_and_unchecked_uploads_evict_nothing(
             stored = connection.execute(text("SELECT count(*) FROM keys")).scalar_one()
         engine.dispose()
         assert [(owner, created) for owner, created in records] == [
-            ("alice", hers["created"]),
-            ("bob", his["created"]),
+            ("alice", hers.created),
+            ("bob", his.created),
         ]
         assert stored == 1
     finally:
