@@ -28,7 +28,16 @@ from tenacity import (
 from client.errors import ServerError, UnknownKey
 from client.settings import ClientSettings
 from fhe.contract.model_card import ModelSummary
-from fhe.contract.wire import Health, JobList, JobStatus, KeyStatus, KeyUpload, ModelCard, ModelList
+from fhe.contract.wire import (
+    ErrorBody,
+    Health,
+    JobList,
+    JobStatus,
+    KeyStatus,
+    KeyUpload,
+    ModelCard,
+    ModelList,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +64,9 @@ RETRIED_CONNECTION_ERRORS = (httpx.NetworkError, httpx.RemoteProtocolError)
 def _error_of(response: httpx.Response) -> ServerError:
     """The typed exception of an error answer, with its code and Retry-After seconds."""
     try:
-        body = response.json()
-        message, code = body.get("error", response.text), body.get("code", "")
-    except ValueError:
+        body = ErrorBody.model_validate_json(response.content)
+        message, code = body.error, body.code
+    except ValidationError:  # not the API's error body: a proxy's page, or no body
         message, code = response.text or response.reason_phrase, ""
     kind = UnknownKey if code == "unknown_key" else ServerError
     retry_after = response.headers.get("Retry-After")

@@ -37,6 +37,7 @@ from client.errors import ClientError, ServerError
 from client.jobs import JobJournal, fetch_prediction
 from client.row_features import raw_row, read_raw_rows
 from client.settings import DEFAULT_SERVER_URL, ClientSettings
+from fhe.contract.bundle import RawInput
 from fhe.contract.sizes import readable_size
 
 app = typer.Typer(add_completion=False, help="Client of fhe-server: your data stays encrypted.")
@@ -490,7 +491,10 @@ def _raw_inputs(remote: EncryptedModel, given: _Given) -> tuple[InputTable | Non
     """A raw model's inputs: --row JSON arrays, or a .npy or CSV of numbers."""
     wanted = "--input FILE.npy|FILE.csv or --row '[numbers]'"
     parsed = _rows_given(remote, given, "numbers", wanted)
-    features = int(remote.input_info["features"])
+    info = remote.metadata.input
+    if not isinstance(info, RawInput):
+        raise ClientError(f"model {remote.name!r} does not take bare arrays of numbers")
+    features = info.features
     numbers = (
         read_raw_rows(given.input_file, features)
         if given.input_file is not None

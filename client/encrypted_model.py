@@ -215,11 +215,6 @@ class EncryptedModel:
         return self.metadata.task
 
     @property
-    def input_info(self) -> dict[str, Any]:
-        """What the model takes, from the card: kind `text`, `tabular` or `raw`, and its details."""
-        return self.metadata.input.model_dump(mode="json")
-
-    @property
     def input_kind(self) -> str:
         """`text`, `tabular` or `raw`."""
         return self.metadata.input.kind

@@ -153,7 +153,7 @@ def test_malformed_ciphertext_fails_the_job_not_the_server(
         status = finished(api, job.job_id)
         assert status.status == "failed"
         assert status.error.code in ("malformed_ciphertext", "unprocessable_ciphertext")
-        result = httpx.get(job["result_url"])
+        result = httpx.get(job.result_url)
         assert result.status_code == 409 and result.json()["code"] == "job_failed"
         good = remote.predict(SAMPLE_TEXTS[:1])
     assert good[0].label in remote.labels

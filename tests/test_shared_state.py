@@ -145,14 +145,14 @@ def test_any_replica_answers_and_quotas_hold_across_replicas(
                     assert time.monotonic() < deadline, "the job did not finish"
                     time.sleep(0.2)
                 result = httpx.get(
-                    f"{b.url}/v1/jobs/{job['job_id']}/result", headers=bearer("alice"), timeout=30
+                    f"{b.url}/v1/jobs/{job.job_id}/result", headers=bearer("alice"), timeout=30
                 )
                 assert result.status_code == 200, result.text
                 decrypted = remote_b.decrypt(result.content)
                 assert decrypted.label == clear_labels(tiny_bundle, SAMPLE_TEXTS[3:4])[0]
             # Through the proxy too, either replica answering.
             statuses = {
-                httpx.get(f"{proxy}/v1/jobs/{job['job_id']}", headers=bearer("alice")).status_code
+                httpx.get(f"{proxy}/v1/jobs/{job.job_id}", headers=bearer("alice")).status_code
                 for _ in range(4)
             }
             assert statuses == {200}
