@@ -1,6 +1,7 @@
 """Encrypted predictions as server jobs, and the journal of the jobs this client submitted.
 
-Submit every text, then poll and decrypt as jobs end. The journal records each job before the
+The pieces of a job: send one, poll (`poll_once`, the one poller), fetch and decrypt; the
+command line's batches put them together in `client.batch`. The journal records each job before the
 next is submitted, so an interrupted client can still fetch and decrypt what it started
 (`fhe-client jobs`, `fhe-client result`). It lives beside the keys (`<cache>/jobs.jsonl`,
 readable by the user only) because it holds the texts, which never leave this machine; the server

@@ -196,12 +196,12 @@ def test_callback_is_retried_until_delivered(server: ServerProcess) -> None:
         while time.monotonic() < deadline and len(receiver.bodies) < 3:
             time.sleep(0.1)
         with FHEServerAPI(server.url) as api:
-            callback = api.job(job.job_id).callback
+            callback = api.job(job["job_id"]).callback
     finally:
         receiver.close()
     assert len(receiver.bodies) == 3
-    assert all(b["job_id"] == job.job_id and b["status"] == "done" for b in receiver.bodies)
-    assert receiver.bodies[0]["result_url"] == job.result_url
+    assert all(b["job_id"] == job["job_id"] and b["status"] == "done" for b in receiver.bodies)
+    assert receiver.bodies[0]["result_url"] == job["result_url"]
     assert callback is not None and callback.model_dump() == {
         "url": receiver.url,
         "attempts": 3,
