@@ -225,10 +225,11 @@ def run_as_jobs(
         except ServerError as error:
             if not queue_full(error):
                 raise
+            then = "run again to resume" if rows.batch else "`fhe-client jobs` lists them"
             raise QueueStayedFull(
                 f"the server's queue stayed full for {queue_full_seconds:g} s "
                 f"(FHE_CLIENT_QUEUE_FULL_SECONDS): {sent} of {len(to_submit)} {rows.what}s "
-                f"submitted now, {len(pending)} jobs still running; run again to resume ({error})"
+                f"submitted now, {len(pending)} jobs still running; {then} ({error})"
             ) from None
         pending.append(entry)
         outcome.submitted.append(entry.job_id)
