@@ -135,9 +135,7 @@ def main(
                 names = model.split(",")
                 if model == "all":
                     listing = api.models()
-                    names = [
-                        m["name"] for m in listing if m["kind"] == "fhe" and m["status"] == "ready"
-                    ]
+                    names = [m.name for m in listing if m.kind == "fhe" and m.ready]
                 for name in names:
                     measured.append(measure(api, name, n, Path(scratch)))
                     show(measured[-1])

@@ -9,11 +9,13 @@ doubling pause; the bounds are in `ClientSettings`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+from pydantic import TypeAdapter, ValidationError
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -25,8 +27,35 @@ from tenacity import (
 
 from client.errors import ServerError, UnknownKey
 from client.settings import ClientSettings
+from fhe.contract.model_card import ModelSummary
+from fhe.contract.wire import (
+    ErrorBody,
+    Health,
+    JobList,
+    JobStatus,
+    KeyStatus,
+    KeyUpload,
+    ModelCard,
+    ModelList,
+)
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+CARD: TypeAdapter[ModelCard] = TypeAdapter(ModelCard)
+
+
+def _typed(response: httpx.Response, read: Callable[[bytes], T]) -> T:
+    """A JSON answer read as its wire model (fhe.contract.wire); `malformed_answer` when it is
+    not one."""
+    try:
+        return read(response.content)
+    except ValidationError as error:
+        where = f"{response.request.method} {response.request.url.path}"
+        raise ServerError(
+            response.status_code, "malformed_answer", f"the answer to {where} is malformed: {error}"
+        ) from None
+
 
 RETRIED_CONNECTION_ERRORS = (httpx.NetworkError, httpx.RemoteProtocolError)
 """Failures of a GET worth another try: no connection, or one the server dropped (no timeouts)."""
@@ -35,9 +64,9 @@ RETRIED_CONNECTION_ERRORS = (httpx.NetworkError, httpx.RemoteProtocolError)
 def _error_of(response: httpx.Response) -> ServerError:
     """The typed exception of an error answer, with its code and Retry-After seconds."""
     try:
-        body = response.json()
-        message, code = body.get("error", response.text), body.get("code", "")
-    except ValueError:
+        body = ErrorBody.model_validate_json(response.content)
+        message, code = body.error, body.code
+    except ValidationError:  # not the API's error body: a proxy's page, or no body
         message, code = response.text or response.reason_phrase, ""
     kind = UnknownKey if code == "unknown_key" else ServerError
     retry_after = response.headers.get("Retry-After")
@@ -133,17 +162,17 @@ class FHEServerAPI:
                 0, "unreachable", f"cannot reach fhe-server at {self.base_url}: {error}"
             ) from None
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> Health:
         """GET /healthz."""
-        return self._request("GET", "/healthz").json()
+        return _typed(self._request("GET", "/healthz"), Health.model_validate_json)
 
-    def models(self) -> list[dict[str, Any]]:
+    def models(self) -> list[ModelSummary]:
         """The server's models: name, kind, task, labels, status."""
-        return self._request("GET", "/v1/models").json()["models"]
+        return _typed(self._request("GET", "/v1/models"), ModelList.model_validate_json).models
 
-    def model(self, name: str) -> dict[str, Any]:
-        """One model's card as JSON."""
-        return self._request("GET", f"/v1/models/{name}").json()
+    def model(self, name: str) -> ModelCard:
+        """One model's card: an encrypted or a clear model's, told apart by `kind`."""
+        return _typed(self._request("GET", f"/v1/models/{name}"), CARD.validate_json)
 
     def client_spec(self, name: str) -> bytes:
         """The model's client.zip."""
@@ -173,22 +202,24 @@ class FHEServerAPI:
         """The client-side preprocessing of a tabular model (skops)."""
         return self._request("GET", f"/v1/models/{name}/preprocessing").content
 
-    def upload_keys(self, serialized_keys: bytes, client_spec: str | None = None) -> dict[str, Any]:
-        """Upload evaluation keys; returns {key_id, bytes, client_spec}."""
+    def upload_keys(self, serialized_keys: bytes, client_spec: str | None = None) -> KeyUpload:
+        """Upload evaluation keys; returns the key id (their sha256) and size."""
         headers = {"Content-Type": "application/octet-stream"}
         if client_spec:
             headers["X-Client-Spec"] = client_spec
-        return self._request("POST", "/v1/keys", content=serialized_keys, headers=headers).json()
+        answer = self._request("POST", "/v1/keys", content=serialized_keys, headers=headers)
+        return _typed(answer, KeyUpload.model_validate_json)
 
-    def key_status(self, key_id: str) -> dict[str, Any] | None:
+    def key_status(self, key_id: str) -> KeyStatus | None:
         """What the server holds of one of this token's keys (bytes, client specs, models,
         last use); None when it holds none (upload it again)."""
         try:
-            return self._request("GET", f"/v1/keys/{key_id}").json()
+            answer = self._request("GET", f"/v1/keys/{key_id}")
         except ServerError as error:
             if error.status == 404:  # unknown_key, or a server from before key status
                 return None
             raise
+        return _typed(answer, KeyStatus.model_validate_json)
 
     def delete_key(self, key_id: str) -> None:
         """Delete one of this token's keys from the server."""
@@ -219,7 +250,7 @@ class FHEServerAPI:
         key_id: str,
         client_spec: str,
         callback_url: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> JobStatus:
         """Queue one ciphertext as a job; returns its status (job_id, status_url, ...)."""
         headers = {
             "Content-Type": "application/octet-stream",
@@ -228,17 +259,19 @@ class FHEServerAPI:
         }
         if callback_url:
             headers["X-Callback-Url"] = callback_url
-        return self._request(
+        answer = self._request(
             "POST", f"/v1/models/{name}/jobs", content=ciphertext, headers=headers
-        ).json()
+        )
+        return _typed(answer, JobStatus.model_validate_json)
 
-    def job(self, job_id: str) -> dict[str, Any]:
+    def job(self, job_id: str) -> JobStatus:
         """One job's status: queued, running, done or failed, with timings."""
-        return self._request("GET", f"/v1/jobs/{job_id}").json()
+        return _typed(self._request("GET", f"/v1/jobs/{job_id}"), JobStatus.model_validate_json)
 
-    def jobs(self, limit: int = 100) -> list[dict[str, Any]]:
+    def jobs(self, limit: int = 100) -> list[JobStatus]:
         """The server's newest jobs first."""
-        return self._request("GET", "/v1/jobs", params={"limit": limit}).json()["jobs"]
+        answer = self._request("GET", "/v1/jobs", params={"limit": limit})
+        return _typed(answer, JobList.model_validate_json).jobs
 
     def job_result(self, job_id: str) -> PredictAnswer:
         """A finished FHE job's encrypted result."""

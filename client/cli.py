@@ -6,6 +6,7 @@ import json
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -22,13 +23,21 @@ from rich.progress import (
 from rich.table import Table
 
 from client.api import FHEServerAPI
-from client.batch import BatchProgress, JobsOutcome, predict_rows, rows_as_jobs
+from client.batch import (
+    BatchProgress,
+    CsvRows,
+    JobsOutcome,
+    ShownItems,
+    predict_rows,
+    run_as_jobs,
+)
 from client.batch_csv import BatchOutput, InputTable
 from client.encrypted_model import ColumnWarning, EncryptedModel, Prediction
-from client.errors import ClientError, JobFailed, ServerError
-from client.jobs import JobJournal, fetch_prediction, submit_items, wait_for
+from client.errors import ClientError, ServerError
+from client.jobs import JobJournal, fetch_prediction
 from client.row_features import raw_row, read_raw_rows
 from client.settings import DEFAULT_SERVER_URL, ClientSettings
+from fhe.contract.bundle import RawInput
 from fhe.contract.sizes import readable_size
 
 app = typer.Typer(add_completion=False, help="Client of fhe-server: your data stays encrypted.")
@@ -73,14 +82,14 @@ def models(server: ServerOption = None) -> None:
         _fail(error)
     table = Table("name", "kind", "task", "input", "labels", "from", "status")
     for row in rows:
-        status = row["status"] if row["status"] == "ready" else f"{row['status']}: {row['reason']}"
-        columns = row.get("columns")
-        shown = row.get("input") or ""
-        if columns:
-            shown = f"{shown}, {len(columns)} columns" if shown else f"{len(columns)} columns"
-        labels = ", ".join(row["labels"])
-        origin = _origin_shown(row.get("origin"))
-        table.add_row(row["name"], row["kind"], row["task"] or "", shown, labels, origin, status)
+        status = row.status if row.ready else f"{row.status}: {row.reason}"
+        shown = row.input or ""
+        if row.columns:
+            count = f"{len(row.columns)} columns"
+            shown = f"{shown}, {count}" if shown else count
+        labels = ", ".join(row.labels)
+        origin = _origin_shown(row.origin)
+        table.add_row(row.name, row.kind, row.task or "", shown, labels, origin, status)
     Console().print(table)
 
 
@@ -168,41 +177,37 @@ def _show(prediction: Prediction, as_json: bool, verbose: bool) -> None:
 
 def _predict_as_jobs(
     remote: EncryptedModel,
-    items: list[str],
+    items: list[Any],
     journal: JobJournal,
     callback_url: str | None,
     wait: bool,
     as_json: bool,
     verbose: bool,
+    queue_full_seconds: float,
 ) -> None:
-    """Submit every text as a job, then (unless --no-wait) poll, decrypt and show each result."""
+    """Submit every input as a job (client.batch, as with --output) and, unless --no-wait, show
+    each result as its job ends."""
+    rows = ShownItems(items, lambda prediction: _show(prediction, as_json, verbose))
     with _progress(True) as bar:
-        task = bar.add_task("encrypting and submitting", total=len(items))
-        entries = submit_items(
-            remote, items, journal, callback_url, progress=lambda _: bar.advance(task)
+        sent = bar.add_task("encrypted and submitted", total=len(items))
+        ended = bar.add_task("finished and decrypted", total=len(items), visible=wait)
+        progress = BatchProgress(
+            sent=lambda: bar.advance(sent), ended=lambda: bar.advance(ended), note=_say
+        )
+        outcome = run_as_jobs(
+            remote, rows, journal, callback_url, wait, progress, queue_full_seconds
         )
     if not wait:
-        for entry in entries:
-            typer.echo(entry.job_id)
+        for job_id in outcome.submitted:
+            typer.echo(job_id)
         err.print(
-            f"{len(entries)} jobs submitted; `fhe-client jobs` shows them, "
+            f"{len(outcome.submitted)} jobs submitted; `fhe-client jobs` shows them, "
             "`fhe-client result JOB_ID` fetches and decrypts one"
         )
         return
-    failures = []
-    with _progress(True) as bar:
-        task = bar.add_task("jobs finished on the server", total=len(entries))
-        for entry, status in wait_for(remote, entries):
-            bar.advance(task)
-            try:
-                prediction = fetch_prediction(remote, entry, status)
-            except JobFailed as error:
-                failures.append(str(error))
-                continue
-            _show(prediction, as_json, verbose)
-    for failure in failures:
-        err.print(f"[red]error:[/red] {failure}")
-    if failures:
+    for failure in outcome.failures:
+        err.print(f"[red]error:[/red] {escape(failure)}", soft_wrap=True)
+    if outcome.failures:
         raise typer.Exit(1)
 
 
@@ -246,8 +251,8 @@ def _predict_to_csv(
                 progress = BatchProgress(
                     sent=lambda: bar.advance(sent), ended=lambda: bar.advance(ended), note=_say
                 )
-                outcome = rows_as_jobs(
-                    remote, out, journal, callback_url, wait, progress, queue_full_seconds
+                outcome = run_as_jobs(
+                    remote, CsvRows(out), journal, callback_url, wait, progress, queue_full_seconds
                 )
     except ClientError as error:
         err.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
@@ -383,7 +388,14 @@ def predict(
                 return
             if as_jobs:
                 _predict_as_jobs(
-                    remote, items, JobJournal(root), callback_url, wait, as_json, verbose
+                    remote,
+                    items,
+                    JobJournal(root),
+                    callback_url,
+                    wait,
+                    as_json,
+                    verbose,
+                    settings.queue_full_seconds,
                 )
             else:
                 with _progress(len(items) > 1) as bar:
@@ -400,7 +412,7 @@ def predict(
 
 def _example_row(remote: EncryptedModel) -> str:
     """The example row of a tabular model's card, as --row takes it."""
-    row = remote.input_info.get("example") if remote.input_kind == "tabular" else None
+    row = getattr(remote.metadata.input, "example", None)
     if not row:
         raise ClientError(f"model {remote.name!r} has no example row in its card")
     return json.dumps(row)
@@ -417,6 +429,94 @@ def _parse_rows(rows: list[str]) -> list[object]:
     return parsed
 
 
+@dataclass(frozen=True)
+class _Given:
+    """What the command line gave to predict on."""
+
+    texts: list[str]
+    input_file: Path | None
+    rows: list[str]
+    text_column: str
+    to_csv: bool
+
+
+def _text_inputs(remote: EncryptedModel, given: _Given) -> tuple[InputTable | None, list]:
+    """A text model's inputs: texts as arguments or a CSV column."""
+    if given.rows:
+        raise ClientError(
+            f"model {remote.name!r} takes text, not a row: give texts as arguments or "
+            "--input FILE.csv"
+        )
+    texts, input_file = given.texts, given.input_file
+    if given.to_csv and texts and input_file is not None:
+        raise ClientError("with --output, give the texts as arguments or --input, not both")
+    if given.to_csv:
+        table = (
+            InputTable.from_csv(input_file, given.text_column)
+            if input_file is not None
+            else InputTable.from_texts(texts)
+        )
+        items = table.texts
+    else:
+        table, items = None, _read_texts(texts, input_file, given.text_column)
+    if not items:
+        raise ClientError("give texts as arguments or --input FILE.csv")
+    return table, items
+
+
+def _rows_given(remote: EncryptedModel, given: _Given, takes: str, wanted: str) -> list[object]:
+    """The --row values of a model that takes rows (`takes`), refusing texts and both sources."""
+    if given.texts:
+        raise ClientError(f"model {remote.name!r} takes {takes}, not text: give {wanted}")
+    if given.input_file is not None and given.rows:
+        raise ClientError("give rows with --input or --row, not both")
+    return _parse_rows(given.rows)
+
+
+def _tabular_inputs(remote: EncryptedModel, given: _Given) -> tuple[InputTable | None, list]:
+    """A tabular model's inputs: --row JSON objects or a CSV of rows with a header."""
+    wanted = "--input rows.csv or --row '{\"column\": value, ...}'"
+    parsed = _rows_given(remote, given, "table rows", wanted)
+    if any(not isinstance(row, dict) for row in parsed):
+        raise ClientError("--row takes a JSON object of column: value for a tabular model")
+    table = (
+        InputTable.from_csv(given.input_file, None)
+        if given.input_file is not None
+        else InputTable.from_records("the rows given", parsed)
+    )
+    return _checked_rows(remote, table, parsed if given.rows else table.items)
+
+
+def _raw_inputs(remote: EncryptedModel, given: _Given) -> tuple[InputTable | None, list]:
+    """A raw model's inputs: --row JSON arrays, or a .npy or CSV of numbers."""
+    wanted = "--input FILE.npy|FILE.csv or --row '[numbers]'"
+    parsed = _rows_given(remote, given, "numbers", wanted)
+    info = remote.metadata.input
+    if not isinstance(info, RawInput):
+        raise ClientError(f"model {remote.name!r} does not take bare arrays of numbers")
+    features = info.features
+    numbers = (
+        read_raw_rows(given.input_file, features)
+        if given.input_file is not None
+        else [raw_row(row, features, f"--row {n}")[0].tolist() for n, row in enumerate(parsed, 1)]
+    )
+    table = InputTable.from_numbers(str(given.input_file or "the rows given"), numbers)
+    return _checked_rows(remote, table, numbers)
+
+
+def _checked_rows(
+    remote: EncryptedModel, table: InputTable, items: list
+) -> tuple[InputTable | None, list]:
+    """Rows to predict, refused when there are none; their columns checked first."""
+    if not items:
+        raise ClientError(f"model {remote.name!r} takes rows: give --input FILE or --row JSON")
+    return table, remote.checked_items(items)
+
+
+INPUT_READERS = {"text": _text_inputs, "tabular": _tabular_inputs, "raw": _raw_inputs}
+"""How the command line reads the inputs of each kind of model (the card's input kind)."""
+
+
 def _inputs(
     remote: EncryptedModel,
     texts: list[str],
@@ -427,63 +527,8 @@ def _inputs(
 ) -> tuple[InputTable | None, list]:
     """What to predict, as the model's input kind takes it: refused with a message naming what
     the model takes when given another kind; a tabular table's columns checked first."""
-    kind = remote.input_kind
-    if kind == "text":
-        if rows:
-            raise ClientError(
-                f"model {remote.name!r} takes text, not a row: give texts as arguments or "
-                "--input FILE.csv"
-            )
-        if to_csv and texts and input_file is not None:
-            raise ClientError("with --output, give the texts as arguments or --input, not both")
-        if to_csv:
-            table = (
-                InputTable.from_csv(input_file, text_column)
-                if input_file is not None
-                else InputTable.from_texts(texts)
-            )
-            items = table.texts
-        else:
-            table, items = None, _read_texts(texts, input_file, text_column)
-        if not items:
-            raise ClientError("give texts as arguments or --input FILE.csv")
-        return table, items
-    if texts:
-        wanted = (
-            "--input rows.csv or --row '{\"column\": value, ...}'"
-            if kind == "tabular"
-            else "--input FILE.npy|FILE.csv or --row '[numbers]'"
-        )
-        raise ClientError(
-            f"model {remote.name!r} takes {'table rows' if kind == 'tabular' else 'numbers'}, "
-            f"not text: give {wanted}"
-        )
-    if input_file is not None and rows:
-        raise ClientError("give rows with --input or --row, not both")
-    parsed = _parse_rows(rows)
-    if kind == "tabular":
-        if any(not isinstance(row, dict) for row in parsed):
-            raise ClientError("--row takes a JSON object of column: value for a tabular model")
-        table = (
-            InputTable.from_csv(input_file, None)
-            if input_file is not None
-            else InputTable.from_records("the rows given", parsed)
-        )
-        items = parsed if rows else table.items
-    else:
-        features = int(remote.input_info["features"])
-        numbers = (
-            read_raw_rows(input_file, features)
-            if input_file is not None
-            else [
-                raw_row(row, features, f"--row {n}")[0].tolist() for n, row in enumerate(parsed, 1)
-            ]
-        )
-        table = InputTable.from_numbers(str(input_file or "the rows given"), numbers)
-        items = numbers
-    if not items:
-        raise ClientError(f"model {remote.name!r} takes rows: give --input FILE or --row JSON")
-    return table, remote.checked_items(items)
+    given = _Given(texts, input_file, rows, text_column, to_csv)
+    return INPUT_READERS[remote.input_kind](remote, given)
 
 
 @app.command()
@@ -505,20 +550,23 @@ def jobs(
         for entry in entries:
             try:
                 status = api.job(entry.job_id)
+                state, seconds = status.status, status.seconds
             except ServerError as error:
                 state = "expired" if error.code == "unknown_job" else f"unknown ({error})"
-                status = {"status": state, "seconds": {}}
-            seconds = status.get("seconds") or {}
+                seconds = None
             if as_json:
-                row = {"job_id": entry.job_id, "model": entry.model, "status": status["status"]}
-                print(json.dumps({**row, "seconds": seconds, "submitted": entry.submitted}))
+                row = {"job_id": entry.job_id, "model": entry.model, "status": state}
+                timings = seconds.model_dump(mode="json") if seconds else {}
+                print(json.dumps({**row, "seconds": timings, "submitted": entry.submitted}))
                 continue
+            queued = seconds.queued if seconds else None
+            fhe = seconds.fhe if seconds else None
             table.add_row(
                 entry.job_id,
                 entry.model,
-                status["status"],
-                f"{seconds['queued']:.1f} s" if seconds.get("queued") is not None else "",
-                f"{seconds['fhe']:.2f} s" if seconds.get("fhe") is not None else "",
+                state,
+                f"{queued:.1f} s" if queued is not None else "",
+                f"{fhe:.2f} s" if fhe is not None else "",
                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.submitted)),
                 entry.text if len(entry.text) <= 40 else entry.text[:39] + "…",
             )
@@ -548,8 +596,8 @@ def result(
                     raise ClientError(f"job {job_id} was not submitted from this client")
                 remote = EncryptedModel.from_settings(api, entry.model, settings)
                 status = api.job(job_id)
-                if status["status"] not in ("done", "failed"):
-                    raise ClientError(f"job {job_id} is still {status['status']}; try later")
+                if not status.ended:
+                    raise ClientError(f"job {job_id} is still {status.status}; try later")
                 _show(fetch_prediction(remote, entry, status), as_json, verbose)
     except ClientError as error:
         _fail(error)

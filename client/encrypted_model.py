@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-from pydantic import ValidationError
 
 from client.api import FHEServerAPI, PredictAnswer
 from client.circuit_client import CircuitCodec, open_circuit_client
@@ -35,6 +34,7 @@ from fhe.contract.digest import bytes_sha256, file_sha256
 from fhe.contract.model_card import FheModelCard
 from fhe.contract.outputs import top_class
 from fhe.contract.projection import Projection
+from fhe.contract.wire import JobStatus
 
 T = TypeVar("T")
 
@@ -184,14 +184,9 @@ class EncryptedModel:
     def card(self) -> FheModelCard:
         """The model card from the server, typed as the server writes it; the model must be an
         FHE model that is ready."""
-        answer = self.api.model(self.name)
-        if answer.get("kind") != "fhe":
-            kind = answer.get("kind")
-            raise ClientError(f"model {self.name!r} is not an FHE model (kind {kind})")
-        try:
-            card = FheModelCard.model_validate(answer)
-        except ValidationError as error:
-            raise ClientError(f"the server's card of {self.name!r} is malformed: {error}") from None
+        card = self.api.model(self.name)
+        if not isinstance(card, FheModelCard):
+            raise ClientError(f"model {self.name!r} is not an FHE model (kind {card.kind})")
         if not card.ready or card.metadata is None or not card.client_spec_sha256:
             raise ClientError(f"model {self.name!r} is not ready: {card.reason}")
         return card
@@ -211,11 +206,6 @@ class EncryptedModel:
     def task(self) -> str:
         """What the output means: text- or tabular-classification, tabular-regression, raw."""
         return self.metadata.task
-
-    @property
-    def input_info(self) -> dict[str, Any]:
-        """What the model takes, from the card: kind `text`, `tabular` or `raw`, and its details."""
-        return self.metadata.input.model_dump(mode="json")
 
     @property
     def input_kind(self) -> str:
@@ -322,7 +312,7 @@ class EncryptedModel:
         """Whether the server holds this key, checked for this model's client spec (one small
         GET instead of uploading the evaluation keys again)."""
         status = self.api.key_status(key_id)
-        return bool(status and status.get("held") and self.client_spec in status["client_specs"])
+        return status is not None and status.fits(self.client_spec)
 
     def keys(self, force: bool = False, upload: bool = True, check: bool = True) -> KeyInfo:
         """Generate keys once (cached on disk) and upload the evaluation keys to the server,
@@ -339,9 +329,9 @@ class EncryptedModel:
             started = time.perf_counter()
             if upload and (generated or not check or asked or not self.server_holds(record.key_id)):
                 answer = self.api.upload_keys(serialized, self.client_spec)
-                if answer["key_id"] != record.key_id:
+                if answer.key_id != record.key_id:
                     raise ClientError(
-                        f"server computed key id {answer['key_id']}, expected {record.key_id}"
+                        f"server computed key id {answer.key_id}, expected {record.key_id}"
                     )
                 uploaded = True
         self._key_checked = self._key_checked or upload
@@ -422,7 +412,7 @@ class EncryptedModel:
             lambda key_id: self.api.predict(self.name, ciphertext, key_id, self.client_spec)
         )
 
-    def submit(self, ciphertext: bytes, callback_url: str | None = None) -> dict[str, Any]:
+    def submit(self, ciphertext: bytes, callback_url: str | None = None) -> JobStatus:
         """Queue a ciphertext as a job on the server; re-uploads lost keys. Returns its status."""
         return self._with_key(
             lambda key_id: self.api.submit_job(

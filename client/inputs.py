@@ -57,6 +57,9 @@ class ModelInput(Protocol):
     def warnings(self, items: Sequence[Any]) -> list[str]:
         """What the caller should know about the items before they are encrypted."""
 
+    def warm_up(self) -> None:
+        """Load what inputs are prepared with (the embedder, the preprocessing) ahead of use."""
+
 
 class _OneByOne:
     """Items prepared one at a time, with nothing to warn about."""
@@ -76,6 +79,9 @@ class _OneByOne:
 
     def check(self, item: Any) -> None:
         raise NotImplementedError
+
+    def warm_up(self) -> None:
+        return None
 
 
 class TextItems:
@@ -122,6 +128,9 @@ class TextItems:
 
     def warnings(self, items: Sequence[Any]) -> list[str]:
         return []
+
+    def warm_up(self) -> None:
+        self.embedder.load()
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """The circuit's float inputs for texts: their embeddings, reduced by the bundle's
@@ -243,6 +252,9 @@ class TableRows(_OneByOne):
     def features(self, item: Any) -> np.ndarray:
         self.check(item)
         return self.rows.encode(item)
+
+    def warm_up(self) -> None:
+        self.rows.encode(self.info.example or {})
 
     def warnings(self, items: Sequence[Any]) -> list[str]:
         """Extra columns, and missing ones the preprocessing imputes (each said once)."""

@@ -1,6 +1,7 @@
 """Encrypted predictions as server jobs, and the journal of the jobs this client submitted.
 
-Submit every text, then poll and decrypt as jobs end. The journal records each job before the
+The pieces of a job: send one, poll (`poll_once`, the one poller), fetch and decrypt; the
+command line's batches put them together in `client.batch`. The journal records each job before the
 next is submitted, so an interrupted client can still fetch and decrypt what it started
 (`fhe-client jobs`, `fhe-client result`). It lives beside the keys (`<cache>/jobs.jsonl`,
 readable by the user only) because it holds the texts, which never leave this machine; the server
@@ -17,8 +18,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from client.encrypted_model import EncryptedModel, Prediction
+from client.encrypted_model import Encrypted, EncryptedModel, Prediction
 from client.errors import JobFailed, ServerError
+from fhe.contract.wire import JobStatus
 
 
 @dataclass(frozen=True)
@@ -93,9 +95,6 @@ class JobJournal:
         return next((e for e in self.entries() if e.job_id == job_id), None)
 
 
-FINISHED = ("done", "failed")
-
-
 def submit_items(
     remote: EncryptedModel,
     items: Sequence[Any],
@@ -103,30 +102,31 @@ def submit_items(
     callback_url: str | None = None,
     progress: Callable[[JournalEntry], None] | None = None,
 ) -> list[JournalEntry]:
-    """Encrypt each input here and queue it on the server; returns the journal entries."""
+    """Encrypt each input here (texts embedded in batches) and queue it on the server; returns
+    the journal entries. No waiting on a full queue: `client.batch` does that for the CLI."""
     entries = []
-    for item in items:
-        entry = submit_item(remote, item, journal, callback_url)
+    for item, prepared in zip(items, remote.prepare_ahead(items), strict=True):
+        entry = send_job(remote, item, remote.encrypt(item, prepared), journal, callback_url)
         entries.append(entry)
         if progress is not None:
             progress(entry)
     return entries
 
 
-def submit_item(
+def send_job(
     remote: EncryptedModel,
     item: Any,
+    encrypted: Encrypted,
     journal: JobJournal,
     callback_url: str | None = None,
     batch: str | None = None,
     row: int | None = None,
 ) -> JournalEntry:
-    """Encrypt one input here, queue it on the server and journal it (with its batch row)."""
-    encrypted = remote.encrypt(item)
+    """Queue one encrypted input on the server and journal it (with its batch row)."""
     job = remote.submit(encrypted.ciphertext, callback_url)
     record = remote.cache.record()
     entry = JournalEntry(
-        job_id=job["job_id"],
+        job_id=job.job_id,
         server=remote.api.base_url,
         model=remote.name,
         text=item if isinstance(item, str) else json.dumps(item),
@@ -143,23 +143,18 @@ def submit_item(
 
 def wait_for(
     remote: EncryptedModel, entries: Sequence[JournalEntry], poll_seconds: float = 0.5
-) -> Iterator[tuple[JournalEntry, dict]]:
-    """Poll the jobs until each has ended; yields each entry with its final status, as it ends."""
+) -> Iterator[tuple[JournalEntry, JobStatus | None]]:
+    """Poll the jobs (with `poll_once`) until each has ended; yields each entry with its final
+    status (None: the server no longer knows it), as it ends."""
     pending = list(entries)
     while pending:
-        still = []
-        for entry in pending:
-            status = remote.api.job(entry.job_id)
-            if status["status"] in FINISHED:
-                yield entry, status
-            else:
-                still.append(entry)
-        pending = still
+        ended, pending = poll_once(remote, pending)
+        yield from ended
         if pending:
             time.sleep(poll_seconds)
 
 
-def job_status(remote: EncryptedModel, entry: JournalEntry) -> dict | None:
+def job_status(remote: EncryptedModel, entry: JournalEntry) -> JobStatus | None:
     """A job's status on the current server, or None when it does not know the job (expired)."""
     try:
         return remote.api.job(entry.job_id)
@@ -171,14 +166,14 @@ def job_status(remote: EncryptedModel, entry: JournalEntry) -> dict | None:
 
 def poll_once(
     remote: EncryptedModel, entries: Sequence[JournalEntry], patience: int = 4
-) -> tuple[list[tuple[JournalEntry, dict | None]], list[JournalEntry]]:
+) -> tuple[list[tuple[JournalEntry, JobStatus | None]], list[JournalEntry]]:
     """One pass over jobs in submission order: (ended ones with their status, the others).
 
     Jobs run roughly in submission order, so the pass stops after `patience` unfinished jobs
     in a row: a long queue costs a few requests per pass, not one per job. A job the server no
     longer knows ends with status None.
     """
-    ended: list[tuple[JournalEntry, dict | None]] = []
+    ended: list[tuple[JournalEntry, JobStatus | None]] = []
     waiting: list[JournalEntry] = []
     unfinished_in_a_row = 0
     for index, entry in enumerate(entries):
@@ -186,7 +181,7 @@ def poll_once(
             waiting.extend(entries[index:])
             break
         status = job_status(remote, entry)
-        if status is None or status["status"] in FINISHED:
+        if status is None or status.ended:
             ended.append((entry, status))
             unfinished_in_a_row = 0
         else:
@@ -195,11 +190,16 @@ def poll_once(
     return ended, waiting
 
 
-def fetch_prediction(remote: EncryptedModel, entry: JournalEntry, status: dict) -> Prediction:
+def fetch_prediction(
+    remote: EncryptedModel, entry: JournalEntry, status: JobStatus | None
+) -> Prediction:
     """Download a finished job's encrypted result and decrypt it here."""
-    if status["status"] == "failed":
-        error = status.get("error") or {}
-        raise JobFailed(f"job {entry.job_id} failed: {error.get('message')} ({error.get('code')})")
+    if status is None:
+        raise JobFailed(f"job {entry.job_id} expired or was lost")
+    if status.status == "failed":
+        error = status.error
+        message, code = (error.message, error.code) if error else (None, None)
+        raise JobFailed(f"job {entry.job_id} failed: {message} ({code})")
     started = time.perf_counter()
     try:
         answer = remote.api.job_result(entry.job_id)
@@ -207,9 +207,8 @@ def fetch_prediction(remote: EncryptedModel, entry: JournalEntry, status: dict) 
         raise JobFailed(f"job {entry.job_id}: {error}") from None
     fetched = time.perf_counter() - started
     decrypted = remote.decrypt(answer.ciphertext)
-    queued = (status.get("seconds") or {}).get("queued") or 0.0
     seconds = {
-        "queued": queued,
+        "queued": status.seconds.queued,
         "fhe": answer.fhe_seconds,
         "fetch": fetched,
         "decrypt": decrypted.seconds,

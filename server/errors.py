@@ -342,9 +342,15 @@ def install_error_handlers(app: FastAPI) -> None:
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
+    from fhe.contract.wire import ErrorBody
+
+    def answer(message: str, code: str, **extra: object) -> dict[str, object]:
+        """The error body (fhe.contract.wire.ErrorBody, which /openapi.json declares)."""
+        return ErrorBody(error=message, code=code, **extra).model_dump(mode="json")
+
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, error: ServiceError) -> JSONResponse:
-        body = {"error": error.message, "code": error.code, **error.extra}
+        body = answer(error.message, error.code, **error.extra)
         headers = dict(error.headers or {})
         if isinstance(error, BodyTimedOut):
             headers["Connection"] = "close"
@@ -352,7 +358,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
-        body = {"error": str(error.detail), "code": f"http_{error.status_code}"}
+        body = answer(str(error.detail), f"http_{error.status_code}")
         return JSONResponse(body, status_code=error.status_code, headers=error.headers)
 
     @app.exception_handler(RequestValidationError)
@@ -361,4 +367,4 @@ def install_error_handlers(app: FastAPI) -> None:
             f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}"
             for item in error.errors()
         )
-        return JSONResponse({"error": messages, "code": "invalid_request"}, status_code=422)
+        return JSONResponse(answer(messages, "invalid_request"), status_code=422)

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 
 from fhe.contract.keyset import KeysetDescription, MalformedKeys, uploaded_keyset_file
+from fhe.contract.wire import KeyStatus
 from server import errors, metrics
 from server.compute import Compute
 from server.compute.fair_share import FairShare
@@ -110,7 +111,7 @@ class KeyUploads:
             f"no model here has client spec {client_spec}; download client.zip again"
         )
 
-    async def status(self, key_id: str, owner: str | None) -> dict[str, object]:
+    async def status(self, key_id: str, owner: str | None) -> KeyStatus:
         """What the server holds of the owner's key: its size, the models it was checked for,
         when the owner stored and last used it; 404 when it holds none (or another token's)."""
         stored = await store_call(self.keys.status, key_id, owner)
@@ -126,15 +127,15 @@ class KeyUploads:
             for m in self.registry.all()
             if isinstance(m, FHEModel) and m.client_spec and m.client_spec in stored.client_specs
         ]
-        return {
-            "key_id": stored.key_id,
-            "held": True,
-            "bytes": stored.size,
-            "client_specs": list(stored.client_specs),
-            "models": models,
-            "created": stored.created,
-            "last_used": stored.last_used,
-        }
+        return KeyStatus(
+            key_id=stored.key_id,
+            held=True,
+            bytes=stored.size,
+            client_specs=list(stored.client_specs),
+            models=models,
+            created=stored.created,
+            last_used=stored.last_used,
+        )
 
     async def delete(self, key_id: str, owner: str | None) -> None:
         """Delete the owner's key (its bytes go once no token holds them); 404 when it holds

@@ -79,15 +79,15 @@ def test_bob_can_neither_use_nor_read_alices_keys_and_jobs(
         assert submitted.value.status == 404
         for read in (bob_api.job, bob_api.job_result):
             with pytest.raises(ServerError) as denied:
-                read(job["job_id"])
+                read(job.job_id)
             assert denied.value.status == 404 and denied.value.code == "unknown_job"
-        assert [j["job_id"] for j in alice_api.jobs()] == [job["job_id"]]
+        assert [j.job_id for j in alice_api.jobs()] == [job.job_id]
         assert bob_api.jobs() == []
         deadline = time.monotonic() + 60
-        while alice_api.job(job["job_id"])["status"] not in ("done", "failed"):
+        while alice_api.job(job.job_id).status not in ("done", "failed"):
             assert time.monotonic() < deadline
             time.sleep(0.2)
-        assert alice.decrypt(alice_api.job_result(job["job_id"]).ciphertext).label
+        assert alice.decrypt(alice_api.job_result(job.job_id).ciphertext).label
         bob_key = bob.keys().key_id
         assert bob_key != key_id
         assert bob.run(bob.encrypt(SAMPLE_TEXTS[1]).ciphertext).ciphertext
@@ -105,7 +105,7 @@ def test_jobs_in_flight_are_limited_per_token(guarded: ServerProcess, tmp_path: 
             except ServerError as error:
                 refused.append(error)
         with pytest.raises(ServerError) as early:
-            api.job_result(accepted[-1]["job_id"])
+            api.job_result(accepted[-1].job_id)
     assert early.value.status == 409 and early.value.code == "job_not_finished"
     assert early.value.retry_after is not None
     assert len(accepted) >= 3 and refused, (len(accepted), refused)

@@ -385,3 +385,36 @@ def test_a_queue_that_stays_full_stops_the_batch_which_then_resumes(
     for row in rows:
         assert row[1:5] == expected[int(row[0]) - 1] and row[5] == "sentiment"
         assert row[6] == KNOWN.get(row[2], row[6]) and row[6] in LABELS
+
+
+def test_async_without_output_waits_for_room_in_a_full_queue(
+    client_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """`--async` without --output takes the same job path as with it: the server's queue holds
+    one job, so each submission after the first is refused as busy until a job ends; the batch
+    waits for room (no retries of the request itself), then shows every text's label; without
+    patience it stops at the first refusal instead."""
+    models = tmp_path_factory.mktemp("tree-models")
+    (models / "sentiment").symlink_to(REPO / "models" / "sentiment")
+    env = {"FHE_SERVER_WORKERS": "1", "FHE_SERVER_MAX_QUEUED_JOBS": "1"}
+    server = ServerProcess(models, tmp_path / "server-data", env=env).start()
+    texts = [*KNOWN, *KNOWN]
+    args = ["predict", "--async", "--json", "--model", "sentiment", *texts]
+    args += ["--server", server.url]
+    one_try = {"FHE_CLIENT_RETRY_ATTEMPTS": "1"}
+    try:
+        impatient = run_client(
+            args, {**client_env, **one_try, "FHE_CLIENT_QUEUE_FULL_SECONDS": "0"}
+        )
+        patient = run_client(args, {**client_env, **one_try})
+    finally:
+        server.stop()
+    said = flat(impatient.stderr)
+    assert impatient.returncode == 1, said
+    assert "queue stayed full for 0 s" in said and "inputs submitted now" in said, said
+    assert "`fhe-client jobs` lists them" in said, said
+    assert patient.returncode == 0, flat(patient.stderr)
+    shown = [json.loads(line) for line in patient.stdout.splitlines()]
+    assert sorted((p["text"], p["label"]) for p in shown) == sorted(
+        (text, KNOWN[text]) for text in texts
+    )

@@ -89,7 +89,7 @@ def test_redis_at_maxmemory_answers_503_and_every_job_waits_then_finishes(
             entries = submit_items(remote, texts, JobJournal(tmp_path / "client"))
             deadline = time.monotonic() + 6
             while time.monotonic() < deadline:  # accepted, and neither failed nor lost
-                states = {client.job(e.job_id)["status"] for e in entries}
+                states = {client.job(e.job_id).status for e in entries}
                 assert states <= {"queued", "running"}, states
                 time.sleep(0.5)
             assert store.info("stats")["evicted_keys"] == 0
@@ -117,13 +117,11 @@ def test_a_flush_and_an_empty_restart_of_redis_during_runs_lose_no_job(
             for lose in ("flush", "restart"):
                 entries = submit_items(remote, texts, JobJournal(tmp_path / f"client-{lose}"))
                 wait_until(
-                    lambda batch=entries: any(
-                        client.job(e.job_id)["status"] == "done" for e in batch
-                    ),
+                    lambda batch=entries: any(client.job(e.job_id).status == "done" for e in batch),
                     120,
                     "no job finished",
                 )
-                pending = [e for e in entries if client.job(e.job_id)["status"] != "done"]
+                pending = [e for e in entries if client.job(e.job_id).status != "done"]
                 assert pending, "every job finished before Redis lost them"
                 if lose == "flush":
                     redis.Redis.from_url(bounded_redis.url).flushall()
@@ -276,13 +274,13 @@ def test_redis_keeps_no_results_after_300_linear_and_20_sentiment_jobs(
                     job = client.submit_job(
                         name, ciphertexts[i % len(texts)], key_id, remote.client_spec
                     )
-                    expected[job["job_id"]] = (remote, labels[i % len(texts)])
+                    expected[job.job_id] = (remote, labels[i % len(texts)])
             pending = set(expected)
             deadline = time.monotonic() + 600
             while pending:
                 assert time.monotonic() < deadline, f"{len(pending)} jobs never ended"
                 for job_id in list(pending):
-                    status = client.job(job_id)["status"]
+                    status = client.job(job_id).status
                     assert status != "failed", client.job(job_id)
                     if status == "done":
                         pending.discard(job_id)

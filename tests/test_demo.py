@@ -189,7 +189,7 @@ def test_tabular_steps_show_a_regression_value(
 ) -> None:
     """The tabular tab's handlers, without a browser, on the shipped regression model."""
     tab = DemoTab(shipped_server.url, "diabetes", tmp_path, TABULAR)
-    card = tab.card()
+    card = tab.card().model_dump(mode="json")
     info = card["metadata"]["input"]
     session, keys = tab.keygen(None)
     assert "Keys ready" in keys, keys

@@ -220,7 +220,7 @@ def test_jobs_finish_after_redis_is_killed_mid_run(stack: dict) -> None:
         texts = SAMPLE_TEXTS[:6]
         expected = [p.label for p in remote.predict(texts)]
         entries = submit_items(remote, texts, JobJournal(stack["client"] / "redis-jobs"))
-        unfinished = sum(api.job(e.job_id)["status"] not in ("done", "failed") for e in entries)
+        unfinished = sum(api.job(e.job_id).status not in ("done", "failed") for e in entries)
         compose.kill(redis)
         time.sleep(5)  # down for a while, then back (with its append-only file) as a restart
         compose.start(redis)
@@ -245,7 +245,7 @@ def test_jobs_finish_after_the_replica_that_accepted_them_is_killed(stack: dict)
         after = _answered_by(compose, r'"POST /v1/models/sentiment/jobs HTTP/1.1" 202')
         accepted = {name: after[name] - before.get(name, 0) for name in after}
         victim = max(accepted, key=lambda name: accepted[name])
-        unfinished = sum(api.job(e.job_id)["status"] not in ("done", "failed") for e in entries)
+        unfinished = sum(api.job(e.job_id).status not in ("done", "failed") for e in entries)
         compose.kill(victim)
         results = {
             entry.job_id: fetch_prediction(remote, entry, status)

@@ -17,6 +17,7 @@ from client.encrypted_model import EncryptedModel
 from client.jobs import JobJournal, submit_items
 from client.local_server import free_port
 from fhe.build.recipe import TrainedBundle
+from fhe.contract.wire import JobStatus
 from server.storage.job import Job, new_job_id
 from server.storage.jobs import SqliteJobStore
 from tests.conftest import (
@@ -47,11 +48,11 @@ def server(mixed_models: Path, tmp_path: Path) -> Iterator[ServerProcess]:
     process.stop()
 
 
-def finished(api: FHEServerAPI, job_id: str, timeout: float = 120) -> dict:
+def finished(api: FHEServerAPI, job_id: str, timeout: float = 120) -> JobStatus:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = api.job(job_id)
-        if status["status"] in ("done", "failed"):
+        if status.status in ("done", "failed"):
             return status
         time.sleep(0.2)
     raise AssertionError(f"job {job_id} did not finish: {status}")
@@ -99,9 +100,9 @@ def test_encrypted_jobs_decrypt_to_the_clear_labels(
         labels = job_labels(remote, entries)
         status = api.job(entries[0].job_id)
     assert labels == clear_labels(tiny_bundle, SAMPLE_TEXTS)
-    assert status["status"] == "done" and status["seconds"]["fhe"] > 0
-    assert status["started"] >= status["created"] and status["finished"] >= status["started"]
-    assert status["expires"] == pytest.approx(status["finished"] + 600, abs=1)
+    assert status.status == "done" and status.seconds.fhe > 0
+    assert status.started >= status.created and status.finished >= status.started
+    assert status.expires == pytest.approx(status.finished + 600, abs=1)
 
 
 def test_clear_model_job_answers_like_the_native_route(server: ServerProcess) -> None:
@@ -110,7 +111,7 @@ def test_clear_model_job_answers_like_the_native_route(server: ServerProcess) ->
     assert submitted.status_code == 202, submitted.text
     assert submitted.headers["location"] == f"{server.url}/v1/jobs/{submitted.json()['job_id']}"
     with FHEServerAPI(server.url) as api:
-        assert finished(api, submitted.json()["job_id"])["status"] == "done"
+        assert finished(api, submitted.json()["job_id"]).status == "done"
     result = httpx.get(submitted.json()["result_url"])
     native = httpx.post(f"{server.url}/v1/models/iris/predict", json=body)
     assert result.status_code == 200 and result.json() == native.json()
@@ -150,10 +151,10 @@ def test_malformed_ciphertext_fails_the_job_not_the_server(
         remote = EncryptedModel(api, "tiny", tmp_path / "client")
         key_id = remote.keys().key_id
         job = api.submit_job("tiny", b"\x00" * 100, key_id, remote.client_spec)
-        status = finished(api, job["job_id"])
-        assert status["status"] == "failed"
-        assert status["error"]["code"] in ("malformed_ciphertext", "unprocessable_ciphertext")
-        result = httpx.get(job["result_url"])
+        status = finished(api, job.job_id)
+        assert status.status == "failed"
+        assert status.error.code in ("malformed_ciphertext", "unprocessable_ciphertext")
+        result = httpx.get(job.result_url)
         assert result.status_code == 409 and result.json()["code"] == "job_failed"
         good = remote.predict(SAMPLE_TEXTS[:1])
     assert good[0].label in remote.labels
@@ -196,13 +197,13 @@ def test_callback_is_retried_until_delivered(server: ServerProcess) -> None:
         while time.monotonic() < deadline and len(receiver.bodies) < 3:
             time.sleep(0.1)
         with FHEServerAPI(server.url) as api:
-            callback = api.job(job["job_id"])["callback"]
+            callback = api.job(job["job_id"]).callback
     finally:
         receiver.close()
     assert len(receiver.bodies) == 3
     assert all(b["job_id"] == job["job_id"] and b["status"] == "done" for b in receiver.bodies)
     assert receiver.bodies[0]["result_url"] == job["result_url"]
-    assert callback == {
+    assert callback is not None and callback.model_dump() == {
         "url": receiver.url,
         "attempts": 3,
         "delivered": True,
@@ -220,14 +221,14 @@ def test_jobs_survive_a_killed_server(
         with FHEServerAPI(process.url) as api:
             remote = EncryptedModel(api, "tiny", tmp_path / "client")
             entries = submit_items(remote, texts, JobJournal(tmp_path / "client"))
-            statuses = {api.job(e.job_id)["status"] for e in entries}
+            statuses = {api.job(e.job_id).status for e in entries}
         assert statuses & {"queued", "running"}, statuses
         process.kill()
         process.start()
         with FHEServerAPI(process.url) as api:
             remote = EncryptedModel(api, "tiny", tmp_path / "client")
             labels = job_labels(remote, entries)
-            attempts = [api.job(e.job_id)["attempts"] for e in entries]
+            attempts = [api.job(e.job_id).attempts for e in entries]
     finally:
         process.stop()
     assert labels == clear_labels(tiny_bundle, texts)

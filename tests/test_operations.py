@@ -101,10 +101,10 @@ def test_key_status_deletion_and_the_client_asking_before_it_uploads(
         generated = first.keys()
         assert generated.generated_now and generated.uploaded
         status = api.key_status(generated.key_id)
-        assert status is not None and status["held"] is True
-        assert status["bytes"] == generated.evaluation_key_bytes
-        assert status["models"] == ["tiny"]
-        assert status["last_used"] >= status["created"] > 0
+        assert status is not None and status.held is True
+        assert status.bytes == generated.evaluation_key_bytes
+        assert status.models == ["tiny"]
+        assert status.last_used >= status.created > 0
         before = uploads()
         # A new run with the keys cached asks first and sends nothing when the server holds them.
         again = EncryptedModel(api, "tiny", tmp_path / "alice")
@@ -136,7 +136,7 @@ def test_key_status_deletion_and_the_client_asking_before_it_uploads(
         later = EncryptedModel(api, "tiny", tmp_path / "alice")
         assert later.predict(SAMPLE_TEXTS[:1])[0].label
         assert uploads() == before + 1
-        assert api.key_status(generated.key_id)["held"] is True
+        assert api.key_status(generated.key_id).held is True
 
 
 def uploads_so_far(server: ServerProcess) -> float:

@@ -92,7 +92,7 @@ def test_poison_keys_are_refused_and_honest_work_in_flight_finishes(
         assert all(label in honest.labels for label in job_labels(honest, entries))
         answer = synchronous["answer"]
         assert honest.decrypt(answer.ciphertext).label in honest.labels
-        assert api.health()["status"] == "ok"
+        assert api.health().status == "ok"
         assert honest.predict(SAMPLE_TEXTS[:1])[0].label in honest.labels
 
 

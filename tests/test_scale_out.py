@@ -107,7 +107,7 @@ def test_restarting_the_api_mid_queue_loses_nothing(
         with FHEServerAPI(api.url) as client:
             remote = EncryptedModel(client, "tiny", tmp_path / "client")
             entries = submit_items(remote, texts, JobJournal(tmp_path / "client"))
-            pending = [e for e in entries if client.job(e.job_id)["status"] != "done"]
+            pending = [e for e in entries if client.job(e.job_id).status != "done"]
         assert pending, "every job finished before the restart"
         api.kill()
         api.start()

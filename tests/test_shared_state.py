@@ -139,22 +139,22 @@ def test_any_replica_answers_and_quotas_hold_across_replicas(
                 labels = [p.label for p in remote_b.predict(SAMPLE_TEXTS[:3])]
                 assert labels == clear_labels(tiny_bundle, SAMPLE_TEXTS[:3])
                 assert key_uploads(b.url) == 0
-                assert on_b.key_status(info.key_id)["models"] == ["tiny"]
+                assert on_b.key_status(info.key_id).models == ["tiny"]
                 # A job submitted on A is read, and its result fetched, on B.
                 job = remote_a.submit(remote_a.encrypt(SAMPLE_TEXTS[3]).ciphertext)
                 deadline = time.monotonic() + 120
-                while on_b.job(job["job_id"])["status"] not in ("done", "failed"):
+                while on_b.job(job.job_id).status not in ("done", "failed"):
                     assert time.monotonic() < deadline, "the job did not finish"
                     time.sleep(0.2)
                 result = httpx.get(
-                    f"{b.url}/v1/jobs/{job['job_id']}/result", headers=bearer("alice"), timeout=30
+                    f"{b.url}/v1/jobs/{job.job_id}/result", headers=bearer("alice"), timeout=30
                 )
                 assert result.status_code == 200, result.text
                 decrypted = remote_b.decrypt(result.content)
                 assert decrypted.label == clear_labels(tiny_bundle, SAMPLE_TEXTS[3:4])[0]
             # Through the proxy too, either replica answering.
             statuses = {
-                httpx.get(f"{proxy}/v1/jobs/{job['job_id']}", headers=bearer("alice")).status_code
+                httpx.get(f"{proxy}/v1/jobs/{job.job_id}", headers=bearer("alice")).status_code
                 for _ in range(4)
             }
             assert statuses == {200}
@@ -224,8 +224,7 @@ def test_jobs_of_a_killed_replica_finish_on_the_other(
             remote.keys()
             ciphertexts = [remote.encrypt(t).ciphertext for t in texts]
             job_ids = [
-                remote.submit(c, callback_url=f"{receiver.base}/hook")["job_id"]
-                for c in ciphertexts
+                remote.submit(c, callback_url=f"{receiver.base}/hook").job_id for c in ciphertexts
             ]
         holder = None
         deadline = time.monotonic() + 60
@@ -256,7 +255,7 @@ def test_jobs_of_a_killed_replica_finish_on_the_other(
                 for job_id in job_ids:
                     if job_id not in finals:
                         status = on_b.job(job_id)
-                        if status["status"] in ("done", "failed"):
+                        if status.status in ("done", "failed"):
                             finals[job_id] = status
                 time.sleep(0.2)
             labels = []
@@ -360,8 +359,8 @@ def test_a_database_outage_answers_503_and_loses_no_accepted_job(
                 assert time.monotonic() < deadline, f"{len(pending)} accepted jobs never ended"
                 for job_id in list(pending):
                     status = on_b.job(job_id)
-                    if status["status"] in ("done", "failed"):
-                        assert status["status"] == "done", status
+                    if status.status in ("done", "failed"):
+                        assert status.status == "done", status
                         pending.discard(job_id)
                 time.sleep(0.3)
         assert all(httpx.get(f"{r.url}/readyz").status_code == 200 for r in (a, b))
@@ -460,7 +459,7 @@ def test_owners_have_their_own_records_and_unchecked_uploads_evict_nothing(
             )
             assert his_upload.status_code == 201, his_upload.text
             his = on_bob.key_status(key_id)
-            assert his["created"] > hers["last_used"] >= hers["created"]
+            assert his.created > hers.last_used >= hers.created
             ciphertext = alice.encrypt(SAMPLE_TEXTS[0]).ciphertext
             assert on_bob.predict("tiny", ciphertext, key_id, alice.client_spec).ciphertext
             assert on_alice.key_status(key_id) == hers, "bob's upload or use moved alice's record"
@@ -488,8 +487,8 @@ def test_owners_have_their_own_records_and_unchecked_uploads_evict_nothing(
             stored = connection.execute(text("SELECT count(*) FROM keys")).scalar_one()
         engine.dispose()
         assert [(owner, created) for owner, created in records] == [
-            ("alice", hers["created"]),
-            ("bob", his["created"]),
+            ("alice", hers.created),
+            ("bob", his.created),
         ]
         assert stored == 1
     finally:

@@ -242,11 +242,11 @@ def test_racing_submissions_never_pass_a_bound(
             accepted = racing_submissions(
                 f"{server.url}/v1/models/tiny/jobs", headers, ciphertext, count
             )
-            jobs = {job["job_id"]: job for job in api.jobs(limit=1000)}
+            jobs = {job.job_id: job for job in api.jobs(limit=1000)}
     finally:
         server.stop()
-    last = max(jobs[job["job_id"]]["created"] for job in accepted)
-    left = sum(1 for job in jobs.values() if (job[leaves_count] or last + 1) <= last)
+    last = max(jobs[job["job_id"]].created for job in accepted)
+    left = sum(1 for job in jobs.values() if (getattr(job, leaves_count) or last + 1) <= last)
     assert bound <= len(accepted) <= bound + left, (len(accepted), left)
 
 

@@ -132,13 +132,13 @@ def test_unchecked_uploads_never_evict_another_tenants_key(
         junk = upload(server, "bob", os.urandom(size))
         assert junk.status_code == 400 and junk.json()["code"] == "malformed_keys", junk.text
         held = alice.api.key_status(alice_keys.key_id)
-        assert held is not None and held["held"], "bob's unchecked bytes evicted alice's key"
+        assert held is not None and held.held, "bob's unchecked bytes evicted alice's key"
         # Alice's own segment table before random bytes: framed right, refused further on.
         framed = upload(server, "bob", serialized(key_caches[0])[:64] + os.urandom(size - 64))
         assert framed.status_code in (400, 409), framed.text
         assert ".c++" not in framed.text
         held = alice.api.key_status(alice_keys.key_id)
-        assert held is not None and held["held"], "bob's unchecked bytes evicted alice's key"
+        assert held is not None and held.held, "bob's unchecked bytes evicted alice's key"
         # Uploads in progress count against their own bound, never against the store.
         first = stalled_upload(server, "bob", size, os.urandom(size // 2 + 1))
         try:
@@ -151,7 +151,7 @@ def test_unchecked_uploads_never_evict_another_tenants_key(
             first.close()
         ciphertext = alice.remote.encrypt(SAMPLE_TEXTS[0]).ciphertext
         assert alice.remote.decrypt(alice.remote.run(ciphertext).ciphertext).label
-        assert alice.api.key_status(alice_keys.key_id)["held"]
+        assert alice.api.key_status(alice_keys.key_id).held
     finally:
         server.stop()
     assert not list((tmp_path / "data" / "keys").glob("upload-*"))
@@ -229,12 +229,12 @@ def test_each_owner_sees_its_own_record_of_shared_bytes(
         assert answer.status_code == 201, answer.text
         assert answer.json()["key_id"] == key_id
         his = bob.api.key_status(key_id)
-        assert his["created"] > mine["last_used"] and his["created"] > mine["created"]
+        assert his.created > mine.last_used and his.created > mine.created
         time.sleep(1.1)
         ciphertext = bob.remote.encrypt(SAMPLE_TEXTS[0]).ciphertext
         assert bob.api.predict("tiny", ciphertext, key_id, bob.remote.client_spec).ciphertext
         after = bob.api.key_status(key_id)
-        assert after["last_used"] > his["last_used"] and after["created"] == his["created"]
+        assert after.last_used > his.last_used and after.created == his.created
         assert alice.api.key_status(key_id) == mine, "bob's upload or use showed in alice's record"
         again = upload(server, "bob", bob.serialized, **{"X-Client-Spec": bob.remote.client_spec})
         assert again.status_code == 200

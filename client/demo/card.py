@@ -3,7 +3,8 @@ how well it scores and how long FHE takes."""
 
 from __future__ import annotations
 
-from typing import Any
+from fhe.contract.bundle import Metrics, TabularMetrics
+from fhe.contract.model_card import FheModelCard
 
 
 def seconds_text(seconds: float) -> str:
@@ -13,11 +14,11 @@ def seconds_text(seconds: float) -> str:
     return f"{seconds:.1f} s"
 
 
-def _test_score(metrics: dict[str, Any]) -> str | None:
+def _test_score(metrics: Metrics | TabularMetrics | None) -> str | None:
     """How well the encrypted model scores on its held-out rows (text or tabular metrics)."""
-    if "simulated_accuracy" in metrics:
-        return f"accuracy {metrics['simulated_accuracy']:.1%} on its test set"
-    simulated = metrics.get("simulated") or {}
+    if isinstance(metrics, Metrics):
+        return f"accuracy {metrics.simulated_accuracy:.1%} on its test set"
+    simulated = metrics.simulated if isinstance(metrics, TabularMetrics) else {}
     if "accuracy" in simulated:
         return f"accuracy {simulated['accuracy']:.1%} on its test set"
     if "r2" in simulated:
@@ -27,25 +28,24 @@ def _test_score(metrics: dict[str, Any]) -> str | None:
     return None
 
 
-def describe_card(card: dict[str, Any], name: str, server_url: str, noun: str) -> str:
+def describe_card(card: FheModelCard, name: str, server_url: str, noun: str) -> str:
     """One Markdown line about a ready FHE model; `noun` is what one prediction takes."""
-    metadata = card.get("metadata") or {}
-    metrics = metadata.get("metrics") or {}
-    circuit = metadata.get("circuit") or {}
-    params = circuit.get("params") or {}
-    labels = card.get("labels") or []
-    facts = [f"labels: {', '.join(labels)}" if labels else "predicts a number"]
-    if params:
-        facts.append(
-            f"{circuit.get('model_type', 'model')} with "
-            + ", ".join(f"{key} {value}" for key, value in params.items())
-        )
-    steps = ((metadata.get("input") or {}).get("preprocessing") or {}).get("steps") or []
-    if steps:
-        facts.append("preprocessing on the client: " + ", ".join(steps))
-    score = _test_score(metrics)
-    if score:
-        facts.append(score)
-    if "fhe_seconds_median" in metrics:
-        facts.append(f"about {seconds_text(metrics['fhe_seconds_median'])} of FHE per {noun}")
+    facts = [f"labels: {', '.join(card.labels)}" if card.labels else "predicts a number"]
+    metadata = card.metadata
+    if metadata is not None:
+        circuit = metadata.circuit
+        if circuit.params:
+            facts.append(
+                f"{circuit.model_type} with "
+                + ", ".join(f"{key} {value}" for key, value in circuit.params.items())
+            )
+        preprocessing = getattr(metadata.input, "preprocessing", None)
+        if preprocessing is not None and preprocessing.steps:
+            facts.append("preprocessing on the client: " + ", ".join(preprocessing.steps))
+        score = _test_score(metadata.metrics)
+        if score:
+            facts.append(score)
+        if metadata.metrics is not None:
+            median = metadata.metrics.fhe_seconds_median
+            facts.append(f"about {seconds_text(median)} of FHE per {noun}")
     return f"Model **{name}** on `{server_url}`: " + "; ".join(facts) + "."

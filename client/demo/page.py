@@ -119,10 +119,10 @@ class DemoPage:
         except Exception as error:
             return self.tabular.error(error), pd.DataFrame(columns=HEADERS)
         about = self.tabular.describe(card)
-        description = (card.get("metadata") or {}).get("description")
-        if description:
-            about += f"\n\n{description}"
-        lines = example_lines(card["metadata"]["input"])
+        assert card.metadata is not None  # DemoTab.card refuses a card without it
+        if card.metadata.description:
+            about += f"\n\n{card.metadata.description}"
+        lines = example_lines(card.metadata.input.model_dump(mode="json"))
         return about, pd.DataFrame(lines, columns=HEADERS)
 
     def example_row(self) -> pd.DataFrame:

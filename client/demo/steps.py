@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,13 +24,20 @@ from client.demo.session import DemoSession
 from client.encrypted_model import Decrypted, EncryptedModel
 from client.errors import ClientError
 from client.settings import ClientSettings
+from fhe.contract.model_card import FheModelCard
 
 log = logging.getLogger(__name__)
 
 
+def _quoted(item: Any, _example: dict[str, Any] | None) -> str:
+    """A message in a few words, quoted."""
+    return f"“{_shorten(str(item or ''))}”"
+
+
 @dataclass(frozen=True)
 class InputKind:
-    """What a tab's model takes, and the words the page uses for it."""
+    """What a tab's model takes, the words the page uses for it, and how the tab reads and
+    shows one input (the one place where the two tabs differ)."""
 
     kind: str
     """The model's input kind (`text` or `tabular`), checked against its card."""
@@ -40,10 +47,16 @@ class InputKind:
     """What the client does before quantizing: `embedding`, `preprocessing`."""
     setting: str
     """The variable that names this tab's model."""
+    read: Callable[[Any], Any]
+    """The input as the client takes it, from the page's component value."""
+    describe: Callable[[Any, dict[str, Any] | None], str]
+    """The input in a few words (given the card's example row), for the step results."""
 
 
-TEXT = InputKind("text", "message", "embedding", "FHE_DEMO_MODEL")
-TABULAR = InputKind("tabular", "row", "preprocessing", "FHE_DEMO_TABULAR_MODEL")
+TEXT = InputKind("text", "message", "embedding", "FHE_DEMO_MODEL", lambda value: value, _quoted)
+TABULAR = InputKind(
+    "tabular", "row", "preprocessing", "FHE_DEMO_TABULAR_MODEL", row_of, describe_row
+)
 KIND_NAMES = {"text": "text", "tabular": "table rows", "raw": "bare arrays of numbers"}
 
 
@@ -92,23 +105,20 @@ class DemoTab:
                     self.sessions_root / "warm-up",
                     embedder_cache=ClientSettings().embedders_dir(),
                 )
-                if remote.input_kind == "text":
-                    remote.embedder.load()
-                elif remote.input_kind == "tabular":
-                    remote.rows.encode(remote.input_info.get("example") or {})
+                remote.input.warm_up()
         except Exception as error:
             log.warning("%s of %s not preloaded: %s", self.takes.prepare, self.model, error)
 
-    def card(self) -> dict[str, Any]:
+    def card(self) -> FheModelCard:
         """The model's card from the server; ClientError unless it is a ready FHE model that
         takes this tab's input."""
         with FHEServerAPI(self.server_url, timeout=10) as api:
             card = api.model(self.model)
-        if card.get("kind") != "fhe":
+        if not isinstance(card, FheModelCard):
             raise ClientError(f"model `{self.model}` is not an FHE model.")
-        if card.get("status") != "ready":
-            raise ClientError(f"the server cannot load `{self.model}`: {card.get('reason')}")
-        kind = ((card.get("metadata") or {}).get("input") or {}).get("kind", "text")
+        if not card.ready or card.metadata is None:
+            raise ClientError(f"the server cannot load `{self.model}`: {card.reason}")
+        kind = card.metadata.input.kind
         if kind != self.takes.kind:
             raise ClientError(
                 f"model `{self.model}` takes {KIND_NAMES.get(kind, kind)}, not "
@@ -117,7 +127,7 @@ class DemoTab:
             )
         return card
 
-    def describe(self, card: dict[str, Any]) -> str:
+    def describe(self, card: FheModelCard) -> str:
         """A line about the model, shown when the page opens."""
         return describe_card(card, self.model, self.server_url, self.takes.noun)
 
@@ -130,13 +140,11 @@ class DemoTab:
 
     def item_of(self, value: Any) -> Any:
         """The input as the client takes it: the message, or the row from the editor's lines."""
-        return value if self.takes.kind == "text" else row_of(value)
+        return self.takes.read(value)
 
     def shown(self, session: DemoSession, item: Any) -> str:
         """The input in a few words, for the step results."""
-        if isinstance(item, dict):
-            return describe_row(item, session.remote.input_info.get("example"))
-        return f"“{_shorten(str(item or ''))}”"
+        return self.takes.describe(item, getattr(session.remote.metadata.input, "example", None))
 
     def keygen(
         self, session: DemoSession | None, request: gr.Request | None = None

@@ -15,8 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fhe.contract.model_card import ModelSummary
 from fhe.contract.outputs import column_messages
 from fhe.contract.sklearn_files import ModelLoadRefused, ModelPolicy, load_estimator
+from fhe.contract.wire import ClearModelCard
+from server.models.listing import listing_row
 
 TASKS = ("tabular-classification", "tabular-regression", "text-classification")
 DEFAULT_FILENAME = "sklearn_model.joblib"
@@ -100,36 +103,34 @@ class ClearModel:
                 return version.lstrip("=").strip()
         return None
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> ModelSummary:
         """The row of the model listing."""
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "task": self.task,
-            "input": None if self.task is None else self.task.split("-")[0],
-            "labels": self.labels,
-            "columns": self.columns,
-            "origin": None,
-            "status": "ready" if self.ready else "unloadable",
-            "reason": self.reason,
-        }
+        return listing_row(
+            self.name,
+            "clear",
+            task=self.task,
+            input_kind=None if self.task is None else self.task.split("-")[0],
+            labels=self.labels,
+            columns=self.columns,
+            origin=None,
+            reason=self.reason,
+        )
 
-    def card(self) -> dict[str, Any]:
-        """The model card as JSON."""
+    def card(self) -> ClearModelCard:
+        """The model card: the listing row and how the model was saved and loaded."""
         import sklearn
 
         readme = self.path / "README.md"
-        return {
-            **self.summary(),
-            "format": self.model_format,
-            "model_file": self.model_file,
-            "columns": self.columns,
-            "sklearn_saved_with": self.saved_with,
-            "sklearn_running": sklearn.__version__,
-            "load_warnings": self.load_warnings,
-            "example_input": self.config.get("example_input"),
-            "card": readme.read_text() if readme.is_file() else None,
-        }
+        return ClearModelCard(
+            **self.summary().model_dump(exclude={"kind"}),
+            format=self.model_format,
+            model_file=self.model_file,
+            sklearn_saved_with=self.saved_with,
+            sklearn_running=sklearn.__version__,
+            load_warnings=self.load_warnings,
+            example_input=self.config.get("example_input"),
+            card=readme.read_text() if readme.is_file() else None,
+        )
 
     def predict(self, inputs: Any) -> tuple[Any, list[str]]:
         """Predict; returns the output and every warning (columns, predicting, loading).

@@ -28,7 +28,7 @@ from fhe.contract.keyset import (
     max_ciphertext_bytes,
     read_client_specs,
 )
-from fhe.contract.model_card import FheModelCard
+from fhe.contract.model_card import FheModelCard, ModelSummary
 from fhe.contract.raw_card import render_raw_card
 from fhe.contract.server_zip import VERSION_MISMATCH, UnsupportedServerZip, read_server_zip
 from server.errors import ConfigurationError
@@ -39,6 +39,7 @@ from server.models.clear import (
     is_clear_model_dir,
     load_clear_model,
 )
+from server.models.listing import listing_row
 
 
 @dataclass
@@ -104,33 +105,31 @@ class FHEModel:
             }
         return None
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> ModelSummary:
         """The row of the model listing."""
         meta = self.metadata
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "task": meta.task if meta else None,
-            "input": meta.input.kind if meta else None,
-            "labels": meta.labels if meta else [],
-            "columns": self.columns,
-            "origin": self.origin,
-            "status": "ready" if self.ready else "unloadable",
-            "reason": self.reason or self.circuit_error,
-        }
+        return listing_row(
+            self.name,
+            "fhe",
+            task=meta.task if meta else None,
+            input_kind=meta.input.kind if meta else None,
+            labels=meta.labels if meta else [],
+            columns=self.columns,
+            origin=self.origin,
+            reason=self.reason or self.circuit_error,
+        )
 
-    def card(self) -> dict[str, Any]:
-        """The model card as JSON (fhe.contract.model_card, which clients read): the listing
-        row, model.json and the card text."""
+    def card(self) -> FheModelCard:
+        """The model card (fhe.contract.model_card, which clients read): the listing row,
+        model.json and the card text."""
         card_path = self.path / CARD_FILE
         text = card_path.read_text() if card_path.is_file() else self.generated_card
-        card = FheModelCard(
-            **self.summary(),
+        return FheModelCard(
+            **self.summary().model_dump(exclude={"kind"}),
             client_spec_sha256=self.client_spec,
             metadata=self.metadata,
             card=text,
         )
-        return card.model_dump(mode="json")
 
 
 def _described(path: Path) -> tuple[BundleMetadata, str | None]:

@@ -14,22 +14,39 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from fhe.contract.wire import CompatError, CompatStatus
 from server.deps import InferenceService, Owner, Registry, Settings
 from server.inference import Inference
 from server.models.clear import ClearModel
 from server.models.clear_inputs import WARNINGS_MESSAGE
+from server.routes.answers import BODY, STORES, error_responses
 from server.routes.body import BodyTooLarge, read_body
 
 router = APIRouter()
 
+COMPATIBLE_ANSWERS: dict[int | str, dict[str, Any]] = {
+    **error_responses(429, 504, *BODY, *STORES),
+    200: {"description": "the model's output, as the sklearn image gives it (any JSON)"},
+    **{
+        status: {"model": CompatError, "description": description}
+        for status, description in (
+            (400, "the inputs, the model or a warning, as the image says it: only `error`"),
+            (404, "no such clear model, or single-model mode is off"),
+            (413, "a body or input over its limit"),
+        )
+    },
+}
+"""The answers of the compatible routes: errors in the image's shape where it gives them, the
+server's own error body for its bounds (fair share, time limit, stores)."""
 
-@router.get("/")
-async def status() -> dict[str, str]:
+
+@router.get("/", response_model=CompatStatus, responses=error_responses())
+async def status() -> CompatStatus:
     """api-inference-community's status route."""
-    return {"ok": "ok"}
+    return CompatStatus(ok="ok")
 
 
-@router.post("/")
+@router.post("/", response_model=Any, responses=COMPATIBLE_ANSWERS)
 async def single_model(
     request: Request,
     registry: Registry,
@@ -45,7 +62,7 @@ async def single_model(
     return await compatible_answer(registry.get(name), request, settings, inference, owner)
 
 
-@router.post("/models/{name:path}")
+@router.post("/models/{name:path}", response_model=Any, responses=COMPATIBLE_ANSWERS)
 async def hosted_model(
     request: Request,
     name: str,

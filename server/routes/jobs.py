@@ -11,14 +11,21 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from fhe.contract.wire import ClearOutput, JobList, JobStatus
 from server.deps import InferenceService, Owner, Queue, Settings
 from server.models.clear import ClearModel
+from server.routes.answers import BODY, STORES, binary, error_responses
 from server.routes.body import read_clear_request, read_fhe_request
 
 router = APIRouter()
 
 
-@router.post("/v1/models/{name}/jobs", status_code=202)
+@router.post(
+    "/v1/models/{name}/jobs",
+    status_code=202,
+    response_model=JobStatus,
+    responses=error_responses(400, 404, 409, 429, *BODY, *STORES),
+)
 async def submit_job(
     request: Request,
     name: str,
@@ -46,24 +53,31 @@ async def submit_job(
             request, inference, fhe_model, x_key_id, x_client_spec, limit, owner
         )
         job = await queue.enqueue(name, "fhe", payload, owner, callback, key.key_id, x_client_spec)
-    return JSONResponse(job.public(), status_code=202, headers={"Location": job.status_url})
+    body = JobStatus.model_validate(job.public()).model_dump(mode="json")
+    return JSONResponse(body, status_code=202, headers={"Location": job.status_url})
 
 
-@router.get("/v1/jobs")
+@router.get("/v1/jobs", response_model=JobList, responses=error_responses(*STORES))
 async def list_jobs(
     queue: Queue, owner: Owner, limit: Annotated[int, Query(ge=1, le=1000)] = 100
-) -> dict[str, list[dict]]:
+) -> JobList:
     """The caller's newest jobs first, with their status."""
-    return {"jobs": [job.public() for job in await queue.list(owner, limit)]}
+    jobs = [JobStatus.model_validate(job.public()) for job in await queue.list(owner, limit)]
+    return JobList(jobs=jobs)
 
 
-@router.get("/v1/jobs/{job_id}")
-async def job_status(job_id: str, queue: Queue, owner: Owner) -> dict:
+@router.get("/v1/jobs/{job_id}", response_model=JobStatus, responses=error_responses(404, *STORES))
+async def job_status(job_id: str, queue: Queue, owner: Owner) -> JobStatus:
     """queued, running, done or failed, with timings, the error and callback delivery."""
-    return (await queue.owned(job_id, owner)).public()
+    return JobStatus.model_validate((await queue.owned(job_id, owner)).public())
 
 
-@router.delete("/v1/jobs/{job_id}", status_code=204)
+@router.delete(
+    "/v1/jobs/{job_id}",
+    status_code=204,
+    response_class=Response,
+    responses=error_responses(404, 409, *STORES),
+)
 async def delete_job(job_id: str, queue: Queue, owner: Owner) -> Response:
     """Delete your finished job and its result now (they expire on their own otherwise),
     freeing the bytes it counts toward your stored-bytes limit. 409 while it runs."""
@@ -74,7 +88,13 @@ async def delete_job(job_id: str, queue: Queue, owner: Owner) -> Response:
 @router.get(
     "/v1/jobs/{job_id}/result",
     response_class=Response,
-    responses={200: {"content": {"application/octet-stream": {}, "application/json": {}}}},
+    responses={
+        200: {
+            "model": ClearOutput,
+            **binary("application/octet-stream", "the encrypted result (FHE), or (clear) JSON"),
+        },
+        **error_responses(404, 409, *STORES),
+    },
 )
 async def job_result(job_id: str, queue: Queue, owner: Owner) -> Response:
     """The result of a finished job: ciphertext bytes (FHE) or `{"output", "warnings"}`."""

@@ -8,13 +8,23 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response
 
+from fhe.contract.wire import KeyStatus, KeyUpload
 from server.deps import KeyUploadService, Owner
+from server.routes.answers import BODY, STORES, error_responses
 from server.routes.body import check_declared_length
 
 router = APIRouter()
 
 
-@router.post("/v1/keys", status_code=201)
+@router.post(
+    "/v1/keys",
+    status_code=201,
+    response_model=KeyUpload,
+    responses={
+        200: {"model": KeyUpload, "description": "your token already held this key"},
+        **error_responses(400, 403, 409, 429, *BODY, *STORES),
+    },
+)
 async def upload_keys(
     request: Request,
     uploads: KeyUploadService,
@@ -32,23 +42,28 @@ async def upload_keys(
         uploads.model_with_spec(x_client_spec)
     check_declared_length(request, uploads.max_key_bytes, "evaluation keys")
     stored, created = await uploads.upload(request.stream(), x_client_spec, owner)
-    body = {
-        "key_id": stored.key_id,
-        "bytes": stored.size,
-        "client_spec": x_client_spec,
-        "client_specs": list(stored.client_specs),
-    }
-    return JSONResponse(body, status_code=201 if created else 200)
+    body = KeyUpload(
+        key_id=stored.key_id,
+        bytes=stored.size,
+        client_spec=x_client_spec,
+        client_specs=list(stored.client_specs),
+    )
+    return JSONResponse(body.model_dump(mode="json"), status_code=201 if created else 200)
 
 
-@router.get("/v1/keys/{key_id}")
-async def key_status(key_id: str, uploads: KeyUploadService, owner: Owner) -> dict[str, object]:
+@router.get("/v1/keys/{key_id}", response_model=KeyStatus, responses=error_responses(404, *STORES))
+async def key_status(key_id: str, uploads: KeyUploadService, owner: Owner) -> KeyStatus:
     """Whether the server holds this key of yours: its size, the models it was checked for and
     when it was last used. 404 `unknown_key` means: upload it again."""
     return await uploads.status(key_id, owner)
 
 
-@router.delete("/v1/keys/{key_id}", status_code=204)
+@router.delete(
+    "/v1/keys/{key_id}",
+    status_code=204,
+    response_class=Response,
+    responses=error_responses(404, 409, *STORES),
+)
 async def delete_key(key_id: str, uploads: KeyUploadService, owner: Owner) -> Response:
     """Delete your key: every replica and worker refuses it from now on. 409 `key_in_use` while
     your queued or running jobs need it."""

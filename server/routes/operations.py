@@ -15,24 +15,26 @@ import logging
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from fhe.contract.wire import Health, Ready
 from server import errors
 from server.deps import ReadinessCheck, Settings
 from server.executors import OPERATIONS, run_in
 from server.metrics import CONTENT_TYPE, exposition
+from server.routes.answers import STORES, error_responses
 
 log = logging.getLogger("fhe_server")
 
 router = APIRouter()
 
 
-@router.get("/healthz")
-async def healthz() -> dict[str, str]:
+@router.get("/healthz", response_model=Health, responses=error_responses())
+async def healthz() -> Health:
     """Liveness: the process answers (it does not depend on the database or the broker)."""
-    return {"status": "ok"}
+    return Health(status="ok")
 
 
-@router.get("/readyz")
-async def readyz(readiness: ReadinessCheck) -> dict[str, object]:
+@router.get("/readyz", response_model=Ready, responses=error_responses(503))
+async def readyz(readiness: ReadinessCheck) -> Ready:
     """Readiness: 503 while the database, the key store or the broker cannot be reached, and
     until every served circuit was compiled (or while none can be, for a cause of this host)."""
     problems = await readiness.problems()
@@ -47,10 +49,10 @@ async def readyz(readiness: ReadinessCheck) -> dict[str, object]:
             headers={"Retry-After": "5"},
             checks=sorted(problems),
         )
-    return {"status": "ready", "checks": readiness.names()}
+    return Ready(status="ready", checks=readiness.names())
 
 
-@router.get("/v1/auth", status_code=204, response_class=Response)
+@router.get("/v1/auth", status_code=204, response_class=Response, responses=error_responses())
 async def check_token() -> Response:
     """204 when the `Authorization: Bearer <token>` header holds a known API token (or the server
     runs in development mode), else the app-wide token check answers 401 `unauthorized`.
@@ -61,7 +63,17 @@ async def check_token() -> Response:
     return Response(status_code=204)
 
 
-@router.get("/metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "Prometheus text exposition",
+            "content": {CONTENT_TYPE: {"schema": {"type": "string"}}},
+        },
+        **error_responses(*STORES),
+    },
+)
 async def metrics(request: Request, settings: Settings) -> Response:
     """Prometheus text: request, run, queue, key and crash metrics of this replica (with
     `FHE_SERVER_METRICS_TOKEN` set, only for `Authorization: Bearer <that token>`)."""

@@ -9,8 +9,10 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response
 
+from fhe.contract.wire import ClearOutput
 from server.deps import InferenceService, Owner, Settings
 from server.models.clear import ClearModel
+from server.routes.answers import BODY, STORES, binary, error_responses
 from server.routes.body import read_clear_request, read_fhe_request
 
 router = APIRouter()
@@ -19,7 +21,13 @@ router = APIRouter()
 @router.post(
     "/v1/models/{name}/predict",
     response_class=Response,
-    responses={200: {"content": {"application/octet-stream": {}, "application/json": {}}}},
+    responses={
+        200: {
+            "model": ClearOutput,
+            **binary("application/octet-stream", "the encrypted result (FHE), or (clear) JSON"),
+        },
+        **error_responses(400, 404, 409, 429, 503, 504, *BODY, *STORES),
+    },
 )
 async def predict(
     request: Request,
