@@ -260,13 +260,13 @@ def test_jobs_of_a_killed_replica_finish_on_the_other(
                 time.sleep(0.2)
             labels = []
             for job_id in job_ids:
-                assert finals[job_id]["status"] == "done", finals[job_id]
+                assert finals[job_id].status == "done", finals[job_id]
                 answer = httpx.get(
                     f"{b.url}/v1/jobs/{job_id}/result", headers=bearer("alice"), timeout=30
                 )
                 labels.append(remote_b.decrypt(answer.content).label)
         assert labels == clear_labels(tiny_bundle, texts)
-        attempts = {job_id: finals[job_id]["attempts"] for job_id in job_ids}
+        attempts = {job_id: finals[job_id].attempts for job_id in job_ids}
         assert max(attempts.values()) <= 2, attempts
         assert all(attempts[job_id] == 2 for job_id in left_running), (left_running, attempts)
         # Every job's callback arrived, perhaps twice; its id tells the receiver which.
