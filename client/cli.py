@@ -38,6 +38,7 @@ from client.jobs import JobJournal, fetch_prediction
 from client.row_features import raw_row, read_raw_rows
 from client.settings import DEFAULT_SERVER_URL, ClientSettings
 from fhe.contract.bundle import RawInput
+from fhe.contract.model_card import ConvertedFrom, TwinOf
 from fhe.contract.sizes import readable_size
 
 app = typer.Typer(add_completion=False, help="Client of fhe-server: your data stays encrypted.")
@@ -93,16 +94,18 @@ def models(server: ServerOption = None) -> None:
     Console().print(table)
 
 
-def _origin_shown(origin: dict[str, Any] | None) -> str:
+def _origin_shown(origin: ConvertedFrom | TwinOf | None) -> str:
     """The listing's "from" cell: the clear model an encrypted one follows, and how closely."""
-    if not origin:
+    if origin is None:
         return ""
-    source = origin.get("converted_from") or origin.get("clear_twin") or ""
-    how = "converted" if origin.get("converted_from") else "twin"
-    if origin.get("agreement") is not None:
-        return f"{source} ({how}, {origin['agreement']:.1%} agree)"
-    if origin.get("max_abs_difference") is not None:
-        return f"{source} ({how}, max diff {origin['max_abs_difference']:.4g})"
+    if isinstance(origin, ConvertedFrom):
+        source, how = origin.converted_from, "converted"
+    else:
+        source, how = origin.clear_twin, "twin"
+    if origin.agreement is not None:
+        return f"{source} ({how}, {origin.agreement:.1%} agree)"
+    if origin.max_abs_difference is not None:
+        return f"{source} ({how}, max diff {origin.max_abs_difference:.4g})"
     return f"{source} ({how})"
 
 

@@ -3,11 +3,30 @@ object on both sides, so a field the server renames fails in the tests, not in a
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel
 
 from fhe.contract.bundle import BundleMetadata
+
+
+class ConvertedFrom(BaseModel):
+    """An encrypted model converted from a clear one: that model, its estimator, and how closely
+    the circuit follows it on the calibration rows."""
+
+    converted_from: str
+    estimator: str | None = None
+    agreement: float | None = None
+    max_abs_difference: float | None = None
+
+
+class TwinOf(BaseModel):
+    """An encrypted model trained beside a clear twin: the twin, and how closely the circuit
+    follows it on held-out rows (agreement for classes, largest difference for values)."""
+
+    clear_twin: str
+    agreement: float | None = None
+    max_abs_difference: float | None = None
 
 
 class ModelSummary(BaseModel):
@@ -19,7 +38,7 @@ class ModelSummary(BaseModel):
     input: str | None = None
     labels: list[str] = []
     columns: list[str] | None = None
-    origin: dict[str, Any] | None = None
+    origin: ConvertedFrom | TwinOf | None = None
     status: Literal["ready", "unloadable"]
     reason: str | None = None
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from fhe.contract.model_card import ModelSummary
+from fhe.contract.model_card import ConvertedFrom, ModelSummary, TwinOf
 
 
 def listing_row(
@@ -15,7 +15,7 @@ def listing_row(
     input_kind: str | None,
     labels: list[str],
     columns: list[str] | None,
-    origin: dict[str, Any] | None,
+    origin: ConvertedFrom | TwinOf | None,
     reason: str | None,
 ) -> ModelSummary:
     """One model's row of `GET /v1/models`: ready unless there is a reason it cannot serve."""

@@ -28,7 +28,7 @@ from fhe.contract.keyset import (
     max_ciphertext_bytes,
     read_client_specs,
 )
-from fhe.contract.model_card import FheModelCard, ModelSummary
+from fhe.contract.model_card import ConvertedFrom, FheModelCard, ModelSummary, TwinOf
 from fhe.contract.raw_card import render_raw_card
 from fhe.contract.server_zip import VERSION_MISMATCH, UnsupportedServerZip, read_server_zip
 from server.errors import ConfigurationError
@@ -82,7 +82,7 @@ class FHEModel:
         return info.names if isinstance(info, TabularInput) else None
 
     @property
-    def origin(self) -> dict[str, Any] | None:
+    def origin(self) -> ConvertedFrom | TwinOf | None:
         """Which clear model this one came from and how closely it follows it: the converted
         model and the agreement on its calibration rows, or the clear twin and the agreement (or
         largest difference) on held-out rows; None for other bundles."""
@@ -91,18 +91,18 @@ class FHEModel:
             return None
         if meta.conversion is not None:
             conversion = meta.conversion
-            return {
-                "converted_from": conversion.source,
-                "estimator": conversion.estimator,
-                "agreement": conversion.agreement,
-                "max_abs_difference": conversion.max_abs_difference,
-            }
+            return ConvertedFrom(
+                converted_from=conversion.source,
+                estimator=conversion.estimator,
+                agreement=conversion.agreement,
+                max_abs_difference=conversion.max_abs_difference,
+            )
         if meta.clear_twin and isinstance(meta.metrics, TabularMetrics):
-            return {
-                "clear_twin": meta.clear_twin,
-                "agreement": meta.metrics.agreement_with_unquantized,
-                "max_abs_difference": meta.metrics.max_quantization_error,
-            }
+            return TwinOf(
+                clear_twin=meta.clear_twin,
+                agreement=meta.metrics.agreement_with_unquantized,
+                max_abs_difference=meta.metrics.max_quantization_error,
+            )
         return None
 
     def summary(self) -> ModelSummary:
