@@ -15,6 +15,7 @@ from client.demo.messages import explain
 from client.demo.rows import describe_row, example_lines, row_of
 from client.demo.steps import TABULAR, DemoTab
 from client.local_server import free_port
+from fhe.contract.bundle import Column, RawInput, TabularInput
 from tests.conftest import REPO
 from tests.demo_process import DemoProcess, open_demo, text_of
 from tests.server_process import ServerProcess
@@ -189,11 +190,12 @@ def test_tabular_steps_show_a_regression_value(
 ) -> None:
     """The tabular tab's handlers, without a browser, on the shipped regression model."""
     tab = DemoTab(shipped_server.url, "diabetes", tmp_path, TABULAR)
-    card = tab.card().model_dump(mode="json")
+    typed = tab.card()
+    card = typed.model_dump(mode="json")
     info = card["metadata"]["input"]
     session, keys = tab.keygen(None)
     assert "Keys ready" in keys, keys
-    encrypted = tab.encrypt(session, example_lines(info))[-1]
+    encrypted = tab.encrypt(session, example_lines(typed.metadata.input))[-1]
     assert "**Encrypted** the example row in" in encrypted, encrypted
     ran = tab.run(session, progress=lambda *args, **kwargs: None)[1]
     assert "**Done** for the example row." in ran, ran
@@ -209,17 +211,19 @@ def test_tabular_steps_show_a_regression_value(
 
 @pytest.mark.fast
 def test_row_editor_lines_round_trip_and_name_the_edits() -> None:
-    info = {
-        "columns": [{"name": "a", "dtype": "float64"}, {"name": "b", "dtype": "string"}],
-        "example": {"a": 1.5, "b": None},
-    }
+    info = TabularInput(
+        columns=[Column(name="a", dtype="float64"), Column(name="b", dtype="string")],
+        features=2,
+        example={"a": 1.5, "b": None},
+    )
     lines = example_lines(info)
     assert lines == [["a", "float64", "1.5"], ["b", "string", ""]]
     row = row_of(lines)
     assert row == {"a": "1.5", "b": ""}
-    assert describe_row({**row, "a": "1.50"}, info["example"]) == "the example row"
-    assert describe_row({**row, "a": "2"}, info["example"]) == "the example row with a 2"
+    assert describe_row({**row, "a": "1.50"}, info.example) == "the example row"
+    assert describe_row({**row, "a": "2"}, info.example) == "the example row with a 2"
     assert describe_row(row, None) == "your row"
+    assert example_lines(RawInput(features=2)) == []
 
 
 def test_steps_out_of_order_say_what_to_do_first(browser, demo: str) -> None:

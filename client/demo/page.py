@@ -122,7 +122,7 @@ class DemoPage:
         assert card.metadata is not None  # DemoTab.card refuses a card without it
         if card.metadata.description:
             about += f"\n\n{card.metadata.description}"
-        lines = example_lines(card.metadata.input.model_dump(mode="json"))
+        lines = example_lines(card.metadata.input)
         return about, pd.DataFrame(lines, columns=HEADERS)
 
     def example_row(self) -> pd.DataFrame:

@@ -7,6 +7,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from fhe.contract.bundle import InputInfo, TabularInput
+
 HEADERS = ["column", "type", "value"]
 SHOWN_CHANGES = 3
 """How many edited values a row's description names before it only counts them."""
@@ -19,13 +21,13 @@ def cell(value: Any) -> str:
     return str(value).strip()
 
 
-def example_lines(info: Mapping[str, Any]) -> list[list[str]]:
-    """The editor's lines for a tabular model's input: each column, its dtype, the example value."""
-    example = info.get("example") or {}
-    return [
-        [column["name"], column["dtype"], cell(example.get(column["name"]))]
-        for column in info["columns"]
-    ]
+def example_lines(info: InputInfo) -> list[list[str]]:
+    """The editor's lines for a tabular model's input: each column, its dtype, the example value
+    (none for an input that is not a table row)."""
+    if not isinstance(info, TabularInput):
+        return []
+    example = info.example or {}
+    return [[column.name, column.dtype, cell(example.get(column.name))] for column in info.columns]
 
 
 def row_of(lines: Any) -> dict[str, str]:
