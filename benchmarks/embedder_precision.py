@@ -25,6 +25,7 @@ from client.circuit_client import CircuitClient
 from fhe.build.circuit import measure_real_fhe
 from fhe.build.dataset import load_split
 from fhe.contract.bundle import read_metadata
+from fhe.contract.outputs import top_classes
 from fhe.contract.projection import Projection, circuit_features
 from fhe.embedding.onnx_embedder import OnnxEmbedder
 from fhe.embedding.onnx_export import export
@@ -87,7 +88,7 @@ def measure(bundle: Path, max_fhe_rows: int) -> dict[str, Any]:
                 before = measure_real_fhe(bundle, circuit_features(reference[differ], projection))
                 after = measure_real_fhe(bundle, circuit_features(vectors[differ], projection))
                 expected = np.array([labels.index(label) for label in truth[differ]])
-                old, new = before.outputs.argmax(axis=1), after.outputs.argmax(axis=1)
+                old, new = top_classes(before.outputs), top_classes(after.outputs)
                 row["labels_changed"] = int((old != new).sum())
                 row["accuracy_change_points"] = round(
                     100 * float((new == expected).sum() - (old == expected).sum()) / len(texts), 3

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-import zipfile
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -20,6 +19,7 @@ import numpy as np
 import typer
 
 from fhe.contract.bundle import read_metadata
+from fhe.contract.keyset import read_client_specs
 
 
 def uncompressed(specs: dict[str, Any]) -> dict[str, Any]:
@@ -57,8 +57,7 @@ def main(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="write results here")] = None,
 ) -> None:
     """Print evaluation key and input ciphertext sizes with compression on and off."""
-    with zipfile.ZipFile(bundle / "client.zip") as archive:
-        specs = json.loads(archive.read("client.specs.json"))
+    specs = read_client_specs(bundle / "client.zip")
     shipped = sizes(specs)
     plain = sizes(uncompressed(specs))
     results = {

@@ -15,7 +15,6 @@ import os
 import statistics
 import sys
 import time
-import zipfile
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -23,6 +22,7 @@ import numpy as np
 import typer
 
 from fhe.contract.bundle import read_metadata
+from fhe.contract.keyset import read_client_specs
 from fhe.contract.signals import ignore_sigpipe
 
 
@@ -37,8 +37,7 @@ def bootstrap_parameters(specs: dict) -> list[str]:
 
 def bundle_bootstrap_parameters(bundle: Path) -> list[str]:
     """The bootstrap key parameters Concrete chose for a bundle's circuit."""
-    with zipfile.ZipFile(bundle / "client.zip") as archive:
-        return bootstrap_parameters(json.loads(archive.read("client.specs.json")))
+    return bootstrap_parameters(read_client_specs(bundle / "client.zip"))
 
 
 def single_pbs_seconds(
