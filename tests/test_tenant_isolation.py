@@ -311,7 +311,8 @@ def test_malformed_ciphertext_errors_name_no_library_source(
         headers={**bearer(QUIET), "X-Key-Id": key_id, "X-Client-Spec": spec},
         timeout=60,
     )
-    assert answer.status_code in (400, 422), answer.text
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["code"] == "malformed_ciphertext", answer.text
     for location in (".c++:", ".cpp:", ".h:", "stack:"):
         assert location not in answer.json()["error"], answer.json()["error"]
 

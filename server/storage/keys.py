@@ -261,6 +261,7 @@ class FileKeyStore(KeyStoreBase):
                 now = time.time()
                 if new_bytes:
                     evicted = self._make_room(size)
+                    # A move, not a write: the spooled upload is already whole on this disk.
                     os.replace(upload.path, data_path)
                     meta: dict = {
                         "checked_specs": [client_spec] if client_spec else [],
