@@ -135,7 +135,8 @@ def test_unchecked_uploads_never_evict_another_tenants_key(
         assert held is not None and held.held, "bob's unchecked bytes evicted alice's key"
         # Alice's own segment table before random bytes: framed right, refused further on.
         framed = upload(server, "bob", serialized(key_caches[0])[:64] + os.urandom(size - 64))
-        assert framed.status_code in (400, 409), framed.text
+        assert framed.status_code == 400, framed.text
+        assert framed.json()["code"] == "malformed_keys", framed.text
         assert ".c++" not in framed.text
         held = alice.api.key_status(alice_keys.key_id)
         assert held is not None and held.held, "bob's unchecked bytes evicted alice's key"
