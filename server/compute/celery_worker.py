@@ -47,11 +47,9 @@ class WorkerState:
     ) -> None:
         import redis
 
-        self.reader = None
-        if database_url:
-            from server.storage.postgres_keys import KeyReader
+        from server.storage.stores import key_reader
 
-            self.reader = KeyReader(database_url)
+        self.reader = key_reader(database_url or None)
         self.models_dir = models_dir
         self.key_dir = key_dir
         self.key_dir.mkdir(parents=True, exist_ok=True)

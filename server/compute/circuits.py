@@ -69,9 +69,10 @@ def prepare(
     _keys = cachetools.LRUCache(maxsize=key_cache_entries)
     _cache_dir = cache_dir
     if database_url:
-        from server.storage.postgres_keys import KeyReader
+        from server.storage.stores import key_reader
 
-        _key_reader = KeyReader(database_url).read
+        reader = key_reader(database_url)
+        _key_reader = reader.read if reader is not None else None
     if threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(threads)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
