@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import zipfile
 from pathlib import Path
 
@@ -106,3 +107,36 @@ def test_an_exclusive_write_keeps_what_another_process_wrote_first(tmp_path: Pat
     assert key.read_bytes() == b"first"
     assert os.stat(key).st_mode & 0o777 == 0o600
     assert [path.name for path in tmp_path.iterdir()] == ["key"]
+
+
+def test_threads_writing_one_path_at_once_each_write_whole(tmp_path: Path) -> None:
+    """Each write goes through a temporary file of its own: threads of one process writing the
+    same path together (demo sessions downloading one embedder file) all succeed, and the file
+    ends as one writer's whole content, the mode of a plain write, with no partial left."""
+    target = tmp_path / "embedder.onnx"
+    writers, chunks, chunk = 16, 8, 64 << 10
+    start = threading.Barrier(writers)
+    failures: list[BaseException] = []
+
+    def write(index: int) -> None:
+        try:
+            start.wait()
+            with open_atomic(target, sync=index % 2 == 0) as handle:
+                for _ in range(chunks):
+                    handle.write(bytes([index]) * chunk)
+                    os.sched_yield()
+        except BaseException as error:
+            failures.append(error)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures
+    data = target.read_bytes()
+    assert len(data) == chunks * chunk and data == bytes([data[0]]) * len(data)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(target).st_mode & 0o777 == 0o666 & ~umask
+    assert [path.name for path in tmp_path.iterdir()] == ["embedder.onnx"]
