@@ -47,9 +47,11 @@ class WorkerState:
     ) -> None:
         import redis
 
-        from server.storage.stores import key_reader
+        self.reader = None
+        if database_url:  # imported only then: the stores load SQLAlchemy and Alembic
+            from server.storage.stores import key_reader
 
-        self.reader = key_reader(database_url or None)
+            self.reader = key_reader(database_url)
         self.models_dir = models_dir
         self.key_dir = key_dir
         self.key_dir.mkdir(parents=True, exist_ok=True)

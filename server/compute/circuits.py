@@ -68,7 +68,7 @@ def prepare(
     global _keys, _key_reader, _cache_dir
     _keys = cachetools.LRUCache(maxsize=key_cache_entries)
     _cache_dir = cache_dir
-    if database_url:
+    if database_url:  # imported only then: the stores load SQLAlchemy and Alembic
         from server.storage.stores import key_reader
 
         reader = key_reader(database_url)
