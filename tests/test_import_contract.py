@@ -32,7 +32,7 @@ def _lint(root: Path) -> subprocess.CompletedProcess[str]:
 def test_the_tree_keeps_the_import_contract() -> None:
     run = _lint(REPO)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "5 kept, 0 broken" in run.stdout
+    assert "6 kept, 0 broken" in run.stdout
 
 
 def _copy(tmp_path: Path) -> Path:
@@ -73,6 +73,28 @@ def test_an_import_circle_in_the_server_breaks_it(tmp_path: Path) -> None:
     assert run.returncode != 0, run.stdout
     assert "No import circle in the server" in run.stdout and "BROKEN" in run.stdout, run.stdout
     assert "No cycles are allowed in server." in run.stdout, run.stdout
+
+
+def test_a_storage_backend_named_outside_storage_breaks_it(tmp_path: Path) -> None:
+    """The storage seam fails when code above server.storage names a backend: a route importing
+    the Postgres job store, or a worker importing the Postgres key reader (even inside a
+    function, as the workers once did) instead of asking `server.storage.stores.key_reader`."""
+    breaks = {
+        "server/routes/jobs.py": "from server.storage import postgres_jobs  # noqa\n",
+        "server/compute/circuits.py": (
+            "def _reader():\n    from server.storage.postgres_keys import PostgresKeyReader\n"
+            "    return PostgresKeyReader\n"
+        ),
+    }
+    for file, line in breaks.items():
+        root = _copy(tmp_path / file.replace("/", "-"))
+        target = root / file
+        target.write_text(target.read_text() + line)
+        run = _lint(root)
+        assert run.returncode != 0, f"{file}: {run.stdout}"
+        assert "Nothing outside server.storage names a storage backend" in run.stdout, run.stdout
+        assert "5 kept, 1 broken" in run.stdout, run.stdout
+        assert file.removesuffix(".py").replace("/", ".") in run.stdout, run.stdout
 
 
 def _concrete_imports(path: Path) -> list[str]:

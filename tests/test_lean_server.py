@@ -24,6 +24,7 @@ import pytest
 from client.api import FHEServerAPI
 from client.encrypted_model import EncryptedModel
 from fhe.build.recipe import TrainedBundle
+from fhe.contract.digest import file_sha256
 from fhe.contract.keyset import encrypted_input_dimensions, read_client_specs
 from fhe.contract.server_zip import UnsupportedServerZip, read_server_zip
 from server.compute.compiled_circuit import (
@@ -111,8 +112,10 @@ def test_what_the_loader_does_not_reproduce_is_refused_with_a_reason(tmp_path: P
     truncated.write_bytes(source.read_bytes()[:200])
     with pytest.raises(UnsupportedServerZip, match="unreadable"):
         read_server_zip(truncated)
-    for name in SHIPPED:  # what we ship passes
-        assert read_server_zip(REPO / "models" / name / "server.zip").mlir
+    for name in SHIPPED:  # what we ship passes, hashed as the file's bytes (read in blocks)
+        shipped = REPO / "models" / name / "server.zip"
+        read = read_server_zip(shipped)
+        assert read.mlir and read.sha256 == file_sha256(shipped)
 
 
 def test_a_circuit_is_compiled_once_per_host_and_then_loaded_from_the_cache(

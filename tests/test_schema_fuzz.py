@@ -9,6 +9,7 @@ UTF-8, lone surrogates, non-finite numbers) go to every POST operation explicitl
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import sys
@@ -18,7 +19,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from server import compute, errors, run_errors
 from server.app import create_app
+from server.compute import circuits, clear_workers, compiled_circuit, fair_share
+from server.routes.answers import ERROR_WORDS
 from server.settings import ServerSettings
 from tests.server_process import ServerProcess
 from tests.test_hostile_json import HOSTILE_BODIES, iris_body
@@ -135,3 +139,125 @@ def test_every_route_declares_its_answers() -> None:
                     if ref != error_ref:
                         missing.append(f"{where} {status}: not the error body")
     assert not missing, "\n".join(missing)
+
+
+# The statuses of the routes whose answer comes from a worker, checked against the mappings.
+
+SERVER = Path(__file__).resolve().parents[1] / "server"
+RUNS = {
+    "POST /v1/models/{name}/predict": {"fhe": "run_circuit", "clear": None},
+    "POST /v1/keys": {"keys": "check_keys"},
+    "POST /v1/models/{name}/jobs": {"clear": None},
+    "POST /": {"clear": None},
+    "POST /models/{name}": {"clear": None},
+}
+"""Each route whose answer can come from a worker: the mappings of server/run_errors.py its
+outcomes go through (a job's run goes to its record, not to the submitting route's answer: a
+submission only has a clear body checked), with the Celery task that answers for FHE ones."""
+UNREACHABLE = {"POST /v1/keys": {404}}
+"""Mapped statuses a route cannot give: a key check's KeyMissing (404) never reaches its mapping
+(the Celery executor turns a key it published and lost into BrokerLost, 503; the local pool
+reads the upload's own file)."""
+
+
+def _worker_codes(task: str) -> set[str]:
+    """The codes the Celery task `task` answers with that reach `errors.from_code`: those of its
+    `_error(errors.X, ...)` answers but the ones the API's `_task` turns into a local outcome."""
+    worker = ast.parse((SERVER / "compute" / "celery_worker.py").read_text())
+    body = next(n for n in ast.walk(worker) if isinstance(n, ast.FunctionDef) and n.name == task)
+    answered = {
+        call.args[0].attr
+        for call in ast.walk(body)
+        if isinstance(call, ast.Call)
+        and isinstance(call.func, ast.Name)
+        and call.func.id == "_error"
+        and isinstance(call.args[0], ast.Attribute)
+    }
+    api = ast.parse((SERVER / "compute" / "celery_api.py").read_text())
+    sender = next(
+        n for n in ast.walk(api) if isinstance(n, ast.AsyncFunctionDef) and n.name == "_task"
+    )
+    mapped = {
+        node.value.attr
+        for compare in ast.walk(sender)
+        if isinstance(compare, ast.Compare)
+        for node in ast.walk(compare)
+        if isinstance(node, ast.Attribute)
+        and node.attr == "code"
+        and isinstance(node.value, ast.Attribute)
+    }
+    assert answered and mapped, (answered, mapped)
+    return {getattr(errors, name).code for name in answered - mapped}
+
+
+def _backend_outcomes() -> list[BaseException]:
+    """One of each exception the compute backends raise (but RunRefused, given per code)."""
+    outcomes: list[BaseException] = []
+    for module in (compute, circuits, clear_workers, compiled_circuit, fair_share):
+        for value in vars(module).values():
+            if (
+                isinstance(value, type)
+                and issubclass(value, Exception)
+                and value.__module__ == module.__name__
+                and value is not compute.RunRefused
+            ):
+                outcomes.append(value("an outcome"))
+    return outcomes
+
+
+def _mapped_statuses(kind: str, task: str | None) -> set[int]:
+    """The statuses of the domain errors a mapping of server/run_errors.py raises for each
+    outcome of a backend, and (FHE) for each code `task` answers and an unknown one."""
+    mapping = {
+        "fhe": lambda: run_errors.fhe_run_errors("m"),
+        "keys": run_errors.key_check_errors,
+        "clear": run_errors.clear_run_errors,
+    }[kind]
+    outcomes = _backend_outcomes()
+    if task is not None:
+        codes = [*_worker_codes(task), "a code of another version"]
+        outcomes += [compute.RunRefused(code, "refused") for code in codes]
+    statuses = set()
+    for outcome in outcomes:
+        try:
+            with mapping():
+                raise outcome
+        except errors.ServiceError as error:
+            statuses.add(error.status)
+        except Exception as error:  # not an outcome of this backend: it passes through
+            assert error is outcome
+    return statuses
+
+
+@pytest.mark.fast
+def test_routes_declare_what_their_workers_can_answer() -> None:
+    """Every domain error's status can be declared; each route whose answer can come from a
+    worker declares every status its mappings give (a worker's unknown code 502, a Celery
+    timeout 504 ...), and only those routes declare 502 and 504, which nothing else raises."""
+    classes = errors._all_classes(errors.ServiceError)
+    assert {cls.status for cls in classes} <= set(ERROR_WORDS)
+    schema = create_app(ServerSettings(dev_mode=True)).openapi()
+    declared = {
+        f"{method.upper()} {path}": {int(status) for status in operation["responses"]}
+        for path, operations in schema["paths"].items()
+        for method, operation in operations.items()
+    }
+    assert set(RUNS) <= set(declared)
+    worker_only = {errors.WorkerError.status, errors.FHETimeout.status}
+    givers: dict[int, set[str]] = {status: set() for status in worker_only}
+    for route, mappings in RUNS.items():
+        given = set().union(*(_mapped_statuses(k, task) for k, task in mappings.items()))
+        given -= UNREACHABLE.get(route, set())
+        assert given <= declared[route], f"{route} undeclared: {sorted(given - declared[route])}"
+        for status in worker_only & given:
+            givers[status].add(route)
+    assert givers[502] == givers[504] == {"POST /v1/models/{name}/predict", "POST /v1/keys"}
+    for status, routes in givers.items():
+        claiming = {route for route, statuses in declared.items() if status in statuses}
+        assert claiming == routes, f"{status} declared by {sorted(claiming - routes)}"
+    raisers = {
+        path.relative_to(SERVER).as_posix()
+        for path in SERVER.rglob("*.py")
+        if re.search(r"\b(FHETimeout|WorkerError)\(", path.read_text())
+    }
+    assert raisers == {"errors.py", "run_errors.py"}, raisers

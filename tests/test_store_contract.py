@@ -42,7 +42,8 @@ from server.storage.key import (
 from server.storage.keys import FileKeyStore
 from server.storage.postgres_jobs import PostgresJobStore
 from server.storage.postgres_keys import PostgresKeyStore
-from server.storage.protocols import JobStore, KeyStore
+from server.storage.protocols import JobStore, KeyReader, KeyStore
+from server.storage.stores import key_reader
 from server.storage.tables import jobs as jobs_table
 from server.storage.tables import metadata
 
@@ -173,6 +174,28 @@ def test_each_backend_has_every_member_of_its_protocols(backend: Backend) -> Non
     assert backend.jobs.shares_state is shared and backend.keys.shares_state is shared
     backend.jobs.ping()
     backend.keys.ping()
+
+
+def test_workers_read_the_shared_store_through_the_key_reader(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """`stores.key_reader` (what worker processes use) has every member of its protocol and
+    reads the shared store's keys; the embedded store has none (its workers get key files)."""
+    if backend.engine is None:
+        assert key_reader(None) is None
+        return
+    reader = key_reader(backend.engine.url.render_as_string(hide_password=False))
+    assert reader is not None
+    for name in protocol_members(KeyReader):
+        assert hasattr(reader, name), f"{type(reader).__name__} lacks {name}"
+    data = b"evaluation keys" * 10
+    stored, _ = put(backend.keys, data)
+    assert reader.exists(stored.key_id) and reader.read(stored.key_id) == data
+    reader.copy_to(stored.key_id, tmp_path / "copy.keys")
+    assert (tmp_path / "copy.keys").read_bytes() == data
+    assert not reader.exists("0" * 64)
+    with pytest.raises(FileNotFoundError):
+        reader.read("0" * 64)
 
 
 # Keys.

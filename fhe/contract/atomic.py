@@ -1,21 +1,25 @@
 """The one atomic writer: readers see a file's old content or its new, never half of it.
 
-Everything is written to a temporary file beside the target (`.<name>.<pid>.partial`, one per
-process, so that stores can sweep `*.partial` leftovers of a crash), then renamed over it.
+Everything is written to a temporary file beside the target, then renamed over it. Each write
+has a temporary file of its own (`.<name>.<random>.partial`), so writers of the same path in
+several threads or processes never truncate each other's; stores sweep `*.partial` leftovers of
+a crash.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 
 def partial_path(path: Path) -> Path:
-    """The temporary file this process writes `path` through."""
-    return path.with_name(f".{path.name}.{os.getpid()}.partial")
+    """A temporary path beside `path`, new at each call (64 random bits: no two writes share
+    one). Not created here, so a file made at it takes its mode from whoever creates it."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(8)}.partial")
 
 
 def _fsync(path: Path) -> None:
@@ -59,11 +63,12 @@ def open_atomic(
     **options: Any,
 ) -> Iterator[IO[Any]]:
     """`path` opened for writing a stream (bytes, or text with `mode="w"` and `open` options),
-    through `atomic_path`; `permissions` (before the umask) apply from the first byte."""
+    through `atomic_path`; `permissions` (before the umask) apply from the first byte. The
+    temporary file is created anew (O_EXCL): never one another writer holds."""
     if mode not in ("w", "wb"):
         raise ValueError(f"open_atomic writes ('w' or 'wb'), not {mode!r}")
     with atomic_path(path, sync=sync, exclusive=exclusive) as partial:
-        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, permissions)
+        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, permissions)
         with open(descriptor, mode, **options) as handle:
             yield handle
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 from fhe.contract.bundle import (
     CLIENT_ZIP,
@@ -14,7 +15,7 @@ from fhe.contract.bundle import (
     RawInput,
     client_spec_hash,
 )
-from fhe.contract.concrete_zip import UnreadableZip, read_client_zip
+from fhe.contract.concrete_zip import PROCESSING_FILE, UnreadableZip, read_client_zip
 from fhe.contract.keyset import encrypted_input_dimensions
 from fhe.contract.outputs import UnknownModelType, model_type
 
@@ -48,24 +49,35 @@ def _input_shape(specs: dict) -> list[int]:
     return shape
 
 
+def _n_bits(quantizer: Any) -> int | None:
+    """The bit width a serialized input quantizer records (None when it records none);
+    ValueError when it is not shaped as Concrete-ML writes it."""
+    if not isinstance(quantizer, dict) or not isinstance(
+        value := quantizer.get("serialized_value", {}), dict
+    ):
+        raise ValueError("client.zip's input quantizers are not JSON objects")
+    bits = value.get("n_bits")
+    return bits if isinstance(bits, int) and not isinstance(bits, bool) else None
+
+
 def describe_bare_bundle(path: Path) -> BundleMetadata:
     """model.json as it would be for the bare directory: a raw input of the circuit's shape.
 
-    Raises ValueError when client.zip does not hold what Concrete-ML writes.
+    Raises ValueError when client.zip does not hold what Concrete-ML writes (a member missing,
+    not JSON, or JSON of another shape).
     """
     try:
         members = read_client_zip(path / CLIENT_ZIP)
         processing, versions, specs = members.processing(), members.versions(), members.specs()
     except (KeyError, UnreadableZip) as error:
         raise ValueError(f"client.zip is not Concrete-ML's: {error}") from None
+    if not isinstance(processing, dict):
+        raise ValueError(f"client.zip's {PROCESSING_FILE} is not a JSON object")
     quantizers = processing.get("input_quantizers")
     if not isinstance(quantizers, list) or not quantizers:
         raise ValueError("client.zip names no input quantizers")
     shape = _input_shape(specs)
-    n_bits = sorted(
-        {q.get("serialized_value", {}).get("n_bits") for q in quantizers if isinstance(q, dict)}
-        - {None}
-    )
+    n_bits = sorted({bits for bits in map(_n_bits, quantizers) if bits is not None})
     return BundleMetadata(
         name=path.name,
         task="raw",

@@ -15,7 +15,7 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 MAX_MEMBERS = 256
 """Concrete-ML writes a handful of members; a skops archive a few per object."""
@@ -45,14 +45,15 @@ def _safe_name(name: str) -> bool:
 
 
 def read_members(
-    source: Path | bytes,
+    source: Path | bytes | BinaryIO,
     names: Iterable[str] | None = None,
     max_member_bytes: int = MAX_MEMBER_BYTES,
     max_members: int = MAX_MEMBERS,
     max_total_bytes: int = MAX_TOTAL_BYTES,
 ) -> dict[str, bytes]:
-    """The bytes of the named members that the zip holds (of every member when `names` is
-    None), read in the order named; UnreadableZip when the archive is broken or over a bound."""
+    """The bytes of the named members that the zip (a file, its bytes, or a seekable binary
+    file object) holds, of every member when `names` is None, read in the order named;
+    UnreadableZip when the archive is broken or over a bound."""
     try:
         with zipfile.ZipFile(io.BytesIO(source) if isinstance(source, bytes) else source) as zf:
             listed = zf.infolist()

@@ -163,11 +163,15 @@ def _described(kind: str, entry: dict[str, Any]) -> KeyDescription:
 
 
 def client_spec_keyset(specs: dict[str, Any]) -> KeysetDescription:
-    """The key set a parsed `client.specs.json` asks for."""
-    keyset = specs.get("keyset", {})
-    return KeysetDescription(
-        tuple(_described(kind, entry) for kind in _KINDS for entry in keyset.get(kind, []))
-    )
+    """The key set a parsed `client.specs.json` asks for; ValueError when it is not shaped as
+    Concrete writes it (a list or a number where an object is expected, say)."""
+    try:
+        keyset = specs.get("keyset", {})
+        return KeysetDescription(
+            tuple(_described(kind, entry) for kind in _KINDS for entry in keyset.get(kind, []))
+        )
+    except (AttributeError, TypeError, OverflowError) as error:
+        raise ValueError(f"client.specs.json has a malformed key set ({error})") from None
 
 
 def read_client_specs(client_zip: Path) -> dict[str, Any]:
@@ -299,11 +303,15 @@ def uploaded_keyset_file(path: Path) -> KeysetDescription:
 
 def max_ciphertext_bytes(specs: dict[str, Any]) -> int:
     """The largest serialized input ciphertext the spec's circuit can take: its raw payload
-    (every input's shape times the integer width) plus framing."""
+    (every input's shape times the integer width) plus framing; ValueError when the spec is not
+    shaped as Concrete writes it."""
     total = 0
-    for circuit in specs.get("circuits", []):
-        for gate in circuit.get("inputs", []):
-            raw = gate.get("rawInfo", {})
-            elements = math.prod(int(d) for d in raw.get("shape", {}).get("dimensions", []))
-            total += elements * int(raw.get("integerPrecision", 64)) // 8
+    try:
+        for circuit in specs.get("circuits", []):
+            for gate in circuit.get("inputs", []):
+                raw = gate.get("rawInfo", {})
+                elements = math.prod(int(d) for d in raw.get("shape", {}).get("dimensions", []))
+                total += elements * int(raw.get("integerPrecision", 64)) // 8
+    except (AttributeError, TypeError, OverflowError) as error:
+        raise ValueError(f"client.specs.json has malformed inputs ({error})") from None
     return total + CIPHERTEXT_OVERHEAD_BYTES

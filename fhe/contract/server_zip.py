@@ -237,9 +237,13 @@ def _one_circuit(specs: Any) -> None:
 
 def read_server_zip(path: Path) -> ServerZip:
     """Read and check a server.zip; UnsupportedServerZip says what this server will not run."""
-    try:
-        data = path.read_bytes()
-        files = read_members(data)
+    try:  # hashed in blocks, then read under the zip reader's bounds, through one handle
+        with path.open("rb") as handle:
+            digest = hashlib.sha256()
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+            handle.seek(0)
+            files = read_members(handle)
     except (OSError, UnreadableZip) as error:
         raise UnsupportedServerZip(f"server.zip is unreadable: {error}") from None
     missing = [name for name in REQUIRED if name not in files]
@@ -273,7 +277,7 @@ def read_server_zip(path: Path) -> ServerZip:
         raise UnsupportedServerZip("circuit.mlir is not text") from None
     return ServerZip(
         path=path,
-        sha256=hashlib.sha256(data).hexdigest(),
+        sha256=digest.hexdigest(),
         mlir=mlir,
         settings=settings,
         client_specs=specs,

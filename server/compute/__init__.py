@@ -103,7 +103,6 @@ def make_compute(settings: ServerSettings) -> Compute:
             settings.celery_max_in_flight,
             settings.celery_task_timeout,
             settings.celery_key_ttl_seconds,
-            shared_keys=settings.database_url is not None,
             grace=settings.celery_broker_grace_seconds,
             high_water=settings.celery_redis_high_water,
         )

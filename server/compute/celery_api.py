@@ -87,7 +87,6 @@ class CeleryExecutor:
         capacity: int,
         timeout: float,
         key_ttl: float,
-        shared_keys: bool = False,
         grace: float = 60.0,
         high_water: float = 0.9,
     ) -> None:
@@ -97,7 +96,9 @@ class CeleryExecutor:
         )
         self.timeout = timeout
         self.key_ttl = key_ttl
-        self.shared_keys = shared_keys
+        # Whether the key store is shared with the workers (they then read keys from it, not
+        # from Redis): the store's answer, set when the API's store is opened (`follow`).
+        self.shared_keys = False
         self.grace = grace
         self.high_water = high_water
         # Scrapes read the queue's length with no retry and a short timeout: a Redis that stops
@@ -114,7 +115,9 @@ class CeleryExecutor:
 
     def follow(self, keystore: Any) -> None:
         """Delete a key from Redis as soon as the API's store evicts it (in a waiter thread,
-        so the event loop never waits on Redis)."""
+        so the event loop never waits on Redis), and learn from the store whether workers read
+        keys from it (`shares_state`)."""
+        self.shared_keys = keystore.shares_state
         keystore.evicted.append(lambda key_id: self._control.submit(self.forget_key, key_id))
 
     def forget_key(self, key_id: str) -> None:

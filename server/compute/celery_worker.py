@@ -48,10 +48,10 @@ class WorkerState:
         import redis
 
         self.reader = None
-        if database_url:
-            from server.storage.postgres_keys import KeyReader
+        if database_url:  # imported only then: the stores load SQLAlchemy and Alembic
+            from server.storage.stores import key_reader
 
-            self.reader = KeyReader(database_url)
+            self.reader = key_reader(database_url)
         self.models_dir = models_dir
         self.key_dir = key_dir
         self.key_dir.mkdir(parents=True, exist_ok=True)

@@ -68,10 +68,11 @@ def prepare(
     global _keys, _key_reader, _cache_dir
     _keys = cachetools.LRUCache(maxsize=key_cache_entries)
     _cache_dir = cache_dir
-    if database_url:
-        from server.storage.postgres_keys import KeyReader
+    if database_url:  # imported only then: the stores load SQLAlchemy and Alembic
+        from server.storage.stores import key_reader
 
-        _key_reader = KeyReader(database_url).read
+        reader = key_reader(database_url)
+        _key_reader = reader.read if reader is not None else None
     if threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(threads)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()

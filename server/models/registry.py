@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,9 +215,11 @@ def load_fhe_model(path: Path) -> FHEModel:
         if str(error).startswith(VERSION_MISMATCH):  # the bundle's versions: it cannot load
             return FHEModel(name, path, metadata, spec, str(error))
         return FHEModel(name, path, metadata, spec, circuit_error=f"server.zip: {error}")
-    try:
+    try:  # KeyError: no specs member; ValueError: UnreadableZip (broken, over bounds, not JSON)
+        # or JSON not shaped as Concrete writes it
         specs = read_client_specs(path / CLIENT_ZIP)
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
+        keyset, max_bytes = client_spec_keyset(specs), max_ciphertext_bytes(specs)
+    except (OSError, KeyError, ValueError) as error:
         return FHEModel(name, path, metadata, spec, f"client.zip has no readable specs: {error}")
     unfit = _projection_unfit(metadata, specs)
     if unfit:
@@ -228,8 +229,8 @@ def load_fhe_model(path: Path) -> FHEModel:
         path,
         metadata,
         spec,
-        keyset=client_spec_keyset(specs),
-        max_ciphertext_bytes=max_ciphertext_bytes(specs),
+        keyset=keyset,
+        max_ciphertext_bytes=max_bytes,
         generated_card=generated_card,
     )
 

@@ -19,8 +19,10 @@ ERROR_WORDS = {
     422: "invalid parameters, or a run that failed on these inputs",
     429: "this token's limit is reached; try again later",
     500: "an error of the server",
+    502: "a worker refused the run with an error this server does not know (Celery mode: API and "
+    "workers of different versions)",
     503: "busy, or a store, the broker or the circuit cannot be reached; try again",
-    504: "no worker answered in time",
+    504: "no worker answered in time (Celery mode)",
 }
 EVERY_ROUTE = (401, 422, 500)
 """What any route may answer: the app-wide token check, parameter validation, a server fault."""
@@ -28,6 +30,9 @@ STORES = (503,)
 """What a route that reads a store may answer when it does not answer."""
 BODY = (408, 413)
 """What a route that reads a request body may answer."""
+FHE_WORKERS = (502, 504)
+"""What a route whose answer comes from an FHE worker (a run, a key check) may answer besides
+the errors of its inputs: a refusal by a code this server does not know, no answer in time."""
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

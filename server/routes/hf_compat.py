@@ -25,7 +25,7 @@ from server.routes.body import BodyTooLarge, read_body
 router = APIRouter()
 
 COMPATIBLE_ANSWERS: dict[int | str, dict[str, Any]] = {
-    **error_responses(429, 504, *BODY, *STORES),
+    **error_responses(429, *BODY, *STORES),
     200: {"description": "the model's output, as the sklearn image gives it (any JSON)"},
     **{
         status: {"model": CompatError, "description": description}
@@ -37,7 +37,8 @@ COMPATIBLE_ANSWERS: dict[int | str, dict[str, Any]] = {
     },
 }
 """The answers of the compatible routes: errors in the image's shape where it gives them, the
-server's own error body for its bounds (fair share, time limit, stores)."""
+server's own error body for its bounds (fair share, stores, and the time limit: 422
+prediction_timeout, as on every clear route)."""
 
 
 @router.get("/", response_model=CompatStatus, responses=error_responses())

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, Response
 
 from fhe.contract.wire import KeyStatus, KeyUpload
 from server.deps import KeyUploadService, Owner
-from server.routes.answers import BODY, STORES, error_responses
+from server.routes.answers import BODY, FHE_WORKERS, STORES, error_responses
 from server.routes.body import check_declared_length
 
 router = APIRouter()
@@ -22,7 +22,7 @@ router = APIRouter()
     response_model=KeyUpload,
     responses={
         200: {"model": KeyUpload, "description": "your token already held this key"},
-        **error_responses(400, 403, 409, 429, *BODY, *STORES),
+        **error_responses(400, 403, 409, 429, *FHE_WORKERS, *BODY, *STORES),
     },
 )
 async def upload_keys(

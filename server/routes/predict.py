@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from fhe.contract.wire import ClearOutput
 from server.deps import InferenceService, Owner, Settings
 from server.models.clear import ClearModel
-from server.routes.answers import BODY, STORES, binary, error_responses
+from server.routes.answers import BODY, FHE_WORKERS, STORES, binary, error_responses
 from server.routes.body import read_clear_request, read_fhe_request
 
 router = APIRouter()
@@ -26,7 +26,7 @@ router = APIRouter()
             "model": ClearOutput,
             **binary("application/octet-stream", "the encrypted result (FHE), or (clear) JSON"),
         },
-        **error_responses(400, 404, 409, 429, 503, 504, *BODY, *STORES),
+        **error_responses(400, 404, 409, 429, *FHE_WORKERS, *BODY, *STORES),
     },
 )
 async def predict(

@@ -361,7 +361,7 @@ class PostgresKeyStore(KeyStoreBase):
         return True
 
 
-class KeyReader:
+class PostgresKeyReader:
     """A worker process's reader of stored keys by id, on an engine of its own (one connection):
     workers read the same store as the API, and a deleted key is gone for them too."""
 

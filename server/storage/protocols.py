@@ -3,8 +3,10 @@
 Two backends implement each: the embedded ones (`SqliteJobStore`: SQLite and files in the data
 directory; `FileKeyStore`: files) for one server, and the Postgres ones (`PostgresJobStore`,
 `PostgresKeyStore`) for many replicas on one database. Code above `server.storage` annotates with
-these protocols and gets its stores from `server.storage.stores.open_stores`; it never names a
-backend. tests/test_store_contract.py runs every method against both.
+these protocols and gets its stores from `server.storage.stores.open_stores` (and a worker process
+its `KeyReader` from `server.storage.stores.key_reader`); it never names a backend (an
+import-linter contract in pyproject.toml holds it to that). tests/test_store_contract.py runs
+every method against both.
 
 `shares_state` is the one difference the services act on:
 
@@ -173,3 +175,17 @@ class KeyStore(Protocol):
     def delete(self, key_id: str, owner: str | None) -> bool:
         """Take `owner`'s claim on a key away (KeyPinned while work needs it); False when the
         owner holds no such key."""
+
+
+class KeyReader(Protocol):
+    """A worker process's read-only access to the stored keys by id, on a connection of its own
+    (the shared store's only: an embedded store hands its workers a key's file by path)."""
+
+    def exists(self, key_id: str) -> bool:
+        """Whether the store still holds the key."""
+
+    def read(self, key_id: str) -> bytes:
+        """The key's bytes; FileNotFoundError when the store does not hold it."""
+
+    def copy_to(self, key_id: str, path: Path) -> None:
+        """Write the key's bytes to `path`; FileNotFoundError when the store does not hold it."""

@@ -1,5 +1,5 @@
 """The one place that picks the stores' backend: the shared database when one is configured,
-else SQLite and files in the data directory."""
+else SQLite and files in the data directory (for the API's stores and the workers' key reader)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from server.storage.database import engine_for, migrate
 from server.storage.jobs import SqliteJobStore
 from server.storage.keys import FileKeyStore
 from server.storage.postgres_jobs import PostgresJobStore
-from server.storage.postgres_keys import PostgresKeyStore
-from server.storage.protocols import JobStore, KeyStore
+from server.storage.postgres_keys import PostgresKeyReader, PostgresKeyStore
+from server.storage.protocols import JobStore, KeyReader, KeyStore
 
 if TYPE_CHECKING:
     from server.settings import ServerSettings
@@ -61,3 +61,10 @@ def open_stores(settings: ServerSettings) -> Stores:
     )
     log.warning("shared state in the database as replica %s", settings.replica_name)
     return Stores(shared_jobs, shared_keys, engine)
+
+
+def key_reader(database_url: str | None) -> KeyReader | None:
+    """A worker process's reader of the stored keys: the shared database's when one is
+    configured, else None (the embedded store's keys reach workers as files, by path or through
+    the broker)."""
+    return None if database_url is None else PostgresKeyReader(database_url)
