@@ -14,7 +14,7 @@ import numpy as np
 
 from client.errors import ClientError
 from fhe.contract.bundle import Column, TabularInput
-from fhe.contract.outputs import extra_columns, missing_columns, mistyped_column, unfilled_column
+from fhe.contract.outputs import column_messages, missing_columns, mistyped_column, unfilled_column
 from fhe.contract.preprocessing import PlainPreprocessing, UnusablePreprocessing
 
 
@@ -44,11 +44,9 @@ class TabularRows:
             imputed = sorted(missing & self.imputes)
             more = f" ({imputed} would be imputed)" if imputed else ""
             raise ColumnsMismatch(missing_columns(missing - self.imputes) + more)
-        found = []
-        if given - expected:
-            found.append(extra_columns(given - expected))
-        if missing:
-            found.append(missing_columns(missing) + " (imputed by the model's preprocessing)")
+        found = column_messages(given, expected)
+        if missing:  # column_messages says the missing columns last
+            found[-1] += " (imputed by the model's preprocessing)"
         return found
 
     def _value(self, column: Column, value: Any, where: str) -> Any:
