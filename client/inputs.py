@@ -271,8 +271,8 @@ class TableRows(_OneByOne):
         same audit the server applies to clear models."""
         from fhe.contract.preprocessing import PlainPreprocessing, UnusablePreprocessing
 
-        info = self.info.model_dump(mode="json")
-        step = self.info.preprocessing
+        info = self.info
+        step = info.preprocessing
         if step is None:
             return TabularRows(info)
         if step.plain_sha256:

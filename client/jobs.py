@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -95,24 +95,6 @@ class JobJournal:
         return next((e for e in self.entries() if e.job_id == job_id), None)
 
 
-def submit_items(
-    remote: EncryptedModel,
-    items: Sequence[Any],
-    journal: JobJournal,
-    callback_url: str | None = None,
-    progress: Callable[[JournalEntry], None] | None = None,
-) -> list[JournalEntry]:
-    """Encrypt each input here (texts embedded in batches) and queue it on the server; returns
-    the journal entries. No waiting on a full queue: `client.batch` does that for the CLI."""
-    entries = []
-    for item, prepared in zip(items, remote.prepare_ahead(items), strict=True):
-        entry = send_job(remote, item, remote.encrypt(item, prepared), journal, callback_url)
-        entries.append(entry)
-        if progress is not None:
-            progress(entry)
-    return entries
-
-
 def send_job(
     remote: EncryptedModel,
     item: Any,
@@ -139,19 +121,6 @@ def send_job(
     )
     journal.add(entry)
     return entry
-
-
-def wait_for(
-    remote: EncryptedModel, entries: Sequence[JournalEntry], poll_seconds: float = 0.5
-) -> Iterator[tuple[JournalEntry, JobStatus | None]]:
-    """Poll the jobs (with `poll_once`) until each has ended; yields each entry with its final
-    status (None: the server no longer knows it), as it ends."""
-    pending = list(entries)
-    while pending:
-        ended, pending = poll_once(remote, pending)
-        yield from ended
-        if pending:
-            time.sleep(poll_seconds)
 
 
 def job_status(remote: EncryptedModel, entry: JournalEntry) -> JobStatus | None:

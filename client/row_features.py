@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from client.errors import ClientError
-from fhe.contract.outputs import extra_columns, missing_columns, mistyped_column, unfilled_column
+from fhe.contract.bundle import Column, TabularInput
+from fhe.contract.outputs import column_messages, missing_columns, mistyped_column, unfilled_column
 from fhe.contract.preprocessing import PlainPreprocessing, UnusablePreprocessing
 
 
@@ -24,12 +25,11 @@ class ColumnsMismatch(ClientError):
 class TabularRows:
     """The columns a tabular model takes and the preprocessing that makes its features."""
 
-    def __init__(self, info: Mapping[str, Any], preprocessing: Any | None = None) -> None:
-        self.columns: list[dict[str, str]] = list(info["columns"])
-        self.names = [column["name"] for column in self.columns]
-        self.features = int(info["features"])
-        step = info.get("preprocessing") or {}
-        self.imputes = set(step.get("imputes") or [])
+    def __init__(self, info: TabularInput, preprocessing: Any | None = None) -> None:
+        self.columns: list[Column] = list(info.columns)
+        self.names = info.names
+        self.features = info.features
+        self.imputes = set(info.preprocessing.imputes if info.preprocessing else [])
         self.preprocessing = preprocessing
 
     def check_columns(self, given: Iterable[str]) -> list[str]:
@@ -44,16 +44,14 @@ class TabularRows:
             imputed = sorted(missing & self.imputes)
             more = f" ({imputed} would be imputed)" if imputed else ""
             raise ColumnsMismatch(missing_columns(missing - self.imputes) + more)
-        found = []
-        if given - expected:
-            found.append(extra_columns(given - expected))
-        if missing:
-            found.append(missing_columns(missing) + " (imputed by the model's preprocessing)")
+        found = column_messages(given, expected)
+        if missing:  # column_messages says the missing columns last
+            found[-1] += " (imputed by the model's preprocessing)"
         return found
 
-    def _value(self, column: dict[str, str], value: Any, where: str) -> Any:
+    def _value(self, column: Column, value: Any, where: str) -> Any:
         """One value as its column's dtype; missing (None, '' or NaN) only where imputed."""
-        name, dtype = column["name"], column["dtype"]
+        name, dtype = column.name, column.dtype
         empty = value is None or value == "" or (isinstance(value, float) and math.isnan(value))
         if empty:
             if name not in self.imputes:
@@ -82,8 +80,7 @@ class TabularRows:
     def values(self, row: Mapping[str, Any], where: str = "the row") -> dict[str, Any]:
         """The row's values of the model's columns, in order and typed (missing: NaN or None)."""
         return {
-            column["name"]: self._value(column, row.get(column["name"]), where)
-            for column in self.columns
+            column.name: self._value(column, row.get(column.name), where) for column in self.columns
         }
 
     def frame(self, row: Mapping[str, Any], where: str = "the row") -> Any:
@@ -94,8 +91,8 @@ class TabularRows:
         values = {name: [value] for name, value in self.values(row, where).items()}
         frame = pd.DataFrame(values, columns=self.names)
         for column in self.columns:
-            if column["dtype"] == "string":
-                frame[column["name"]] = frame[column["name"]].astype(object)
+            if column.dtype == "string":
+                frame[column.name] = frame[column.name].astype(object)
         return frame
 
     def encode(self, row: Mapping[str, Any], where: str = "the row") -> np.ndarray:

@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 
 from client.encrypted_model import EncryptedModel
-from client.jobs import JournalEntry, fetch_prediction, wait_for
+from client.jobs import JournalEntry, fetch_prediction
 from fhe.build.dataset import DEFAULT_DATA
 from fhe.build.recipe import RecipeConfig, TrainedBundle, train
 from tests.demo_process import chromium
 from tests.server_process import BIN, ServerProcess
+from tests.support.jobs import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 

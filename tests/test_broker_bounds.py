@@ -20,10 +20,11 @@ import redis
 
 from client.api import FHEServerAPI
 from client.encrypted_model import EncryptedModel
-from client.jobs import JobJournal, submit_items
+from client.jobs import JobJournal
 from fhe.build.recipe import TrainedBundle
 from tests.conftest import REPO, SAMPLE_TEXTS, clear_labels, job_labels
 from tests.server_process import ServerProcess
+from tests.support.jobs import submit_items
 from tests.support.local_postgres import LocalPostgres
 from tests.support.local_redis import LocalRedis
 from tests.support.local_worker import LocalWorker

@@ -11,11 +11,14 @@ import httpx
 import pytest
 
 from client.api import ServerError
+from client.demo.card import describe_card
 from client.demo.messages import explain
 from client.demo.rows import describe_row, example_lines, row_of
 from client.demo.steps import TABULAR, DemoTab
 from client.local_server import free_port
-from fhe.contract.bundle import Column, RawInput, TabularInput
+from fhe.contract.bundle import Column, RawInput, TabularInput, TabularMetrics, read_metadata
+from fhe.contract.model_card import FheModelCard
+from server.settings import SHIPPED_MODELS_DIR
 from tests.conftest import REPO
 from tests.demo_process import DemoProcess, open_demo, text_of
 from tests.server_process import ServerProcess
@@ -224,6 +227,21 @@ def test_row_editor_lines_round_trip_and_name_the_edits() -> None:
     assert describe_row({**row, "a": "2"}, info.example) == "the example row with a 2"
     assert describe_row(row, None) == "your row"
     assert example_lines(RawInput(features=2)) == []
+
+
+@pytest.mark.fast
+def test_a_card_line_shows_only_the_scores_the_card_has() -> None:
+    metadata = read_metadata(SHIPPED_MODELS_DIR / "diabetes")
+    assert isinstance(metadata.metrics, TabularMetrics)
+    card = FheModelCard(name="diabetes", kind="fhe", status="ready", metadata=metadata)
+    whole = describe_card(card, "diabetes", "http://server", "row")
+    assert "R² 0.44, mean absolute error 43.4 on its test set" in whole, whole
+    for kept in ({"r2": 0.5}, {"mae": 12.5}, {}):
+        metadata.metrics.simulated = kept
+        line = describe_card(card, "diabetes", "http://server", "row")
+        assert "R² 0.50 on its test set" in line if "r2" in kept else "R²" not in line, line
+        assert "mean absolute error 12.5 on" in line if "mae" in kept else "error" not in line
+        assert ("on its test set" in line) == bool(kept) and "FHE per row" in line, line
 
 
 def test_steps_out_of_order_say_what_to_do_first(browser, demo: str) -> None:

@@ -61,9 +61,10 @@ def test_a_stopping_server_starts_no_more_jobs(tiny_models: Path, tmp_path: Path
 
     from client.api import FHEServerAPI
     from client.encrypted_model import EncryptedModel
-    from client.jobs import JobJournal, submit_items
+    from client.jobs import JobJournal
     from tests.conftest import SAMPLE_TEXTS
     from tests.server_process import ServerProcess
+    from tests.support.jobs import submit_items
     from tests.support.real_server import backlog, frozen_children, raw_predict, wait_until
 
     env = {

@@ -23,7 +23,7 @@ import pytest
 
 from client.api import FHEServerAPI
 from client.encrypted_model import EncryptedModel
-from client.jobs import JobJournal, fetch_prediction, submit_items, wait_for
+from client.jobs import JobJournal, fetch_prediction
 from client.local_server import free_port
 from tests.conftest import REPO, SAMPLE_TEXTS
 from tests.support.compose_stack import (
@@ -33,6 +33,7 @@ from tests.support.compose_stack import (
     image_mb,
     third_party_images,
 )
+from tests.support.jobs import submit_items, wait_for
 
 pytestmark = pytest.mark.images
 

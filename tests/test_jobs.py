@@ -14,7 +14,7 @@ import pytest
 
 from client.api import FHEServerAPI
 from client.encrypted_model import EncryptedModel
-from client.jobs import JobJournal, submit_items
+from client.jobs import JobJournal
 from client.local_server import free_port
 from fhe.build.recipe import TrainedBundle
 from fhe.contract.wire import JobStatus
@@ -29,6 +29,7 @@ from tests.conftest import (
     run_client,
 )
 from tests.server_process import ServerProcess
+from tests.support.jobs import submit_items
 
 
 def iris_request() -> dict:

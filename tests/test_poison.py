@@ -19,9 +19,10 @@ import pytest
 
 from client.api import FHEServerAPI
 from client.encrypted_model import EncryptedModel
-from client.jobs import JobJournal, submit_items
+from client.jobs import JobJournal
 from tests.conftest import REPO, SAMPLE_TEXTS, job_labels
 from tests.server_process import ServerProcess
+from tests.support.jobs import submit_items
 
 pytestmark = pytest.mark.slow
 

@@ -560,6 +560,33 @@ def test_a_raw_shape_must_hold_the_features() -> None:
 
 
 @pytest.mark.fast
+def test_tabular_rows_read_the_cards_typed_input() -> None:
+    """TabularRows takes the card's TabularInput: its columns, dtypes and imputed columns."""
+    from client.row_features import ColumnsMismatch, TabularRows
+    from fhe.contract.bundle import TabularInput
+
+    info = TabularInput.model_validate(
+        {
+            "columns": [{"name": "age", "dtype": "float64"}, {"name": "smoker", "dtype": "bool"}],
+            "features": 2,
+            "preprocessing": {"sha256": "0" * 64, "bytes": 1, "steps": [], "imputes": ["age"]},
+        }
+    )
+    rows = TabularRows(info)
+    assert rows.names == ["age", "smoker"] and rows.imputes == {"age"}
+    assert rows.check_columns(["smoker", "colour"]) == [
+        "The following columns were given but not expected: {'colour'}",
+        "The following columns were expected but not given: {'age'}"
+        " (imputed by the model's preprocessing)",
+    ]
+    with pytest.raises(ColumnsMismatch, match=r"not given: \{'smoker'\} \(\['age'\] would be"):
+        rows.check_columns([])
+    assert rows.encode({"age": "41", "smoker": "true"}).tolist() == [[41.0, 1.0]]
+    with pytest.raises(ClientError, match="'smoker' must be true or false"):
+        rows.encode({"age": 41, "smoker": "maybe"})
+
+
+@pytest.mark.fast
 def test_a_clear_twin_of_trees_is_refused_before_training(tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -14,18 +14,21 @@ def seconds_text(seconds: float) -> str:
     return f"{seconds:.1f} s"
 
 
+SCORES = (
+    ("accuracy", "accuracy {:.1%}"),
+    ("r2", "R² {:.2f}"),
+    ("mae", "mean absolute error {:.3g}"),
+)
+"""The tabular scores the card line shows, in order, each only when the card has it."""
+
+
 def _test_score(metrics: Metrics | TabularMetrics | None) -> str | None:
     """How well the encrypted model scores on its held-out rows (text or tabular metrics)."""
     if isinstance(metrics, Metrics):
         return f"accuracy {metrics.simulated_accuracy:.1%} on its test set"
     simulated = metrics.simulated if isinstance(metrics, TabularMetrics) else {}
-    if "accuracy" in simulated:
-        return f"accuracy {simulated['accuracy']:.1%} on its test set"
-    if "r2" in simulated:
-        return (
-            f"R² {simulated['r2']:.2f}, mean absolute error {simulated['mae']:.3g} on its test set"
-        )
-    return None
+    shown = [form.format(simulated[key]) for key, form in SCORES if key in simulated]
+    return ", ".join(shown) + " on its test set" if shown else None
 
 
 def describe_card(card: FheModelCard, name: str, server_url: str, noun: str) -> str:

@@ -1,1 +1,2 @@
-"""Test harnesses that run inside the processes under test (never shipped in a package)."""
+"""Test harnesses that run inside the processes under test, and the helpers tests submit jobs
+with (never shipped in a package)."""
