@@ -15,9 +15,9 @@ from client.encrypted_model import EncryptedModel
 from client.jobs import JournalEntry, fetch_prediction
 from fhe.build.dataset import DEFAULT_DATA
 from fhe.build.recipe import RecipeConfig, TrainedBundle, train
-from tests.demo_process import chromium
-from tests.server_process import BIN, ServerProcess
+from tests.support.demo_process import chromium
 from tests.support.jobs import wait_for
+from tests.support.server_process import BIN, ServerProcess
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,7 @@ import pytest
 from client.api import FHEServerAPI, ServerError
 from client.encrypted_model import EncryptedModel
 from tests.conftest import SAMPLE_TEXTS
-from tests.server_process import ServerProcess
+from tests.support.server_process import ServerProcess
 
 ALICE, BOB = "alice-token-0123456789", "bob-token-9876543210"
 

@@ -13,7 +13,7 @@ import pytest
 
 from client.api import FHEServerAPI
 from client.encrypted_model import EncryptedModel
-from tests.server_process import ServerProcess
+from tests.support.server_process import ServerProcess
 
 
 @pytest.fixture(scope="module")

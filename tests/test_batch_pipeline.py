@@ -14,7 +14,7 @@ from client.errors import ClientError
 from client.inputs import EMBED_BATCH
 from fhe.build.recipe import TrainedBundle
 from tests.conftest import SAMPLE_TEXTS
-from tests.server_process import ServerProcess
+from tests.support.server_process import ServerProcess
 from tests.test_end_to_end import clear_labels
 
 

@@ -23,7 +23,7 @@ from client.encrypted_model import Prediction
 from client.errors import ClientError
 from client.jobs import JobJournal, JournalEntry
 from tests.conftest import REPO, run_client
-from tests.server_process import BIN, ServerProcess
+from tests.support.server_process import BIN, ServerProcess
 
 MODEL = "sentiment-linear"
 LABELS = ["negative", "neutral", "positive"]

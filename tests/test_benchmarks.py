@@ -16,7 +16,7 @@ from client.api import FHEServerAPI
 from client.encrypted_model import EncryptedModel
 from fhe.build.recipe import RecipeConfig, TrainedBundle, train
 from tests.conftest import REPO, SAMPLE_TEXTS
-from tests.server_process import ServerProcess
+from tests.support.server_process import ServerProcess
 
 
 @pytest.fixture(scope="module")

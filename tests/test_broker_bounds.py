@@ -23,7 +23,6 @@ from client.encrypted_model import EncryptedModel
 from client.jobs import JobJournal
 from fhe.build.recipe import TrainedBundle
 from tests.conftest import REPO, SAMPLE_TEXTS, clear_labels, job_labels
-from tests.server_process import ServerProcess
 from tests.support.jobs import submit_items
 from tests.support.local_postgres import LocalPostgres
 from tests.support.local_redis import LocalRedis
@@ -34,6 +33,7 @@ from tests.support.real_server import (
     raw_predict,
     wait_until,
 )
+from tests.support.server_process import ServerProcess
 
 NOEVICTION = ["--maxmemory-policy", "noeviction"]
 

@@ -42,7 +42,7 @@ from server.jobs.callbacks import (
 from server.storage.job import Job, new_job_id
 from server.storage.jobs import SqliteJobStore
 from tests.conftest import IRIS, SKLEARN_FIXTURES
-from tests.server_process import ServerProcess
+from tests.support.server_process import ServerProcess
 
 TOKENS = {"alice": "alice-token", "bob": "bob-token"}
 PUBLIC_URL = "https://fhe.example.com/api"

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.server_process import ServerProcess
+from tests.support.server_process import ServerProcess
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "sklearn"
 MANIFEST = {

@@ -19,7 +19,7 @@ import pytest
 from fhe.build.dataset import load_split
 from fhe.build.tabular_data import load_tabular_split
 from tests.conftest import REPO
-from tests.server_process import ServerProcess
+from tests.support.server_process import ServerProcess
 
 MAX_MB = 600
 FORBIDDEN = ("torch", "transformers", "xgboost", "gradio", "sklearn", "concrete/ml", "nvidia")
@@ -111,7 +111,7 @@ def _predict(
 def _both(
     light_venv: Path, args: list[str], server: ServerProcess, tmp_path: Path
 ) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
-    from tests.server_process import BIN
+    from tests.support.server_process import BIN
 
     light = _predict(light_venv / "bin", args, server, tmp_path / "light")
     full = _predict(BIN, args, server, tmp_path / "full")

@@ -21,7 +21,7 @@ from client.encrypted_model import EncryptedModel
 from client.errors import ServerError
 from client.settings import ClientSettings
 from tests.conftest import REPO, SAMPLE_TEXTS
-from tests.server_process import ServerProcess
+from tests.support.server_process import ServerProcess
 
 MODEL = "sentiment"
 AT_ONCE = 3

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from server.cpu_quota import cgroup_quota
-from tests.server_process import BIN
+from tests.support.server_process import BIN
 
 
 def tree(root: Path, files: dict[str, str]) -> Path:

@@ -22,7 +22,7 @@ import pytest
 
 from client.local_server import free_port, wait_for_url
 from tests.conftest import REPO
-from tests.demo_process import open_demo
+from tests.support.demo_process import open_demo
 
 STOP_SECONDS = 10.0
 

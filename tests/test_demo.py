@@ -20,8 +20,8 @@ from fhe.contract.bundle import Column, RawInput, TabularInput, TabularMetrics, 
 from fhe.contract.model_card import FheModelCard
 from server.settings import SHIPPED_MODELS_DIR
 from tests.conftest import REPO
-from tests.demo_process import DemoProcess, open_demo, text_of
-from tests.server_process import ServerProcess
+from tests.support.demo_process import DemoProcess, open_demo, text_of
+from tests.support.server_process import ServerProcess
 
 ARTIFACTS = REPO / "test-artifacts"
 POSITIVE = "I love this airline, the crew was wonderful and the flight was perfect"

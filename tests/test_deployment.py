@@ -21,7 +21,6 @@ import yaml
 from client.local_server import free_port
 from server.settings import ServerSettings
 from tests.conftest import IRIS, REPO, SKLEARN_FIXTURES
-from tests.server_process import ServerProcess
 from tests.support.nginx import (
     NGINX_CONF,
     TEST_TIMEOUT,
@@ -30,6 +29,7 @@ from tests.support.nginx import (
     render_nginx_conf,
     running_nginx,
 )
+from tests.support.server_process import ServerProcess
 
 BIN = Path(sys.executable).parent
 DEPLOYMENT = REPO / "deployment"

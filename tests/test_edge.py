@@ -27,8 +27,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from client.local_server import free_port
 from tests.conftest import IRIS, SKLEARN_FIXTURES
-from tests.server_process import ServerProcess
 from tests.support.nginx import TEST_TIMEOUT, Edit, nginx_t, replace, running_nginx
+from tests.support.server_process import ServerProcess
 
 ALICE, BOB = "alice-edge-token-0123", "bob-edge-token-4567"
 TOKENS = {"alice": ALICE, "bob": "sha256:" + hashlib.sha256(BOB.encode()).hexdigest()}

@@ -10,7 +10,7 @@ import numpy as np
 
 from fhe.build.recipe import TrainedBundle
 from tests.conftest import SAMPLE_TEXTS, run_client
-from tests.server_process import ServerProcess
+from tests.support.server_process import ServerProcess
 
 
 def clear_labels(bundle: TrainedBundle, texts: list[str]) -> list[str]:

@@ -15,8 +15,8 @@ from client.encrypted_model import EncryptedModel
 from client.jobs import JobJournal
 from fhe.build.recipe import TrainedBundle
 from tests.conftest import SAMPLE_TEXTS, clear_labels, job_labels
-from tests.server_process import ServerProcess
 from tests.support.jobs import submit_items
+from tests.support.server_process import ServerProcess
 
 
 def test_jobs_accepted_before_an_eviction_all_finish(

@@ -18,7 +18,7 @@ from fhe.contract.digest import bytes_sha256, file_sha256
 from fhe.embedding.torch_embedder import TextEmbedder
 from server.models.registry import ModelRegistry
 from tests.conftest import SAMPLE_TEXTS
-from tests.server_process import ServerProcess
+from tests.support.server_process import ServerProcess
 
 
 def test_bundle_holds_only_encoder_tensors_in_float16(tiny_bundle: TrainedBundle) -> None:

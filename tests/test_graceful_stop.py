@@ -63,9 +63,9 @@ def test_a_stopping_server_starts_no_more_jobs(tiny_models: Path, tmp_path: Path
     from client.encrypted_model import EncryptedModel
     from client.jobs import JobJournal
     from tests.conftest import SAMPLE_TEXTS
-    from tests.server_process import ServerProcess
     from tests.support.jobs import submit_items
     from tests.support.real_server import backlog, frozen_children, raw_predict, wait_until
+    from tests.support.server_process import ServerProcess
 
     env = {
         "FHE_SERVER_WORKERS": "1",

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import IRIS, SKLEARN_FIXTURES
-from tests.server_process import ServerProcess
+from tests.support.server_process import ServerProcess
 
 REGRESSION = "tabular-regression-linear-skops-sk1.5.0"
 IRIS_COLUMNS = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]

@@ -28,8 +28,8 @@ from tests.conftest import (
     job_labels,
     run_client,
 )
-from tests.server_process import ServerProcess
 from tests.support.jobs import submit_items
+from tests.support.server_process import ServerProcess
 
 
 def iris_request() -> dict:

@@ -36,9 +36,9 @@ from server.compute.compiled_circuit import (
     probe_host,
 )
 from tests.conftest import REPO, SAMPLE_TEXTS, clear_labels
-from tests.server_process import ServerProcess
 from tests.support.local_redis import LocalRedis
 from tests.support.local_worker import LocalWorker
+from tests.support.server_process import ServerProcess
 
 SHIPPED = ("sentiment", "sentiment-linear", "breast-cancer", "diabetes")
 """The shipped FHE bundles; the linear ones' circuits have no bootstrap, so equal bytes out."""

@@ -18,9 +18,9 @@ from client.encrypted_model import EncryptedModel
 from client.local_server import free_port
 from client.settings import ClientSettings
 from tests.conftest import IRIS, SAMPLE_TEXTS, SKLEARN_FIXTURES
-from tests.server_process import ServerProcess
 from tests.support.local_redis import LocalRedis
 from tests.support.local_worker import LocalWorker
+from tests.support.server_process import ServerProcess
 
 ALICE, BOB = "alice-token", "bob-token"
 

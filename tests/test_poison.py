@@ -21,8 +21,8 @@ from client.api import FHEServerAPI
 from client.encrypted_model import EncryptedModel
 from client.jobs import JobJournal
 from tests.conftest import REPO, SAMPLE_TEXTS, job_labels
-from tests.server_process import ServerProcess
 from tests.support.jobs import submit_items
+from tests.support.server_process import ServerProcess
 
 pytestmark = pytest.mark.slow
 

@@ -21,7 +21,7 @@ from fhe.build.recipe import RecipeConfig, TrainedBundle, train
 from fhe.contract.projection import PROJECTION_FILE, Projection, UnusableProjection
 from server.models.registry import load_fhe_model
 from tests.conftest import REPO, SAMPLE_TEXTS, clear_labels, run_client
-from tests.server_process import ServerProcess
+from tests.support.server_process import ServerProcess
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import httpx
 
 from fhe.build.recipe import TrainedBundle
 from server.models.registry import ModelRegistry
-from tests.server_process import ServerProcess
+from tests.support.server_process import ServerProcess
 
 
 def rewrite_zip_member(path: Path, member: str, transform) -> None:

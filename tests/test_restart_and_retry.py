@@ -10,7 +10,7 @@ import httpx
 from client.api import FHEServerAPI
 from client.encrypted_model import EncryptedModel
 from tests.conftest import SAMPLE_TEXTS, run_client
-from tests.server_process import ServerProcess
+from tests.support.server_process import ServerProcess
 
 
 def test_keys_survive_restart(

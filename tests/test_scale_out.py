@@ -26,10 +26,10 @@ from client.jobs import JobJournal
 from fhe.build.recipe import TrainedBundle
 from server.compute.celery_app import DEAD_LETTER, KEY_PREFIX, TASK_RUN, make_celery
 from tests.conftest import REPO, SAMPLE_TEXTS, clear_labels, job_labels
-from tests.server_process import ServerProcess
 from tests.support.jobs import submit_items
 from tests.support.local_redis import LocalRedis
 from tests.support.local_worker import LocalWorker
+from tests.support.server_process import ServerProcess
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from server.app import create_app
 from server.compute import circuits, clear_workers, compiled_circuit, fair_share
 from server.routes.answers import ERROR_WORDS
 from server.settings import ServerSettings
-from tests.server_process import ServerProcess
+from tests.support.server_process import ServerProcess
 from tests.test_hostile_json import HOSTILE_BODIES, iris_body
 
 BIN = Path(sys.executable).parent

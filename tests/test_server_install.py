@@ -16,7 +16,7 @@ import pytest
 from client.api import FHEServerAPI
 from client.encrypted_model import EncryptedModel
 from tests.conftest import REPO, SAMPLE_TEXTS
-from tests.server_process import ServerProcess
+from tests.support.server_process import ServerProcess
 from tests.test_lean_server import _raw_bundle
 
 MAX_MB = 1000

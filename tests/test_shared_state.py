@@ -33,11 +33,11 @@ from fhe.build.recipe import TrainedBundle
 from server.compute.celery_app import TASK_RUN, make_celery
 from server.storage.database import engine_for, migrate
 from tests.conftest import REPO, SAMPLE_TEXTS, clear_labels
-from tests.server_process import ServerProcess
 from tests.support.local_postgres import LocalPostgres
 from tests.support.local_redis import LocalRedis
 from tests.support.local_worker import LocalWorker
 from tests.support.nginx import running_nginx
+from tests.support.server_process import ServerProcess
 from tests.test_callbacks import Receiver
 from tests.test_operations import metric
 

@@ -12,7 +12,7 @@ from fhe.contract.bundle import client_spec_hash, read_metadata
 from fhe.contract.digest import bytes_sha256, file_sha256
 from server.settings import SHIPPED_MODELS_DIR
 from tests.conftest import run_client
-from tests.server_process import ServerProcess
+from tests.support.server_process import ServerProcess
 
 SHIPPED = ["sentiment", "sentiment-linear"]
 

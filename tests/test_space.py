@@ -20,8 +20,8 @@ import yaml
 
 from client.local_server import free_port, wait_for_url
 from tests.conftest import REPO
-from tests.demo_process import open_demo, text_of
-from tests.server_process import ServerProcess
+from tests.support.demo_process import open_demo, text_of
+from tests.support.server_process import ServerProcess
 
 SPACE = REPO / "deployment" / "space"
 

@@ -28,7 +28,7 @@ from fhe.build.tabular_recipe import TabularRecipeConfig, train_tabular
 from fhe.contract.bundle import TabularMetrics, read_metadata
 from fhe.contract.sklearn_files import ModelPolicy
 from tests.conftest import SKLEARN_FIXTURES, run_client
-from tests.server_process import ServerProcess
+from tests.support.server_process import ServerProcess
 
 IRIS_LINEAR = SKLEARN_FIXTURES / "tabular-classification-linear-skops-sk1.5.0"
 HGB_PICKLE = SKLEARN_FIXTURES / "tabular-classification-hgb-pickle-sk1.5.0"

@@ -36,7 +36,7 @@ from benchmarks.tenant_isolation import (
 from client.api import FHEServerAPI
 from client.encrypted_model import EncryptedModel
 from tests.conftest import REPO, SAMPLE_TEXTS
-from tests.server_process import ServerProcess
+from tests.support.server_process import ServerProcess
 
 CLEAR = "breast-cancer-clear"
 """A clear model of 30 columns: one given column of many rows is padded to 30."""

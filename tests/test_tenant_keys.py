@@ -22,7 +22,7 @@ from benchmarks import hostile_keys
 from client.api import FHEServerAPI
 from client.encrypted_model import EncryptedModel
 from tests.conftest import SAMPLE_TEXTS
-from tests.server_process import ServerProcess
+from tests.support.server_process import ServerProcess
 
 TOKENS = {"alice": "alice-token-0123456789", "bob": "bob-token-9876543210"}
 

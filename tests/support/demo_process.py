@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from client.local_server import free_port, spawn, stop_process, wait_for_url
-from tests.server_process import BIN
+from tests.support.server_process import BIN
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 """Debian's Chromium (apt-get install chromium): Playwright's own browser download fails here."""
