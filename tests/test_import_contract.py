@@ -44,6 +44,18 @@ def _copy(tmp_path: Path) -> Path:
     return root
 
 
+def _broken_by(tmp_path: Path, file: str, line: str) -> str:
+    """import-linter's output over a copy of the packages with `line` appended to `file`, after
+    checking that it failed and named that file's module."""
+    root = _copy(tmp_path / file.replace("/", "-"))
+    target = root / file
+    target.write_text(target.read_text() + line)
+    run = _lint(root)
+    assert run.returncode != 0, f"{file}: {run.stdout}"
+    assert file.removesuffix(".py").replace("/", ".") in run.stdout, run.stdout
+    return run.stdout
+
+
 def test_a_forbidden_import_breaks_it(tmp_path: Path) -> None:
     """Each rule fails when broken: the contract importing build, the server importing the
     embedder, the client importing a recipe, the contract importing torch."""
@@ -54,13 +66,8 @@ def test_a_forbidden_import_breaks_it(tmp_path: Path) -> None:
         "fhe/contract/sizes.py": "import torch  # noqa\n",
     }
     for file, line in breaks.items():
-        root = _copy(tmp_path / file.replace("/", "-"))
-        target = root / file
-        target.write_text(target.read_text() + line)
-        run = _lint(root)
-        assert run.returncode != 0, f"{file}: {run.stdout}"
-        assert "BROKEN" in run.stdout and "0 broken" not in run.stdout, run.stdout
-        assert file.removesuffix(".py").replace("/", ".") in run.stdout, run.stdout
+        stdout = _broken_by(tmp_path, file, line)
+        assert "BROKEN" in stdout and "0 broken" not in stdout, stdout
 
 
 def test_an_import_circle_in_the_server_breaks_it(tmp_path: Path) -> None:
@@ -87,14 +94,9 @@ def test_a_storage_backend_named_outside_storage_breaks_it(tmp_path: Path) -> No
         ),
     }
     for file, line in breaks.items():
-        root = _copy(tmp_path / file.replace("/", "-"))
-        target = root / file
-        target.write_text(target.read_text() + line)
-        run = _lint(root)
-        assert run.returncode != 0, f"{file}: {run.stdout}"
-        assert "Nothing outside server.storage names a storage backend" in run.stdout, run.stdout
-        assert "5 kept, 1 broken" in run.stdout, run.stdout
-        assert file.removesuffix(".py").replace("/", ".") in run.stdout, run.stdout
+        stdout = _broken_by(tmp_path, file, line)
+        assert "Nothing outside server.storage names a storage backend" in stdout, stdout
+        assert "5 kept, 1 broken" in stdout, stdout
 
 
 def _concrete_imports(path: Path) -> list[str]:
